@@ -1,0 +1,50 @@
+"""
+imapreferral: RFC 2221 IMAP login referrals for Twisted.
+
+The public API: the server factory, the checker, the realm, the passdb
+interface and result type, the referral value with its URL builder, and the
+errors a checker of your own raises to refer or refuse.
+"""
+
+from imapreferral.imap.account import ReferralRealm
+from imapreferral.imap.factory import ReferralServerFactory
+from imapreferral.imap.server import ReferralIMAP4Server
+from imapreferral.imap.url import IMAPURL
+from imapreferral.interfaces import IPassdb, IPasswordVerifier, IReferralCarrier
+from imapreferral.login.checker import PassdbChecker
+from imapreferral.login.context import LoginContext
+from imapreferral.login.decision import decide
+from imapreferral.login.errors import (
+    AuthenticationFailed,
+    LoginDisabled,
+    LoginReferral,
+    TemporaryFailure,
+)
+from imapreferral.login.fields import PassdbReply
+from imapreferral.login.outcome import AvatarId, Referral
+from imapreferral.passdbs import PasswdFilePassdb, StaticPassdb, passdbFromString
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "IMAPURL",
+    "AuthenticationFailed",
+    "AvatarId",
+    "IPassdb",
+    "IPasswordVerifier",
+    "IReferralCarrier",
+    "LoginContext",
+    "LoginDisabled",
+    "LoginReferral",
+    "PassdbChecker",
+    "PassdbReply",
+    "PasswdFilePassdb",
+    "ReferralIMAP4Server",
+    "ReferralRealm",
+    "ReferralServerFactory",
+    "Referral",
+    "StaticPassdb",
+    "TemporaryFailure",
+    "decide",
+    "passdbFromString",
+]

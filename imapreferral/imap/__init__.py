@@ -1,0 +1,1 @@
+"""The IMAP face of the login core: URLs, wording, the server protocol."""

@@ -1,0 +1,83 @@
+"""
+L{ReferralServerFactory}: what an application listens with.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+
+from twisted.cred.credentials import IUsernameHashedPassword
+from twisted.cred.portal import Portal
+from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.protocol import ServerFactory
+from twisted.mail.imap4 import IAccount
+
+from imapreferral.imap.responses import sanitiseText
+from imapreferral.imap.server import ReferralIMAP4Server
+from imapreferral.login.attempt import DEFAULT_FAILURE_DELAY, LoginAttempts
+
+REFERRAL_AUTH_CHOICES = ("mech", "*")
+
+
+def defaultMechanisms(portal: Portal) -> tuple[str, ...]:
+    """
+    C{PLAIN LOGIN}, plus C{CRAM-MD5} when a checker takes hashed
+    credentials and (if it can tell) may hold plaintext passwords.
+    """
+    mechanisms = ("PLAIN", "LOGIN")
+    checker = portal.checkers.get(IUsernameHashedPassword)
+    if checker is not None and getattr(checker, "canProvidePlaintext", lambda: True)():
+        mechanisms += ("CRAM-MD5",)
+    return mechanisms
+
+
+class ReferralServerFactory(ServerFactory):
+    """
+    Builds L{ReferralIMAP4Server}s sharing one portal and login policy.
+
+    @param portal: A portal whose realm gives C{IAccount} avatars, e.g.
+        C{Portal(ReferralRealm(), [PassdbChecker([...])])}.
+    @param clock: Time source for failure delays and idle timeouts;
+        defaults to the global reactor.
+    @param failureDelay: Seconds before a failed authentication is answered.
+    @param referralAuth: C{"mech"} or C{"*"}; see L{ReferralIMAP4Server}.
+    @param mechanisms: SASL mechanisms to offer; see L{defaultMechanisms}.
+    @param greeting: The text after C{* OK [CAPABILITY ...]}.
+    """
+
+    protocol = ReferralIMAP4Server
+
+    def __init__(
+        self,
+        portal: Portal,
+        clock: IReactorTime | None = None,
+        failureDelay: float = DEFAULT_FAILURE_DELAY,
+        referralAuth: str = "mech",
+        mechanisms: Sequence[str] | None = None,
+        greeting: str = "imapreferral ready.",
+    ) -> None:
+        if referralAuth not in REFERRAL_AUTH_CHOICES:
+            raise ValueError(f"referralAuth must be one of {REFERRAL_AUTH_CHOICES}")
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[assignment]
+        self.portal = portal
+        self.attempts = LoginAttempts(portal, IAccount, clock, failureDelay)
+        self.referralAuth = referralAuth
+        self.mechanisms = (
+            tuple(mechanisms) if mechanisms is not None else defaultMechanisms(portal)
+        )
+        self.greeting = sanitiseText(greeting, "imapreferral ready.")
+        self.hostname = socket.gethostname()
+
+    def buildProtocol(self, addr: IAddress) -> ReferralIMAP4Server:
+        proto = self.protocol(
+            self.attempts,
+            mechanisms=self.mechanisms,
+            referralAuth=self.referralAuth,
+            greeting=self.greeting,
+            hostname=self.hostname,
+        )
+        proto.factory = self
+        proto.portal = self.portal
+        return proto

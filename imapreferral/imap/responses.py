@@ -1,0 +1,65 @@
+"""
+Login outcomes in IMAP words: one function from outcome to tagged reply.
+
+The wording is Dovecot's (C{imap_client_auth_result()}), including the
+response codes of RFC 2221 and RFC 5530.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+from imapreferral.imap.url import IMAPURL
+from imapreferral.login.outcome import Disable, LoggedIn, Outcome, Refer, Referral, Reject
+
+REFER_TEXT = "Try this server instead."
+SUGGEST_TEXT = "Logged in, but you should use this server instead."
+DISABLED_TEXT = "Login disabled for this user"
+LOGGED_IN_TEXT = b"Logged in"
+FAILED = b"[AUTHENTICATIONFAILED] Authentication failed."
+UNAVAILABLE = b"[UNAVAILABLE] Temporary authentication failure."
+
+
+def sanitiseText(text: str | None, default: str) -> bytes:
+    """
+    Make passdb text safe as IMAP C{text} (RFC 3501 §9: one line of
+    TEXT-CHAR). Control characters, CR and LF among them, become spaces, so
+    a C{reason} cannot inject protocol lines (Dovecot sends it raw). An empty
+    or blank text falls back to C{default}: C{text} must not be empty.
+    """
+    if text is None or not text.strip():
+        text = default
+    cleaned = "".join(" " if unicodedata.category(c) == "Cc" else c for c in text)
+    return cleaned.encode("utf-8", "surrogateescape")
+
+
+def referralURL(referral: Referral, auth: str) -> str:
+    """The referral's C{imap://} URL with C{;AUTH=auth}."""
+    return IMAPURL.fromReferral(referral, auth).asText()
+
+
+def _referralCode(referral: Referral, auth: str) -> bytes:
+    return b"[REFERRAL " + referralURL(referral, auth).encode("ascii") + b"] "
+
+
+def renderOutcome(outcome: Outcome, auth: str, capabilities: bytes) -> tuple[bytes, bytes]:
+    """
+    The tagged reply for a login outcome, as C{(status, text)}.
+
+    @param auth: What to put in C{;AUTH=}: the mechanism used or C{*}.
+    @param capabilities: The post-login capability list, space-separated,
+        for a plain C{OK [CAPABILITY ...] Logged in}.
+    """
+    if isinstance(outcome, LoggedIn):
+        if outcome.referral is not None:
+            text = sanitiseText(outcome.referral.reason, SUGGEST_TEXT)
+            return b"OK", _referralCode(outcome.referral, auth) + text
+        return b"OK", b"[CAPABILITY " + capabilities + b"] " + LOGGED_IN_TEXT
+    if isinstance(outcome, Refer):
+        text = sanitiseText(outcome.referral.reason, REFER_TEXT)
+        return b"NO", _referralCode(outcome.referral, auth) + text
+    if isinstance(outcome, Disable):
+        return b"NO", b"[CONTACTADMIN] " + sanitiseText(outcome.reason, DISABLED_TEXT)
+    if isinstance(outcome, Reject):
+        return b"NO", FAILED
+    return b"NO", UNAVAILABLE

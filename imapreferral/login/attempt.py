@@ -1,0 +1,104 @@
+"""
+One login attempt: C{portal.login} in, an L{Outcome} value out.
+
+Here live the two rules that are about time, not about passdb fields: a
+failed authentication is answered only after the failure delay (on the
+injected clock, so nobody else waits and tests do not sleep), and a referral,
+being a successful authentication, is never delayed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
+from twisted.cred.portal import Portal
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from imapreferral.interfaces import IReferralCarrier
+from imapreferral.login.errors import AuthenticationFailed, LoginDisabled, TemporaryFailure
+from imapreferral.login.outcome import Disable, LoggedIn, Outcome, Refer, Reject, Unavailable
+
+_log = Logger()
+
+DEFAULT_FAILURE_DELAY = 2.0
+
+
+def _referralOf(thing: object) -> Any:
+    carrier = IReferralCarrier(thing, None)
+    return None if carrier is None else carrier.referral
+
+
+def outcomeOfFailure(failure: Failure) -> Outcome:
+    """
+    Map a failed C{portal.login} to an outcome. Any C{UnauthorizedLogin}
+    providing L{IReferralCarrier} refers, whoever's checker raised it.
+    """
+    error = failure.value
+    if isinstance(error, UnauthorizedLogin):
+        referral = _referralOf(error)
+        if referral is not None:
+            return Refer(referral)
+        if isinstance(error, LoginDisabled):
+            return Disable(error.reason)
+        return Reject(nodelay=isinstance(error, AuthenticationFailed) and error.nodelay)
+    if isinstance(error, TemporaryFailure):
+        return Unavailable(error.why)
+    if isinstance(error, UnhandledCredentials):
+        return Unavailable(f"no checker handles these credentials: {error}")
+    _log.failure("unexpected error during login", failure)
+    return Unavailable(f"unexpected error: {error!r}")
+
+
+class LoginAttempts:
+    """
+    Runs logins against a portal for one service.
+
+    @ivar portal: The C{twisted.cred} portal (checker + realm).
+    @ivar interface: The avatar interface to ask the realm for.
+    @ivar clock: Time source for the failure delay.
+    @ivar failureDelay: Seconds before a failure is answered; 0 disables.
+    """
+
+    def __init__(
+        self,
+        portal: Portal,
+        interface: type,
+        clock: IReactorTime,
+        failureDelay: float = DEFAULT_FAILURE_DELAY,
+    ) -> None:
+        self.portal = portal
+        self.interface = interface
+        self.clock = clock
+        self.failureDelay = failureDelay
+
+    def attempt(self, credentials: object, username: str) -> Deferred[Outcome]:
+        """
+        Log in with C{credentials}. The Deferred never fails; cancelling it
+        (the client went away) cancels a pending failure delay.
+
+        @param username: The login name, for the L{LoggedIn} outcome when the
+            avatar id does not say.
+        """
+        d = self.portal.login(credentials, None, self.interface)
+        d.addCallbacks(self._loggedIn, outcomeOfFailure, callbackArgs=(username,))
+        d.addCallback(self._delayFailure)
+        return d
+
+    def _loggedIn(self, result: tuple[Any, Any, Any], username: str) -> Outcome:
+        _, avatar, logout = result
+        return LoggedIn(
+            avatar=avatar,
+            logout=logout,
+            user=getattr(avatar, "username", username),
+            referral=_referralOf(avatar),
+        )
+
+    def _delayFailure(self, outcome: Outcome) -> Outcome | Deferred[Outcome]:
+        if isinstance(outcome, Reject) and not outcome.nodelay and self.failureDelay > 0:
+            return deferLater(self.clock, self.failureDelay, lambda: outcome)
+        return outcome

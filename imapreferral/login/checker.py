@@ -1,0 +1,138 @@
+"""
+L{PassdbChecker}: a C{twisted.cred} checker over Dovecot-style passdbs.
+
+It fetches each passdb's reply, checks the password (cred style: the
+credentials check themselves, so CRAM-MD5 works with any plaintext store),
+asks L{decide} and turns the decision into an avatar id or an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from imapreferral.interfaces import IPassdb, IPasswordVerifier
+from imapreferral.login.context import LoginContext
+from imapreferral.login.decision import decide
+from imapreferral.login.errors import (
+    AuthenticationFailed,
+    LoginDisabled,
+    LoginReferral,
+    TemporaryFailure,
+)
+from imapreferral.login.fields import PassdbReply
+from imapreferral.login.outcome import (
+    Accept,
+    AvatarId,
+    Decision,
+    Disable,
+    Proxy,
+    Refer,
+    Reject,
+    Unavailable,
+)
+from imapreferral.passwords import SchemeVerifier
+
+_log = Logger()
+
+
+def normaliseUsername(raw: bytes, lowercase: bool = True) -> str:
+    """
+    The name passdbs are asked about: UTF-8 (undecodable bytes kept as
+    surrogates), stripped, lower-cased like Dovecot's default
+    C{auth_username_format = %Lu} unless C{lowercase} is false.
+    """
+    name = raw.decode("utf-8", "surrogateescape").strip()
+    return name.lower() if lowercase else name
+
+
+@implementer(ICredentialsChecker)
+class PassdbChecker:
+    """
+    Consults passdbs in order, like Dovecot's C{passdb} blocks with their
+    defaults: an unknown user or a wrong password goes on to the next passdb;
+    the first that accepts the password (or says C{nopassword}) decides.
+
+    The avatar id is an L{AvatarId} (with the referral for the
+    log-in-anyway case); C{nologin} fails with L{LoginReferral} or
+    L{LoginDisabled}; a wrong password with L{AuthenticationFailed}; a
+    broken passdb with L{TemporaryFailure}.
+
+    @ivar passdbs: The L{IPassdb}s, in order.
+    @ivar verifier: Checks stored passwords; see L{IPasswordVerifier}.
+    @ivar lowercaseUsernames: See L{normaliseUsername}.
+    """
+
+    credentialInterfaces = (IUsernamePassword, IUsernameHashedPassword)
+
+    def __init__(
+        self,
+        passdbs: Sequence[IPassdb],
+        verifier: IPasswordVerifier | None = None,
+        lowercaseUsernames: bool = True,
+    ) -> None:
+        if not passdbs:
+            raise ValueError("PassdbChecker needs at least one passdb")
+        self.passdbs = tuple(passdbs)
+        self.verifier = verifier if verifier is not None else SchemeVerifier()
+        self.lowercaseUsernames = lowercaseUsernames
+
+    def canProvidePlaintext(self) -> bool:
+        """Whether a challenge-response mechanism (CRAM-MD5) can ever work."""
+        return any(passdb.canProvidePlaintext() for passdb in self.passdbs)
+
+    def requestAvatarId(self, credentials: object) -> Deferred[AvatarId]:
+        return Deferred.fromCoroutine(self._check(credentials))
+
+    async def _check(self, credentials: object) -> AvatarId:
+        username = normaliseUsername(credentials.username, self.lowercaseUsernames)  # type: ignore[attr-defined]
+        context = getattr(credentials, "context", None) or LoginContext()
+        decision: Decision = Reject()
+        tempfail: str | None = None
+        for passdb in self.passdbs:
+            try:
+                reply = await passdb.lookup(username, context)
+            except Exception as e:
+                tempfail = f"passdb {passdb!r} failed: {e}"
+                _log.error("passdb lookup failed for {user}: {why}", user=username, why=str(e))
+                continue
+            if reply is None:
+                continue
+            passwordOk = await self._passwordMatches(reply, credentials)
+            decision = decide(reply, passwordOk, username)
+            if not isinstance(decision, Reject):
+                break
+        if isinstance(decision, Reject) and tempfail is not None:
+            decision = Unavailable(tempfail)
+        return self._conclude(decision)
+
+    async def _passwordMatches(self, reply: PassdbReply, credentials: object) -> bool:
+        if reply.nopassword or reply.password is None:
+            return False
+        try:
+            if IUsernamePassword.providedBy(credentials):
+                return bool(await self.verifier.verify(reply.password, credentials.password))  # type: ignore[attr-defined]
+            plaintext = self.verifier.plaintext(reply.password)
+            return plaintext is not None and bool(credentials.checkPassword(plaintext))  # type: ignore[attr-defined]
+        except Exception as e:
+            raise TemporaryFailure(f"cannot verify the stored password: {e}") from e
+
+    def _conclude(self, decision: Decision) -> AvatarId:
+        if isinstance(decision, Accept):
+            return AvatarId(username=decision.user, referral=decision.referral)
+        if isinstance(decision, Refer):
+            raise LoginReferral(decision.referral)
+        if isinstance(decision, Disable):
+            raise LoginDisabled(decision.reason)
+        if isinstance(decision, Reject):
+            raise AuthenticationFailed(nodelay=decision.nodelay)
+        if isinstance(decision, Proxy):
+            raise TemporaryFailure(
+                f"passdb asks to proxy to {decision.host}, but proxying is not available"
+            )
+        raise TemporaryFailure(decision.why)

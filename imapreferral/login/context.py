@@ -1,0 +1,57 @@
+"""
+Where a login comes from, for passdbs that look at it (SQL's C{%r}, C{%l}).
+"""
+
+from __future__ import annotations
+
+import attrs
+from twisted.internet.interfaces import IAddress
+
+
+def _hostOf(address: IAddress | None) -> str | None:
+    return getattr(address, "host", None)
+
+
+def _portOf(address: IAddress | None) -> int | None:
+    return getattr(address, "port", None)
+
+
+@attrs.frozen
+class LoginContext:
+    """
+    @ivar remoteIP: The client's address as text, or L{None} if unknown.
+    @ivar localIP: The address the client connected to, or L{None}.
+    @ivar mechanism: The SASL mechanism in use (C{PLAIN} for IMAP C{LOGIN}).
+    @ivar secured: Whether the connection is TLS-protected.
+    @ivar service: The protocol, C{imap}.
+    """
+
+    remoteIP: str | None = None
+    remotePort: int | None = None
+    localIP: str | None = None
+    localPort: int | None = None
+    mechanism: str = "PLAIN"
+    secured: bool = False
+    service: str = "imap"
+
+    @classmethod
+    def fromTransport(
+        cls, transport: object, mechanism: str, secured: bool = False, service: str = "imap"
+    ) -> LoginContext:
+        """
+        Read the addresses at login time, not at connect time: behind a
+        PROXY-protocol wrapper only then do they name the real client.
+        """
+        getPeer = getattr(transport, "getPeer", None)
+        getHost = getattr(transport, "getHost", None)
+        peer = getPeer() if getPeer else None
+        host = getHost() if getHost else None
+        return cls(
+            remoteIP=_hostOf(peer),
+            remotePort=_portOf(peer),
+            localIP=_hostOf(host),
+            localPort=_portOf(host),
+            mechanism=mechanism,
+            secured=secured,
+            service=service,
+        )

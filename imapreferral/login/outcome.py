@@ -1,0 +1,117 @@
+"""
+Immutable values for what a login comes to.
+
+L{decide} returns one of L{Accept}, L{Refer}, L{Disable}, L{Reject},
+L{Unavailable}, L{Proxy}; the login attempt turns an accepted login into
+L{LoggedIn}, which carries the avatar. Protocol layers render these and
+nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Union
+
+import attrs
+from zope.interface import implementer
+
+from imapreferral.interfaces import IReferralCarrier
+
+
+@attrs.frozen
+class Referral:
+    """
+    Where to send a client instead, as the passdb said (RFC 2221).
+
+    @ivar user: The user name for the other server (C{destuser}, else the
+        login name after normalisation). May be empty: Dovecot allows
+        C{destuser=''}.
+    @ivar host: Host name or address literal, without brackets.
+    @ivar port: Port, or L{None} for the protocol default.
+    @ivar reason: Text to show instead of the default, or L{None}.
+    """
+
+    user: str
+    host: str
+    port: int | None = None
+    reason: str | None = None
+
+
+@implementer(IReferralCarrier)
+@attrs.frozen
+class AvatarId:
+    """
+    The avatar id L{PassdbChecker} returns: who logged in and, for the
+    log-in-anyway case, the referral to suggest.
+
+    Realms that only want a name can use L{username}; ours attaches the
+    referral to the account so the IMAP layer can answer C{OK [REFERRAL]}.
+    """
+
+    username: str
+    referral: Referral | None = None
+
+
+@attrs.frozen
+class Accept:
+    """Log in locally; suggest C{referral} if there is one."""
+
+    user: str
+    referral: Referral | None = None
+
+
+@attrs.frozen
+class Refer:
+    """Do not log in; send the client to C{referral} (C{host} + C{nologin})."""
+
+    referral: Referral
+
+
+@attrs.frozen
+class Disable:
+    """C{nologin} without C{host}: the account exists but may not log in."""
+
+    reason: str | None = None
+
+
+@attrs.frozen
+class Reject:
+    """
+    Wrong password or unknown user: one answer for both, after the failure
+    delay unless the passdb said C{nodelay}.
+    """
+
+    nodelay: bool = False
+
+
+@attrs.frozen
+class Unavailable:
+    """A temporary failure: passdb down, bad passdb data, proxying missing."""
+
+    why: str
+
+
+@attrs.frozen
+class Proxy:
+    """C{proxy}: relay the session to C{host} (Dovecot: proxy beats host)."""
+
+    host: str
+    port: int | None
+    user: str
+
+
+@attrs.frozen
+class LoggedIn:
+    """
+    A login that succeeded: the avatar the realm gave, its logout callable
+    and the referral to suggest, if any.
+    """
+
+    avatar: Any
+    logout: Callable[[], None]
+    user: str
+    referral: Referral | None = None
+
+
+Decision = Union[Accept, Refer, Disable, Reject, Unavailable, Proxy]
+Outcome = Union[LoggedIn, Refer, Disable, Reject, Unavailable]

@@ -1,0 +1,107 @@
+"""
+SASL mechanisms as sans-IO steps: bytes in, a challenge or credentials out.
+
+The protocol layer does the base64 and the continuation lines; these
+classes only know the mechanisms' message formats (RFC 4616 PLAIN, the
+LOGIN draft, RFC 2195 CRAM-MD5).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import attrs
+
+from imapreferral.login.context import LoginContext
+from imapreferral.login.credentials import CramMD5Credentials, PasswordCredentials
+
+
+class SASLError(ValueError):
+    """The client's SASL message is malformed; the text is safe to show."""
+
+
+class AuthorizationRefused(Exception):
+    """
+    PLAIN asked to act as another user (an authzid other than the authcid).
+    We have no master users, so this is refused without checking anything.
+    """
+
+
+@attrs.frozen
+class Challenge:
+    """Send C{data} to the client and wait for its next response."""
+
+    data: bytes
+
+
+class PlainMechanism:
+    """RFC 4616: C{[authzid] NUL authcid NUL passwd} in one message."""
+
+    name = "PLAIN"
+    allowsInitialResponse = True
+
+    def __init__(self, context: LoginContext) -> None:
+        self.context = context
+
+    def initial(self) -> Challenge:
+        return Challenge(b"")
+
+    def step(self, response: bytes) -> Challenge | PasswordCredentials:
+        parts = response.split(b"\0")
+        if len(parts) != 3 or not parts[1]:
+            raise SASLError("Invalid PLAIN response.")
+        authzid, authcid, password = parts
+        if authzid and authzid != authcid:
+            raise AuthorizationRefused()
+        return PasswordCredentials(authcid, password, self.context)
+
+
+class LoginMechanism:
+    """The LOGIN mechanism: user name, then password, as Dovecot prompts."""
+
+    name = "LOGIN"
+    allowsInitialResponse = True
+
+    def __init__(self, context: LoginContext) -> None:
+        self.context = context
+        self._username: bytes | None = None
+
+    def initial(self) -> Challenge:
+        return Challenge(b"Username:")
+
+    def step(self, response: bytes) -> Challenge | PasswordCredentials:
+        if self._username is None:
+            if not response or b"\0" in response:
+                raise SASLError("Invalid LOGIN user name.")
+            self._username = response
+            return Challenge(b"Password:")
+        return PasswordCredentials(self._username, response, self.context)
+
+
+class CramMD5Mechanism:
+    """RFC 2195: the server's challenge, then C{user SP hex-digest}."""
+
+    name = "CRAM-MD5"
+    allowsInitialResponse = False
+
+    def __init__(self, context: LoginContext, hostname: str = "imapreferral") -> None:
+        self.context = context
+        nonce = int.from_bytes(os.urandom(8), "big")
+        self.challenge = f"<{nonce}.{int(time.time())}@{hostname}>".encode("ascii")
+
+    def initial(self) -> Challenge:
+        return Challenge(self.challenge)
+
+    def step(self, response: bytes) -> Challenge | CramMD5Credentials:
+        username, sep, digest = response.rpartition(b" ")
+        if not sep or not username or len(digest) != 32:
+            raise SASLError("Invalid CRAM-MD5 response.")
+        try:
+            int(digest, 16)
+        except ValueError:
+            raise SASLError("Invalid CRAM-MD5 response.") from None
+        return CramMD5Credentials(username, self.challenge, digest, self.context)
+
+
+MECHANISMS = {m.name: m for m in (PlainMechanism, LoginMechanism, CramMD5Mechanism)}

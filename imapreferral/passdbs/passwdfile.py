@@ -1,0 +1,128 @@
+"""
+Dovecot's passwd-file passdb:
+C{user:password:uid:gid:gecos:home:shell:extra_fields}.
+
+Only the user, the password and the extra fields matter for login; the
+extra fields are the rest of the line after the seventh colon, so values
+with colons (C{host=2001:db8::1}) work. The file is re-read when it
+changes on disk; a broken new version is logged and the last good one kept.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from imapreferral.interfaces import IPassdb
+from imapreferral.login.context import LoginContext
+from imapreferral.login.fields import FieldError, PassdbReply, splitExtraFields
+from imapreferral.passwords import isPlaintext
+
+_log = Logger()
+
+
+class PasswdFileError(ValueError):
+    """A passwd-file that cannot be used; the message names file and line."""
+
+
+def parsePasswdLine(line: str) -> tuple[str, PassdbReply] | None:
+    """
+    Parse one line: C{None} for a blank line or C{#} comment, else the user
+    name and its reply.
+
+    @raise ValueError: with a message saying what is wrong.
+    """
+    text = line.strip("\r\n")
+    if not text.strip() or text.lstrip().startswith("#"):
+        return None
+    parts = text.split(":", 7)
+    user = parts[0]
+    if not user:
+        raise ValueError("empty user name")
+    password = parts[1] if len(parts) > 1 and parts[1] != "" else None
+    extra = parts[7] if len(parts) == 8 else ""
+    try:
+        return user, PassdbReply.fromFields(splitExtraFields(extra), password=password)
+    except FieldError as e:
+        raise ValueError(str(e)) from None
+
+
+def parsePasswdFile(path: str, data: bytes) -> dict[str, PassdbReply]:
+    """
+    Parse a whole file.
+
+    @raise PasswdFileError: C{"path:line: what is wrong"} for the first bad line.
+    """
+    users: dict[str, PassdbReply] = {}
+    for number, raw in enumerate(data.split(b"\n"), 1):
+        try:
+            parsed = parsePasswdLine(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise PasswdFileError(f"{path}:{number}: not valid UTF-8") from None
+        except ValueError as e:
+            raise PasswdFileError(f"{path}:{number}: {e}") from None
+        if parsed is None:
+            continue
+        user, reply = parsed
+        if user in users:
+            raise PasswdFileError(f"{path}:{number}: user {user!r} is listed twice")
+        users[user] = reply
+    return users
+
+
+def _signature(st: os.stat_result) -> tuple[int, int, int]:
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+@implementer(IPassdb)
+class PasswdFilePassdb:
+    """
+    @ivar path: The file. Read at construction: a missing, unreadable or
+        malformed file raises L{PasswdFileError} then, so the server refuses
+        to start.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            st = os.stat(path)
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise PasswdFileError(f"{path}: cannot read passwd-file: {e.strerror}") from None
+        self._users = parsePasswdFile(path, data)
+        self._signature = _signature(st)
+        self._problem: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<PasswdFilePassdb {self.path}>"
+
+    def _refresh(self) -> None:
+        """Re-read the file if it changed since the last look."""
+        try:
+            st = os.stat(self.path)
+            if _signature(st) == self._signature:
+                return
+            with open(self.path, "rb") as f:
+                data = f.read()
+            users = parsePasswdFile(self.path, data)
+        except (OSError, PasswdFileError) as e:
+            problem = str(e) if isinstance(e, PasswdFileError) else f"{self.path}: {e.strerror}"
+            if problem != self._problem:
+                _log.error("keeping the last good passwd-file: {problem}", problem=problem)
+                self._problem = problem
+            return
+        self._users, self._signature, self._problem = users, _signature(st), None
+        _log.info("re-read {path}: {count} users", path=self.path, count=len(users))
+
+    def lookup(self, username: str, context: LoginContext) -> Deferred[PassdbReply | None]:
+        self._refresh()
+        return succeed(self._users.get(username))
+
+    def canProvidePlaintext(self) -> bool:
+        return any(
+            r.password is not None and isPlaintext(r.password) for r in self._users.values()
+        )
