@@ -54,6 +54,7 @@ class IPasswordVerifier(Interface):
         """
         @return: The plaintext password as L{bytes} if C{stored} holds it in
             a recoverable form, else L{None} (challenge-response then fails).
+        @raise imapreferral.passwords.UnknownScheme: for a scheme it lacks.
         """
 
 

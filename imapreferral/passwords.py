@@ -61,4 +61,4 @@ class SchemeVerifier:
         scheme, value = splitScheme(stored, self.defaultScheme)
         if scheme in _PLAINTEXT:
             return value.encode("utf-8")
-        return None
+        raise UnknownScheme(f"unknown password scheme {{{scheme}}}")

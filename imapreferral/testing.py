@@ -1,0 +1,214 @@
+"""
+Test doubles and helpers for users of imapreferral (and for our own tests).
+
+  - L{MemoryPassdb}: an L{IPassdb} over a dict, or one that fails on demand.
+  - L{ServerHarness}: a real listening server on an ephemeral loopback port
+    that tracks its connections so a test can end with nothing left open.
+  - L{TranscriptClient}: a raw IMAP client for exact-bytes transcripts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.portal import Portal
+from twisted.internet.defer import Deferred, DeferredQueue, fail, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.protocols.basic import LineReceiver
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from zope.interface import implementer
+
+from imapreferral.imap.account import ReferralRealm
+from imapreferral.imap.factory import ReferralServerFactory
+from imapreferral.interfaces import IPassdb
+from imapreferral.login.checker import PassdbChecker
+from imapreferral.login.context import LoginContext
+from imapreferral.login.fields import PassdbReply, splitExtraFields
+from imapreferral.passwords import isPlaintext
+
+
+@implementer(IPassdb)
+class MemoryPassdb:
+    """
+    A passdb over C{{user: PassdbReply}}; set C{error} to make every lookup
+    fail with it (a database that is down). C{lookups} records each call.
+    """
+
+    def __init__(self, users: Mapping[str, PassdbReply] | None = None) -> None:
+        self.users = dict(users or {})
+        self.error: Exception | None = None
+        self.lookups: list[tuple[str, LoginContext]] = []
+
+    @classmethod
+    def fromLines(cls, users: Mapping[str, tuple[str | None, str]]) -> MemoryPassdb:
+        """C{{user: (password, "host=... nologin")}} in passwd-file field syntax."""
+        return cls(
+            {
+                user: PassdbReply.fromFields(splitExtraFields(fields), password=password)
+                for user, (password, fields) in users.items()
+            }
+        )
+
+    def lookup(self, username: str, context: LoginContext) -> Deferred[PassdbReply | None]:
+        self.lookups.append((username, context))
+        if self.error is not None:
+            return fail(self.error)
+        return succeed(self.users.get(username))
+
+    def canProvidePlaintext(self) -> bool:
+        return any(r.password is not None and isPlaintext(r.password) for r in self.users.values())
+
+
+class _Tracked(ProtocolWrapper):
+    def connectionLost(self, reason: object) -> None:
+        super().connectionLost(reason)
+        done = self.factory.closed.pop(self, None)
+        if done is not None:
+            done.callback(None)
+
+
+class _TrackingFactory(WrappingFactory):
+    protocol = _Tracked
+
+    def __init__(self, wrapped: Factory) -> None:
+        super().__init__(wrapped)
+        self.closed: dict[ProtocolWrapper, Deferred[None]] = {}
+
+    def buildProtocol(self, addr: object) -> ProtocolWrapper:
+        proto = super().buildProtocol(addr)
+        self.closed[proto] = Deferred()
+        return proto
+
+
+class ServerHarness:
+    """
+    A server on C{127.0.0.1:<ephemeral>} for tests.
+
+    Use C{await harness.start()}, talk to C{harness.port}, and
+    C{await harness.stop()}: it stops listening, closes every connection and
+    waits until each is gone, so the reactor is left clean.
+    """
+
+    def __init__(self, factory: Factory, reactor: object | None = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.reactor = reactor
+        self.factory = factory
+        self._tracking = _TrackingFactory(factory)
+        self._listening: IListeningPort | None = None
+        self.port = 0
+
+    @classmethod
+    def forChecker(
+        cls,
+        checker: ICredentialsChecker,
+        clock: IReactorTime | None = None,
+        **factoryArgs: object,
+    ) -> ServerHarness:
+        """A harness around a L{ReferralServerFactory} for C{checker}."""
+        portal = Portal(ReferralRealm(), [checker])
+        return cls(ReferralServerFactory(portal, clock=clock, **factoryArgs))  # type: ignore[arg-type]
+
+    @classmethod
+    def forPassdbs(
+        cls, passdbs: Iterable[IPassdb], clock: IReactorTime | None = None, **factoryArgs: object
+    ) -> ServerHarness:
+        return cls.forChecker(PassdbChecker(list(passdbs)), clock, **factoryArgs)
+
+    async def start(self) -> ServerHarness:
+        endpoint = TCP4ServerEndpoint(self.reactor, 0, interface="127.0.0.1")
+        self._listening = await endpoint.listen(self._tracking)
+        self.port = self._listening.getHost().port
+        return self
+
+    async def stop(self) -> None:
+        if self._listening is not None:
+            await self._listening.stopListening()
+            self._listening = None
+        pending = list(self._tracking.closed.items())
+        for proto, _ in pending:
+            proto.transport.abortConnection()
+        for _, done in pending:
+            await done
+
+    async def connect(self) -> TranscriptClient:
+        """Open a L{TranscriptClient} to this server and read its greeting."""
+        return await TranscriptClient.connect(self.reactor, "127.0.0.1", self.port)
+
+
+class _LineClient(LineReceiver):
+    delimiter = b"\r\n"
+
+    def __init__(self) -> None:
+        self.lines: DeferredQueue[bytes] = DeferredQueue()
+        self.lost: Deferred[None] = Deferred()
+
+    def lineReceived(self, line: bytes) -> None:
+        self.lines.put(line)
+
+    def connectionLost(self, reason: object) -> None:
+        self.lines.put(b"")  # EOF marker: an IMAP line is never empty
+        self.lost.callback(None)
+
+
+class TranscriptClient:
+    """
+    A raw IMAP client: send exact bytes, receive exact lines (without CRLF;
+    C{b""} marks the end of the connection).
+
+    @ivar greeting: The server's first line.
+    """
+
+    def __init__(self, proto: _LineClient) -> None:
+        self._proto = proto
+        self.greeting = b""
+
+    @classmethod
+    async def connect(cls, reactor: object, host: str, port: int) -> TranscriptClient:
+        proto = _LineClient()
+        endpoint = TCP4ClientEndpoint(reactor, host, port)
+        await endpoint.connect(Factory.forProtocol(lambda: proto))
+        client = cls(proto)
+        client.greeting = await client.line()
+        return client
+
+    def send(self, data: bytes) -> None:
+        """Send C{data} as is (add CRLF yourself)."""
+        self._proto.transport.write(data)
+
+    async def line(self) -> bytes:
+        return await self._proto.lines.get()
+
+    def pending(self) -> int:
+        """How many received lines have not been read yet."""
+        return len(self._proto.lines.pending)
+
+    async def command(self, line: bytes, tag: bytes | None = None) -> list[bytes]:
+        """
+        Send C{line} + CRLF; return every line up to and including the reply
+        tagged C{tag} (by default the line's first word) or a continuation.
+        """
+        if tag is None:
+            tag = line.split(b" ", 1)[0]
+        self.send(line + b"\r\n")
+        return await self.until(tag)
+
+    async def until(self, tag: bytes) -> list[bytes]:
+        """Read lines up to the one tagged C{tag} (or a continuation, or EOF)."""
+        lines = []
+        while True:
+            received = await self.line()
+            lines.append(received)
+            if not received or received.startswith((tag + b" ", b"+")):
+                return lines
+
+    async def close(self) -> None:
+        """Close and wait until the connection is gone."""
+        if not self._proto.lost.called:
+            self._proto.transport.loseConnection()
+        await self._proto.lost

@@ -1,0 +1,220 @@
+"""
+The wire table of the core issue, byte for byte, for every mechanism.
+
+Each test logs in once over a real loopback connection and asserts the
+tagged reply exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from base64 import b64decode, b64encode
+
+import pytest
+import pytest_twisted
+from twisted.internet.defer import Deferred
+
+REFER = b"Try this server instead."
+SUGGEST = b"Logged in, but you should use this server instead."
+FAILED = b"NO [AUTHENTICATIONFAILED] Authentication failed."
+UNAVAILABLE = b"NO [UNAVAILABLE] Temporary authentication failure."
+
+
+def plainIR(user: bytes, password: bytes) -> bytes:
+    return b64encode(b"\0" + user + b"\0" + password)
+
+
+async def loginLOGIN(client, user, password):
+    return (await client.command(b"a LOGIN " + user + b" " + password))[-1]
+
+
+async def loginPLAIN_IR(client, user, password):
+    return (await client.command(b"a AUTHENTICATE PLAIN " + plainIR(user, password)))[-1]
+
+
+async def loginPLAIN(client, user, password):
+    assert await client.command(b"a AUTHENTICATE PLAIN") == [b"+ "]
+    return (await client.command(plainIR(user, password), b"a"))[-1]
+
+
+async def loginLOGINMECH(client, user, password):
+    assert await client.command(b"a AUTHENTICATE LOGIN") == [b"+ VXNlcm5hbWU6"]
+    assert await client.command(b64encode(user), b"a") == [b"+ UGFzc3dvcmQ6"]
+    return (await client.command(b64encode(password), b"a"))[-1]
+
+
+async def loginCRAM(client, user, password):
+    (challengeLine,) = await client.command(b"a AUTHENTICATE CRAM-MD5")
+    challenge = b64decode(challengeLine[2:])
+    digest = hmac.new(password, challenge, hashlib.md5).hexdigest().encode()
+    return (await client.command(b64encode(user + b" " + digest), b"a"))[-1]
+
+
+MECHS = {
+    "LOGIN": ("PLAIN", loginLOGIN),
+    "PLAIN-IR": ("PLAIN", loginPLAIN_IR),
+    "PLAIN": ("PLAIN", loginPLAIN),
+    "AUTH-LOGIN": ("LOGIN", loginLOGINMECH),
+    "CRAM-MD5": ("CRAM-MD5", loginCRAM),
+}
+
+# (user, expected tagged reply with {mech} for the ;AUTH= value)
+REFERRAL_ROWS = {
+    "nologin": (b"refnl", b"NO [REFERRAL imap://refnl;AUTH={mech}@imap2.example.com/] " + REFER),
+    "no-nologin-ok-referral": (
+        b"ref",
+        b"OK [REFERRAL imap://ref;AUTH={mech}@imap2.example.com/] " + SUGGEST,
+    ),
+    "port-1143": (
+        b"refport",
+        b"NO [REFERRAL imap://refport;AUTH={mech}@imap2.example.com:1143/] " + REFER,
+    ),
+    "port-143-omitted": (
+        b"refport143",
+        b"NO [REFERRAL imap://refport143;AUTH={mech}@imap2.example.com/] " + REFER,
+    ),
+    "destuser-at": (
+        b"refdest",
+        b"NO [REFERRAL imap://other%40example.com;AUTH={mech}@imap2.example.com/] " + REFER,
+    ),
+    "destuser-specials": (
+        b"refspecial",
+        b"NO [REFERRAL imap://a%3bb%2fc%3ad%40e;AUTH={mech}@imap2.example.com/] " + REFER,
+    ),
+    "destuser-utf8": (
+        b"refutf8",
+        b"NO [REFERRAL imap://j%c3%b6rg%40ex%c3%a4mple.com;AUTH={mech}@imap2.example.com/] "
+        + REFER,
+    ),
+    "login-name-with-at": (
+        b"u@example.com",
+        b"NO [REFERRAL imap://u%40example.com;AUTH={mech}@imap2.example.com/] " + REFER,
+    ),
+    "reason-nologin": (
+        b"refreason",
+        b"NO [REFERRAL imap://refreason;AUTH={mech}@imap2.example.com/] Moved",
+    ),
+    "reason-ok": (
+        b"refokreason",
+        b"OK [REFERRAL imap://refokreason;AUTH={mech}@imap2.example.com/] Moved",
+    ),
+    "reason-crlf-sanitised": (
+        b"refcrlf",
+        b"NO [REFERRAL imap://refcrlf;AUTH={mech}@imap2.example.com/] line1  * BYE injected tab",
+    ),
+    "reason-spaces": (
+        b"refspaces",
+        b"NO [REFERRAL imap://refspaces;AUTH={mech}@imap2.example.com/] Custom text with spaces",
+    ),
+    "ipv6-bracketed": (b"ref6", b"NO [REFERRAL imap://ref6;AUTH={mech}@[2001:db8::1]/] " + REFER),
+    "ipv6-given-bracketed": (
+        b"ref6b",
+        b"NO [REFERRAL imap://ref6b;AUTH={mech}@[2001:db8::1]/] " + REFER,
+    ),
+    "ipv6-port": (
+        b"ref6port",
+        b"NO [REFERRAL imap://ref6port;AUTH={mech}@[2001:db8::1]:1143/] " + REFER,
+    ),
+    "nologin-no-host": (b"nl", b"NO [CONTACTADMIN] Login disabled for this user"),
+    "nologin-no-host-reason": (b"nlreason", b"NO [CONTACTADMIN] Maintenance"),
+    "empty-host": (b"emptyhost", UNAVAILABLE),
+    "proxy": (b"prox", UNAVAILABLE),
+    "proxy-beats-nologin": (b"proxnl", UNAVAILABLE),
+    "unknown-scheme": (b"weird", UNAVAILABLE),
+}
+
+
+def _expected(template: bytes, mech: str) -> bytes:
+    return b"a " + template.replace(b"{mech}", mech.encode())
+
+
+@pytest.mark.parametrize("mech", MECHS)
+@pytest.mark.parametrize("row", REFERRAL_ROWS)
+@pytest_twisted.ensureDeferred
+async def test_rightPasswordGivesTableReply(server, row, mech):
+    user, template = REFERRAL_ROWS[row]
+    authName, login = MECHS[mech]
+    client = await server.connect()
+    try:
+        assert await login(client, user, b"pass") == _expected(template, authName)
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("mech", MECHS)
+@pytest_twisted.ensureDeferred
+async def test_plainUserLogsInWithCapabilities(server, mech):
+    authName, login = MECHS[mech]
+    client = await server.connect()
+    try:
+        assert await login(client, b"plain", b"pass") == (
+            b"a OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS NAMESPACE IDLE] Logged in"
+        )
+        assert await client.command(b"s SELECT INBOX") == [b"s NO No such mailbox"]
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("mech", [m for m in MECHS if m != "CRAM-MD5"])
+@pytest_twisted.ensureDeferred
+async def test_nopasswordRefersWithAnyPassword(server, mech):
+    _, login = MECHS[mech]
+    client = await server.connect()
+    try:
+        reply = await login(client, b"fwdd", b"anything")
+        assert reply == b"a NO [REFERRAL imap://fwdd;AUTH=%s@imap2.example.com/] %s" % (
+            MECHS[mech][0].encode(),
+            REFER,
+        )
+    finally:
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_nopasswordRefersWithEmptyPassword(server):
+    client = await server.connect()
+    try:
+        assert (await client.command(b'a LOGIN fwd ""'))[-1] == (
+            b"a NO [REFERRAL imap://fwd;AUTH=PLAIN@imap2.example.com/] " + REFER
+        )
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("mech", MECHS)
+@pytest.mark.parametrize("user", [b"refnl", b"ref", b"plain", b"nosuchuser", b"nl", b"prox"])
+@pytest_twisted.ensureDeferred
+async def test_wrongPasswordRevealsNothingAfterDelay(server, clock, mech, user):
+    _, login = MECHS[mech]
+    client = await server.connect()
+    try:
+        reply = Deferred.fromCoroutine(login(client, user, b"wrong"))
+        await _waitForDelay(clock, 2.0)
+        assert not reply.called
+        clock.advance(2.0)
+        assert await reply == b"a " + FAILED
+    finally:
+        await client.close()
+
+
+async def _waitForDelay(clock, seconds):
+    """Wait (bounded, in real time) until the server has scheduled the failure delay."""
+    from twisted.internet import reactor, task
+
+    for _ in range(200):
+        if any(dc.getTime() == clock.seconds() + seconds for dc in clock.getDelayedCalls()):
+            return
+        await task.deferLater(reactor, 0.005, lambda: None)
+    raise AssertionError("the server never scheduled a failure delay")
+
+
+@pytest_twisted.ensureDeferred
+async def test_referralIsNotDelayed(server, clock):
+    client = await server.connect()
+    try:
+        reply = await client.command(b"a LOGIN refnl pass")
+        assert reply[-1].startswith(b"a NO [REFERRAL ")
+        assert all(dc.getTime() != 2.0 for dc in clock.getDelayedCalls())
+    finally:
+        await client.close()
