@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred, DeferredQueue, fail, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.internet.protocol import Factory
+from twisted.internet.task import Clock, deferLater
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from zope.interface import implementer
@@ -60,6 +61,22 @@ class MemoryPassdb:
 
     def canProvidePlaintext(self) -> bool:
         return any(r.password is not None and isPlaintext(r.password) for r in self.users.values())
+
+
+async def waitForDelay(clock: Clock, seconds: float, attempts: int = 200) -> None:
+    """
+    Wait, in bounded real time, until something (a failure delay) has been
+    scheduled C{seconds} ahead on the injected C{clock}.
+
+    @raise AssertionError: if nothing was scheduled after C{attempts} polls.
+    """
+    from twisted.internet import reactor
+
+    for _ in range(attempts):
+        if any(dc.getTime() == clock.seconds() + seconds for dc in clock.getDelayedCalls()):
+            return
+        await deferLater(reactor, 0.005, lambda: None)
+    raise AssertionError(f"nothing was scheduled {seconds} s ahead on the clock")
 
 
 class _Tracked(ProtocolWrapper):

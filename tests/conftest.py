@@ -30,10 +30,10 @@ async def cleanReactor():
     yield
     for _ in range(20):  # let closing connections finish, bounded
         after = _reactorState()
-        if all(a <= b for a, b in zip(after, before)):
+        if all(a <= b for a, b in zip(after, before, strict=False)):
             return
         await task.deferLater(reactor, 0.01, lambda: None)
-    calls, readers, writers = (a - b for a, b in zip(_reactorState(), before))
+    calls, readers, writers = (a - b for a, b in zip(_reactorState(), before, strict=False))
     pytest.fail(f"dirty reactor: delayed calls {calls}, readers {readers}, writers {writers}")
 
 

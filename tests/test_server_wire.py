@@ -15,6 +15,8 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
 
+from imapreferral.testing import waitForDelay
+
 REFER = b"Try this server instead."
 SUGGEST = b"Logged in, but you should use this server instead."
 FAILED = b"NO [AUTHENTICATIONFAILED] Authentication failed."
@@ -145,7 +147,7 @@ async def test_rightPasswordGivesTableReply(server, row, mech):
 @pytest.mark.parametrize("mech", MECHS)
 @pytest_twisted.ensureDeferred
 async def test_plainUserLogsInWithCapabilities(server, mech):
-    authName, login = MECHS[mech]
+    _authName, login = MECHS[mech]
     client = await server.connect()
     try:
         assert await login(client, b"plain", b"pass") == (
@@ -190,23 +192,12 @@ async def test_wrongPasswordRevealsNothingAfterDelay(server, clock, mech, user):
     client = await server.connect()
     try:
         reply = Deferred.fromCoroutine(login(client, user, b"wrong"))
-        await _waitForDelay(clock, 2.0)
+        await waitForDelay(clock, 2.0)
         assert not reply.called
         clock.advance(2.0)
         assert await reply == b"a " + FAILED
     finally:
         await client.close()
-
-
-async def _waitForDelay(clock, seconds):
-    """Wait (bounded, in real time) until the server has scheduled the failure delay."""
-    from twisted.internet import reactor, task
-
-    for _ in range(200):
-        if any(dc.getTime() == clock.seconds() + seconds for dc in clock.getDelayedCalls()):
-            return
-        await task.deferLater(reactor, 0.005, lambda: None)
-    raise AssertionError("the server never scheduled a failure delay")
 
 
 @pytest_twisted.ensureDeferred

@@ -10,7 +10,7 @@ nothing else.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Union
+from typing import Any
 
 import attrs
 from zope.interface import implementer
@@ -113,5 +113,5 @@ class LoggedIn:
     referral: Referral | None = None
 
 
-Decision = Union[Accept, Refer, Disable, Reject, Unavailable, Proxy]
-Outcome = Union[LoggedIn, Refer, Disable, Reject, Unavailable]
+Decision = Accept | Refer | Disable | Reject | Unavailable | Proxy
+Outcome = LoggedIn | Refer | Disable | Reject | Unavailable

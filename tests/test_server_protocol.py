@@ -1,0 +1,324 @@
+"""
+Protocol behaviour around the login path: capabilities, SASL details,
+pipelining, errors, the connection after a referral, delays and clients.
+"""
+
+from __future__ import annotations
+
+from base64 import b64encode
+
+import pytest_twisted
+from twisted.internet import reactor, task
+
+from imapreferral.testing import MemoryPassdb, ServerHarness, waitForDelay
+
+REFNL = b"NO [REFERRAL imap://refnl;AUTH=PLAIN@imap2.example.com/] Try this server instead."
+PRELOGIN_CAPS = b"IMAP4rev1 SASL-IR LOGIN-REFERRALS AUTH=PLAIN AUTH=LOGIN AUTH=CRAM-MD5"
+
+
+@pytest_twisted.ensureDeferred
+async def test_greetingAdvertisesReferralsAndMechanisms(server):
+    client = await server.connect()
+    try:
+        assert client.greeting == b"* OK [CAPABILITY " + PRELOGIN_CAPS + b"] imapreferral ready."
+    finally:
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_preloginCapability(server):
+    client = await server.connect()
+    try:
+        assert await client.command(b"c CAPABILITY") == [
+            b"* CAPABILITY " + PRELOGIN_CAPS,
+            b"c OK CAPABILITY completed",
+        ]
+    finally:
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_connectionStaysUsableAfterReferral(server):
+    client = await server.connect()
+    try:
+        assert await client.command(b"a LOGIN refnl pass") == [b"a " + REFNL]
+        assert (await client.command(b"c CAPABILITY"))[0] == b"* CAPABILITY " + PRELOGIN_CAPS
+        assert await client.command(b"b LOGIN refnl pass") == [b"b " + REFNL]
+        assert await client.command(b"z LOGOUT") == [
+            b"* BYE Logging out",
+            b"z OK Logout completed.",
+        ]
+        assert await client.line() == b""
+    finally:
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_saslIREmptyResponseIsEquals(server):
+    """RFC 4959: C{=} is an empty initial response; PLAIN then finds it malformed."""
+    client = await server.connect()
+    try:
+        assert await client.command(b"a AUTHENTICATE PLAIN =") == [
+            b"a BAD Invalid PLAIN response."
+        ]
+    finally:
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_saslLoginIRIsTheUserName(server):
+    client = await server.connect()
+    try:
+        ir = b64encode(b"refnl")
+        assert await client.command(b"a AUTHENTICATE LOGIN " + ir) == [b"+ UGFzc3dvcmQ6"]
+        assert await client.command(b64encode(b"pass"), b"a") == [
+            b"a NO [REFERRAL imap://refnl;AUTH=LOGIN@imap2.example.com/] Try this server instead."
+        ]
+    finally:
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_starCancelsAuthentication(server):
+    client = await server.connect()
+    try:
+        assert await client.command(b"a AUTHENTICATE PLAIN") == [b"+ "]
+        assert await client.command(b"*", b"a") == [b"a BAD Authentication aborted by client."]
+        assert await client.command(b"b LOGIN refnl pass") == [b"b " + REFNL]
+    finally:
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_badBase64InContinuationIsBad(server):
+    client = await server.connect()
+    try:
+        assert await client.command(b"a AUTHENTICATE PLAIN") == [b"+ "]
+        assert await client.command(b"!!not base64!!", b"a") == [
+            b"a BAD Invalid base64 data in continued response."
+        ]
+    finally:
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_badBase64InInitialResponseIsBad(server):
+    client = await server.connect()
+    try:
+        assert await client.command(b"a AUTHENTICATE PLAIN AHJlZm5sAHBhc3M") == [
+            b"a BAD Invalid base64 data in initial response."
+        ]
+    finally:
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknownMechanismIsRefused(server):
+    client = await server.connect()
+    try:
+        assert await client.command(b"a AUTHENTICATE GSSAPI") == [
+            b"a NO Unsupported authentication mechanism."
+        ]
+    finally:
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_authenticateWithoutMechanismIsBad(server):
+    client = await server.connect()
+    try:
+        reply = await client.command(b"a AUTHENTICATE")
+        assert reply[-1].startswith(b"a BAD ")
+    finally:
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_cramMD5RefusesInitialResponse(server):
+    client = await server.connect()
+    try:
+        assert await client.command(b"a AUTHENTICATE CRAM-MD5 AAAA") == [
+            b"a BAD This mechanism does not take an initial response."
+        ]
+    finally:
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_plainAuthzidForAnotherUserIsRefused(server):
+    client = await server.connect()
+    try:
+        ir = b64encode(b"admin\0refnl\0pass")
+        assert await client.command(b"a AUTHENTICATE PLAIN " + ir) == [
+            b"a NO [AUTHORIZATIONFAILED] Authorization failed."
+        ]
+    finally:
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_plainAuthzidSameAsUserIsAccepted(server):
+    client = await server.connect()
+    try:
+        ir = b64encode(b"refnl\0refnl\0pass")
+        assert await client.command(b"a AUTHENTICATE PLAIN " + ir) == [b"a " + REFNL]
+    finally:
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_loginWithLiteralsWorks(server):
+    client = await server.connect()
+    try:
+        assert await client.command(b"a LOGIN {5}") == [b"+ Ready for 5 octets of text"]
+        assert await client.command(b"refnl {4}", b"a") == [b"+ Ready for 4 octets of text"]
+        assert await client.command(b"pass", b"a") == [b"a " + REFNL]
+    finally:
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_pipelinedCommandsWaitForLogin(server, clock):
+    """A command sent behind a delayed failing LOGIN is answered after it."""
+    client = await server.connect()
+    try:
+        client.send(b"a LOGIN refnl wrong\r\nb NOOP\r\n")
+        await waitForDelay(clock, 2.0)
+        assert client.pending() == 0
+        clock.advance(2)
+        assert await client.line() == b"a NO [AUTHENTICATIONFAILED] Authentication failed."
+        assert await client.line() == b"b OK NOOP No operation performed"
+    finally:
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_pipelinedCommandsAfterSuccessRunAuthenticated(server):
+    client = await server.connect()
+    try:
+        client.send(b"a LOGIN plain pass\r\nb SELECT INBOX\r\n")
+        assert (await client.line()).startswith(b"a OK [CAPABILITY ")
+        assert await client.line() == b"b NO No such mailbox"
+    finally:
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_otherClientsAreServedDuringFailureDelay(server, clock):
+    slow = await server.connect()
+    fast = await server.connect()
+    try:
+        slow.send(b"a LOGIN plain wrong\r\n")
+        await waitForDelay(clock, 2.0)
+        assert await fast.command(b"a LOGIN refnl pass") == [b"a " + REFNL]
+        assert slow.pending() == 0
+        clock.advance(2)
+        assert await slow.line() == b"a NO [AUTHENTICATIONFAILED] Authentication failed."
+    finally:
+        await slow.close()
+        await fast.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_nodelayFailureIsAnsweredAtOnce(server, clock):
+    client = await server.connect()
+    try:
+        assert await client.command(b"a LOGIN refnd wrong") == [
+            b"a NO [AUTHENTICATIONFAILED] Authentication failed."
+        ]
+        assert clock.seconds() == 0
+    finally:
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_disconnectDuringDelayCancelsIt(server, clock):
+    client = await server.connect()
+    client.send(b"a LOGIN plain wrong\r\n")
+    await waitForDelay(clock, 2.0)
+    await client.close()
+    for _ in range(100):
+        if not any(dc.getTime() == 2.0 for dc in clock.getDelayedCalls()):
+            break
+        await task.deferLater(reactor, 0.005, lambda: None)
+    assert not any(dc.getTime() == 2.0 for dc in clock.getDelayedCalls())
+
+
+@pytest_twisted.ensureDeferred
+async def test_zeroDelayAnswersFailuresAtOnce(passdb, clock):
+    harness = await ServerHarness.forPassdbs([passdb], clock=clock, failureDelay=0).start()
+    client = await harness.connect()
+    try:
+        assert await client.command(b"a LOGIN plain wrong") == [
+            b"a NO [AUTHENTICATIONFAILED] Authentication failed."
+        ]
+    finally:
+        await client.close()
+        await harness.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_referralAuthStar(passdb, clock):
+    harness = await ServerHarness.forPassdbs([passdb], clock=clock, referralAuth="*").start()
+    client = await harness.connect()
+    try:
+        assert await client.command(b"a LOGIN refnl pass") == [
+            b"a NO [REFERRAL imap://refnl;AUTH=*@imap2.example.com/] Try this server instead."
+        ]
+    finally:
+        await client.close()
+        await harness.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_passdbFailureIsTemporaryAndImmediate(passdb, clock):
+    harness = await ServerHarness.forPassdbs([passdb], clock=clock).start()
+    passdb.error = ConnectionError("database is down")
+    client = await harness.connect()
+    try:
+        assert await client.command(b"a LOGIN refnl pass") == [
+            b"a NO [UNAVAILABLE] Temporary authentication failure."
+        ]
+        passdb.error = None
+        assert await client.command(b"b LOGIN refnl pass") == [b"b " + REFNL]
+    finally:
+        await client.close()
+        await harness.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_laterPassdbIsConsultedForUnknownUser(clock):
+    first = MemoryPassdb.fromLines({"plain": ("pass", "")})
+    second = MemoryPassdb.fromLines({"refnl": ("pass", "host=imap2.example.com nologin")})
+    harness = await ServerHarness.forPassdbs([first, second], clock=clock).start()
+    client = await harness.connect()
+    try:
+        assert await client.command(b"a LOGIN refnl pass") == [b"a " + REFNL]
+    finally:
+        await client.close()
+        await harness.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_cramMD5NotAdvertisedWithoutPlaintextPasswords(clock):
+    passdb = MemoryPassdb.fromLines({"x": ("{SHA512-CRYPT}$6$abc", "")})
+    harness = await ServerHarness.forPassdbs([passdb], clock=clock).start()
+    client = await harness.connect()
+    try:
+        assert b"CRAM-MD5" not in client.greeting
+        assert await client.command(b"a AUTHENTICATE CRAM-MD5") == [
+            b"a NO Unsupported authentication mechanism."
+        ]
+    finally:
+        await client.close()
+        await harness.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknownCommandIsBadNotFatal(server):
+    client = await server.connect()
+    try:
+        assert await client.command(b"x FROB") == [b"x BAD Unsupported command"]
+        assert await client.command(b"a LOGIN refnl pass") == [b"a " + REFNL]
+    finally:
+        await client.close()
