@@ -1,0 +1,120 @@
+"""passwd-file and static passdbs, and passdbFromString."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import pytest_twisted
+
+from imapreferral.login.context import LoginContext
+from imapreferral.login.fields import PassdbReply
+from imapreferral.passdbs import PassdbConfigError, passdbFromString
+from imapreferral.passdbs.passwdfile import PasswdFilePassdb, parsePasswdLine
+
+SEED = """\
+# the seed's passwd-file example
+refnl:{PLAIN}pass::::::host=imap2.example.com nologin
+
+ref:{PLAIN}pass::::::host=imap2.example.com
+fwd:::::::nopassword=y host=imap2.example.com nologin nodelay
+"""
+
+
+@pytest.fixture
+def passwd(tmp_path):
+    path = tmp_path / "users.passwd"
+    path.write_text(SEED)
+    return path
+
+
+async def lookup(passdb, user):
+    return await passdb.lookup(user, LoginContext())
+
+
+@pytest_twisted.ensureDeferred
+async def test_seedExample(passwd):
+    passdb = passdbFromString(f"passwd-file:{passwd}")
+    assert await lookup(passdb, "refnl") == PassdbReply(
+        password="{PLAIN}pass", host="imap2.example.com", nologin=True
+    )
+    assert await lookup(passdb, "fwd") == PassdbReply(
+        host="imap2.example.com", nologin=True, nopassword=True, nodelay=True
+    )
+    assert await lookup(passdb, "nobody") is None
+
+
+def test_extraFieldsMayHoldColons():
+    assert parsePasswdLine("u:p::::::host=2001:db8::1 nologin") == (
+        "u",
+        PassdbReply(password="p", host="2001:db8::1", nologin=True),
+    )
+
+
+def test_shortLineHasNoFields():
+    assert parsePasswdLine("u:p") == ("u", PassdbReply(password="p"))
+
+
+@pytest.mark.parametrize("line", ["", "   ", "# comment", "  # indented comment"])
+def test_blankAndCommentLinesSkipped(line):
+    assert parsePasswdLine(line) is None
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("ok:p\n:nouser\n", ":2: empty user name"),
+        ("a:p::::::port=http\n", ":1: port='http' is not a port number"),
+        ("a:p::::::nologin=maybe\n", ":1: nologin='maybe' is not a boolean"),
+        ("a:p\na:q\n", ":2: user 'a' is listed twice"),
+        ("a:\xff\n", ":1: not valid UTF-8"),
+    ],
+)
+def test_malformedFileNamesFileAndLine(tmp_path, content, message):
+    path = tmp_path / "bad.passwd"
+    path.write_bytes(content.encode("latin-1"))
+    with pytest.raises(PassdbConfigError) as e:
+        passdbFromString(f"passwd-file:{path}")
+    assert str(e.value).startswith(str(path) + message.split(" ")[0])
+    assert message in str(e.value)
+
+
+def test_missingFileIsClear(tmp_path):
+    with pytest.raises(PassdbConfigError, match="nope.passwd: cannot read passwd-file"):
+        passdbFromString(f"passwd-file:{tmp_path}/nope.passwd")
+
+
+@pytest_twisted.ensureDeferred
+async def test_fileIsReReadWhenChanged(passwd):
+    passdb = PasswdFilePassdb(str(passwd))
+    assert await lookup(passdb, "newuser") is None
+    passwd.write_text(SEED + "newuser:{PLAIN}x::::::host=other.example.com nologin\n")
+    os.utime(passwd, ns=(1, 1))  # a different mtime even within one clock tick
+    assert (await lookup(passdb, "newuser")).host == "other.example.com"
+
+
+@pytest_twisted.ensureDeferred
+async def test_brokenNewVersionKeepsLastGood(passwd):
+    passdb = PasswdFilePassdb(str(passwd))
+    passwd.write_text("refnl:p::::::port=bad\n")
+    os.utime(passwd, ns=(2, 2))
+    assert (await lookup(passdb, "refnl")).host == "imap2.example.com"
+
+
+@pytest_twisted.ensureDeferred
+async def test_staticPassdb():
+    passdb = passdbFromString("static:host=imap2.example.com nologin nopassword nodelay")
+    assert await lookup(passdb, "anyone") == PassdbReply(
+        host="imap2.example.com", nologin=True, nopassword=True, nodelay=True
+    )
+
+
+def test_staticWithBadFieldIsClear():
+    with pytest.raises(PassdbConfigError, match="port='x'"):
+        passdbFromString("static:host=h port=x")
+
+
+@pytest.mark.parametrize("text", ["nosuch:x", "passwd-file", "", "passwd-file:"])
+def test_badPassdbDescription(text):
+    with pytest.raises(PassdbConfigError):
+        passdbFromString(text)
