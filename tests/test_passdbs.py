@@ -80,7 +80,7 @@ def test_malformedFileNamesFileAndLine(tmp_path, content, message):
 
 
 def test_missingFileIsClear(tmp_path):
-    with pytest.raises(PassdbConfigError, match="nope.passwd: cannot read passwd-file"):
+    with pytest.raises(PassdbConfigError, match=r"nope\.passwd: cannot read passwd-file"):
         passdbFromString(f"passwd-file:{tmp_path}/nope.passwd")
 
 

@@ -1,0 +1,131 @@
+"""The command line: plugin discovery, options, refusal of bad values, and a real twistd."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from twisted.application.service import IServiceMaker
+from twisted.plugin import getPlugins
+from twisted.python.usage import UsageError
+
+from imapreferral import tap
+
+
+def test_pluginIsDiscoverable():
+    makers = {p.tapname: p for p in getPlugins(IServiceMaker)}
+    maker = makers["imapreferral"]
+    options = maker.options()
+    options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1"])
+    assert maker.makeService(options) is not None
+
+
+def test_defaultsServeBundledExample():
+    options = tap.Options()
+    options.parseOptions([])
+    assert options["listen"] == ["tcp:1143:interface=127.0.0.1"]
+    assert [p.path for p in options["passdb"]] == [tap.EXAMPLE_PASSWD]
+    assert options["auth-failure-delay"] == 2.0
+    assert options["referral-auth"] == "mech"
+
+
+def test_allOptions(tmp_path):
+    passwd = tmp_path / "u.passwd"
+    passwd.write_text("u:p\n")
+    options = tap.Options()
+    options.parseOptions(
+        [
+            "--listen", "tcp:1143:interface=127.0.0.1",
+            "--listen", "tcp6:1143:interface=\\:\\:1",
+            "--passdb", f"passwd-file:{passwd}",
+            "--passdb", "static:host=imap2.example.com nologin nopassword nodelay",
+            "--auth-failure-delay", "0.5",
+            "--referral-auth", "*",
+            "--greeting", "hello",
+        ]
+    )  # fmt: skip
+    assert len(options["listen"]) == 2 and len(options["passdb"]) == 2
+    assert options["auth-failure-delay"] == 0.5 and options["referral-auth"] == "*"
+    assert tap.makeService(options) is not None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--auth-failure-delay", "soon"], "--auth-failure-delay 'soon': not a number"),
+        (["--auth-failure-delay", "-1"], "must be 0..3600"),
+        (["--referral-auth", "PLAIN"], "--referral-auth 'PLAIN'"),
+        (["--listen", "nonsense:1"], "--listen 'nonsense:1'"),
+        (["--passdb", "ldap:x"], "--passdb 'ldap:x'"),
+        (["--passdb", "passwd-file:/nonexistent/u.passwd"], "/nonexistent/u.passwd: cannot read"),
+    ],
+)
+def test_badOptionsAreRefused(args, message):
+    with pytest.raises(UsageError) as e:
+        tap.Options().parseOptions(args)
+    assert message in str(e.value)
+
+
+def _freePort() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+def _twistd(*args: str, cwd: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent))
+    return subprocess.Popen(
+        [*TWISTD, "-n", "--pidfile=", "imapreferral", *args],
+        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+def test_twistdServesReferralsAndLogsNoPassword(tmp_path):
+    port = _freePort()
+    proc = _twistd("--listen", f"tcp:{port}:interface=127.0.0.1", cwd=str(tmp_path))
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "twistd did not start listening"
+                assert proc.poll() is None, proc.stdout.read().decode()
+                time.sleep(0.1)
+        with sock:
+            f = sock.makefile("rb")
+            assert f.readline().startswith(b"* OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS")
+            sock.sendall(b"a LOGIN refnl pass\r\n")
+            assert f.readline() == (
+                b"a NO [REFERRAL imap://refnl;AUTH=PLAIN@imap2.example.com/] Try this server instead.\r\n"
+            )
+            sock.sendall(b"z LOGOUT\r\n")
+            assert f.readline() == b"* BYE Logging out\r\n"
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=20)[0].decode()
+    assert "imapreferral serving" in out and "users.passwd" in out
+    assert (
+        "login user='refnl' remote=127.0.0.1 mech=PLAIN: referred imap://refnl;AUTH=PLAIN@imap2.example.com/"
+        in out
+    )
+    assert "pass" not in out.replace("passwd", "").replace("passdb", "")
+
+
+def test_twistdRefusesMalformedPasswdFileWithFileAndLine(tmp_path):
+    bad = tmp_path / "bad.passwd"
+    bad.write_text("good:p\nbroken:p::::::port=http\n")
+    proc = _twistd("--passdb", f"passwd-file:{bad}", cwd=str(tmp_path))
+    out = proc.communicate(timeout=30)[0].decode()
+    assert proc.returncode != 0
+    assert f"{bad}:2: port='http' is not a port number" in out
+    assert "Traceback" not in out
