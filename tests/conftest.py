@@ -91,3 +91,11 @@ async def server(passdb, clock):
     harness = await ServerHarness.forPassdbs([passdb], clock=clock).start()
     yield harness
     await harness.stop()
+
+
+@pytest_twisted.async_yield_fixture
+async def client(server):
+    """A raw client connected to L{server}, greeting read; closed afterwards."""
+    connection = await server.connect()
+    yield connection
+    await connection.close()

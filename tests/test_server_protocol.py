@@ -17,190 +17,124 @@ PRELOGIN_CAPS = b"IMAP4rev1 SASL-IR LOGIN-REFERRALS AUTH=PLAIN AUTH=LOGIN AUTH=C
 
 
 @pytest_twisted.ensureDeferred
-async def test_greetingAdvertisesReferralsAndMechanisms(server):
-    client = await server.connect()
-    try:
-        assert client.greeting == b"* OK [CAPABILITY " + PRELOGIN_CAPS + b"] imapreferral ready."
-    finally:
-        await client.close()
+async def test_greetingAdvertisesReferralsAndMechanisms(client):
+    assert client.greeting == b"* OK [CAPABILITY " + PRELOGIN_CAPS + b"] imapreferral ready."
 
 
 @pytest_twisted.ensureDeferred
-async def test_preloginCapability(server):
-    client = await server.connect()
-    try:
-        assert await client.command(b"c CAPABILITY") == [
-            b"* CAPABILITY " + PRELOGIN_CAPS,
-            b"c OK CAPABILITY completed",
-        ]
-    finally:
-        await client.close()
+async def test_preloginCapability(client):
+    assert await client.command(b"c CAPABILITY") == [
+        b"* CAPABILITY " + PRELOGIN_CAPS,
+        b"c OK CAPABILITY completed",
+    ]
 
 
 @pytest_twisted.ensureDeferred
-async def test_connectionStaysUsableAfterReferral(server):
-    client = await server.connect()
-    try:
-        assert await client.command(b"a LOGIN refnl pass") == [b"a " + REFNL]
-        assert (await client.command(b"c CAPABILITY"))[0] == b"* CAPABILITY " + PRELOGIN_CAPS
-        assert await client.command(b"b LOGIN refnl pass") == [b"b " + REFNL]
-        assert await client.command(b"z LOGOUT") == [
-            b"* BYE Logging out",
-            b"z OK Logout completed.",
-        ]
-        assert await client.line() == b""
-    finally:
-        await client.close()
+async def test_connectionStaysUsableAfterReferral(client):
+    assert await client.command(b"a LOGIN refnl pass") == [b"a " + REFNL]
+    assert (await client.command(b"c CAPABILITY"))[0] == b"* CAPABILITY " + PRELOGIN_CAPS
+    assert await client.command(b"b LOGIN refnl pass") == [b"b " + REFNL]
+    assert await client.command(b"z LOGOUT") == [
+        b"* BYE Logging out",
+        b"z OK Logout completed.",
+    ]
+    assert await client.line() == b""
 
 
 @pytest_twisted.ensureDeferred
-async def test_saslIREmptyResponseIsEquals(server):
+async def test_saslIREmptyResponseIsEquals(client):
     """RFC 4959: C{=} is an empty initial response; PLAIN then finds it malformed."""
-    client = await server.connect()
-    try:
-        assert await client.command(b"a AUTHENTICATE PLAIN =") == [
-            b"a BAD Invalid PLAIN response."
-        ]
-    finally:
-        await client.close()
+    assert await client.command(b"a AUTHENTICATE PLAIN =") == [b"a BAD Invalid PLAIN response."]
 
 
 @pytest_twisted.ensureDeferred
-async def test_saslLoginIRIsTheUserName(server):
-    client = await server.connect()
-    try:
-        ir = b64encode(b"refnl")
-        assert await client.command(b"a AUTHENTICATE LOGIN " + ir) == [b"+ UGFzc3dvcmQ6"]
-        assert await client.command(b64encode(b"pass"), b"a") == [
-            b"a NO [REFERRAL imap://refnl;AUTH=LOGIN@imap2.example.com/] Try this server instead."
-        ]
-    finally:
-        await client.close()
+async def test_saslLoginIRIsTheUserName(server, client):
+    ir = b64encode(b"refnl")
+    assert await client.command(b"a AUTHENTICATE LOGIN " + ir) == [b"+ UGFzc3dvcmQ6"]
+    assert await client.command(b64encode(b"pass"), b"a") == [
+        b"a NO [REFERRAL imap://refnl;AUTH=LOGIN@imap2.example.com/] Try this server instead."
+    ]
 
 
 @pytest_twisted.ensureDeferred
-async def test_starCancelsAuthentication(server):
-    client = await server.connect()
-    try:
-        assert await client.command(b"a AUTHENTICATE PLAIN") == [b"+ "]
-        assert await client.command(b"*", b"a") == [b"a BAD Authentication aborted by client."]
-        assert await client.command(b"b LOGIN refnl pass") == [b"b " + REFNL]
-    finally:
-        await client.close()
+async def test_starCancelsAuthentication(client):
+    assert await client.command(b"a AUTHENTICATE PLAIN") == [b"+ "]
+    assert await client.command(b"*", b"a") == [b"a BAD Authentication aborted by client."]
+    assert await client.command(b"b LOGIN refnl pass") == [b"b " + REFNL]
 
 
 @pytest_twisted.ensureDeferred
-async def test_badBase64InContinuationIsBad(server):
-    client = await server.connect()
-    try:
-        assert await client.command(b"a AUTHENTICATE PLAIN") == [b"+ "]
-        assert await client.command(b"!!not base64!!", b"a") == [
-            b"a BAD Invalid base64 data in continued response."
-        ]
-    finally:
-        await client.close()
+async def test_badBase64InContinuationIsBad(client):
+    assert await client.command(b"a AUTHENTICATE PLAIN") == [b"+ "]
+    assert await client.command(b"!!not base64!!", b"a") == [
+        b"a BAD Invalid base64 data in continued response."
+    ]
 
 
 @pytest_twisted.ensureDeferred
-async def test_badBase64InInitialResponseIsBad(server):
-    client = await server.connect()
-    try:
-        assert await client.command(b"a AUTHENTICATE PLAIN AHJlZm5sAHBhc3M") == [
-            b"a BAD Invalid base64 data in initial response."
-        ]
-    finally:
-        await client.close()
+async def test_badBase64InInitialResponseIsBad(client):
+    assert await client.command(b"a AUTHENTICATE PLAIN AHJlZm5sAHBhc3M") == [
+        b"a BAD Invalid base64 data in initial response."
+    ]
 
 
 @pytest_twisted.ensureDeferred
-async def test_unknownMechanismIsRefused(server):
-    client = await server.connect()
-    try:
-        assert await client.command(b"a AUTHENTICATE GSSAPI") == [
-            b"a NO Unsupported authentication mechanism."
-        ]
-    finally:
-        await client.close()
+async def test_unknownMechanismIsRefused(client):
+    assert await client.command(b"a AUTHENTICATE GSSAPI") == [
+        b"a NO Unsupported authentication mechanism."
+    ]
 
 
 @pytest_twisted.ensureDeferred
-async def test_authenticateWithoutMechanismIsBad(server):
-    client = await server.connect()
-    try:
-        reply = await client.command(b"a AUTHENTICATE")
-        assert reply[-1].startswith(b"a BAD ")
-    finally:
-        await client.close()
+async def test_authenticateWithoutMechanismIsBad(client):
+    reply = await client.command(b"a AUTHENTICATE")
+    assert reply[-1].startswith(b"a BAD ")
 
 
 @pytest_twisted.ensureDeferred
-async def test_cramMD5RefusesInitialResponse(server):
-    client = await server.connect()
-    try:
-        assert await client.command(b"a AUTHENTICATE CRAM-MD5 AAAA") == [
-            b"a BAD This mechanism does not take an initial response."
-        ]
-    finally:
-        await client.close()
+async def test_cramMD5RefusesInitialResponse(client):
+    assert await client.command(b"a AUTHENTICATE CRAM-MD5 AAAA") == [
+        b"a BAD This mechanism does not take an initial response."
+    ]
 
 
 @pytest_twisted.ensureDeferred
-async def test_plainAuthzidForAnotherUserIsRefused(server):
-    client = await server.connect()
-    try:
-        ir = b64encode(b"admin\0refnl\0pass")
-        assert await client.command(b"a AUTHENTICATE PLAIN " + ir) == [
-            b"a NO [AUTHORIZATIONFAILED] Authorization failed."
-        ]
-    finally:
-        await client.close()
+async def test_plainAuthzidForAnotherUserIsRefused(client):
+    ir = b64encode(b"admin\0refnl\0pass")
+    assert await client.command(b"a AUTHENTICATE PLAIN " + ir) == [
+        b"a NO [AUTHORIZATIONFAILED] Authorization failed."
+    ]
 
 
 @pytest_twisted.ensureDeferred
-async def test_plainAuthzidSameAsUserIsAccepted(server):
-    client = await server.connect()
-    try:
-        ir = b64encode(b"refnl\0refnl\0pass")
-        assert await client.command(b"a AUTHENTICATE PLAIN " + ir) == [b"a " + REFNL]
-    finally:
-        await client.close()
+async def test_plainAuthzidSameAsUserIsAccepted(client):
+    ir = b64encode(b"refnl\0refnl\0pass")
+    assert await client.command(b"a AUTHENTICATE PLAIN " + ir) == [b"a " + REFNL]
 
 
 @pytest_twisted.ensureDeferred
-async def test_loginWithLiteralsWorks(server):
-    client = await server.connect()
-    try:
-        assert await client.command(b"a LOGIN {5}") == [b"+ Ready for 5 octets of text"]
-        assert await client.command(b"refnl {4}", b"a") == [b"+ Ready for 4 octets of text"]
-        assert await client.command(b"pass", b"a") == [b"a " + REFNL]
-    finally:
-        await client.close()
+async def test_loginWithLiteralsWorks(client):
+    assert await client.command(b"a LOGIN {5}") == [b"+ Ready for 5 octets of text"]
+    assert await client.command(b"refnl {4}", b"a") == [b"+ Ready for 4 octets of text"]
+    assert await client.command(b"pass", b"a") == [b"a " + REFNL]
 
 
 @pytest_twisted.ensureDeferred
-async def test_pipelinedCommandsWaitForLogin(server, clock):
+async def test_pipelinedCommandsWaitForLogin(client, clock):
     """A command sent behind a delayed failing LOGIN is answered after it."""
-    client = await server.connect()
-    try:
-        client.send(b"a LOGIN refnl wrong\r\nb NOOP\r\n")
-        await waitForDelay(clock, 2.0)
-        assert client.pending() == 0
-        clock.advance(2)
-        assert await client.line() == b"a NO [AUTHENTICATIONFAILED] Authentication failed."
-        assert await client.line() == b"b OK NOOP No operation performed"
-    finally:
-        await client.close()
+    client.send(b"a LOGIN refnl wrong\r\nb NOOP\r\n")
+    await waitForDelay(clock, 2.0)
+    assert client.pending() == 0
+    clock.advance(2)
+    assert await client.line() == b"a NO [AUTHENTICATIONFAILED] Authentication failed."
+    assert await client.line() == b"b OK NOOP No operation performed"
 
 
 @pytest_twisted.ensureDeferred
-async def test_pipelinedCommandsAfterSuccessRunAuthenticated(server):
-    client = await server.connect()
-    try:
-        client.send(b"a LOGIN plain pass\r\nb SELECT INBOX\r\n")
-        assert (await client.line()).startswith(b"a OK [CAPABILITY ")
-        assert await client.line() == b"b NO No such mailbox"
-    finally:
-        await client.close()
+async def test_pipelinedCommandsAfterSuccessRunAuthenticated(client):
+    client.send(b"a LOGIN plain pass\r\nb SELECT INBOX\r\n")
+    assert (await client.line()).startswith(b"a OK [CAPABILITY ")
+    assert await client.line() == b"b NO No such mailbox"
 
 
 @pytest_twisted.ensureDeferred
@@ -220,15 +154,11 @@ async def test_otherClientsAreServedDuringFailureDelay(server, clock):
 
 
 @pytest_twisted.ensureDeferred
-async def test_nodelayFailureIsAnsweredAtOnce(server, clock):
-    client = await server.connect()
-    try:
-        assert await client.command(b"a LOGIN refnd wrong") == [
-            b"a NO [AUTHENTICATIONFAILED] Authentication failed."
-        ]
-        assert clock.seconds() == 0
-    finally:
-        await client.close()
+async def test_nodelayFailureIsAnsweredAtOnce(client, clock):
+    assert await client.command(b"a LOGIN refnd wrong") == [
+        b"a NO [AUTHENTICATIONFAILED] Authentication failed."
+    ]
+    assert clock.seconds() == 0
 
 
 @pytest_twisted.ensureDeferred
@@ -315,10 +245,6 @@ async def test_cramMD5NotAdvertisedWithoutPlaintextPasswords(clock):
 
 
 @pytest_twisted.ensureDeferred
-async def test_unknownCommandIsBadNotFatal(server):
-    client = await server.connect()
-    try:
-        assert await client.command(b"x FROB") == [b"x BAD Unsupported command"]
-        assert await client.command(b"a LOGIN refnl pass") == [b"a " + REFNL]
-    finally:
-        await client.close()
+async def test_unknownCommandIsBadNotFatal(client):
+    assert await client.command(b"x FROB") == [b"x BAD Unsupported command"]
+    assert await client.command(b"a LOGIN refnl pass") == [b"a " + REFNL]

@@ -134,78 +134,54 @@ def _expected(template: bytes, mech: str) -> bytes:
 @pytest.mark.parametrize("mech", MECHS)
 @pytest.mark.parametrize("row", REFERRAL_ROWS)
 @pytest_twisted.ensureDeferred
-async def test_rightPasswordGivesTableReply(server, row, mech):
+async def test_rightPasswordGivesTableReply(client, row, mech):
     user, template = REFERRAL_ROWS[row]
     authName, login = MECHS[mech]
-    client = await server.connect()
-    try:
-        assert await login(client, user, b"pass") == _expected(template, authName)
-    finally:
-        await client.close()
+    assert await login(client, user, b"pass") == _expected(template, authName)
 
 
 @pytest.mark.parametrize("mech", MECHS)
 @pytest_twisted.ensureDeferred
-async def test_plainUserLogsInWithCapabilities(server, mech):
+async def test_plainUserLogsInWithCapabilities(client, mech):
     _authName, login = MECHS[mech]
-    client = await server.connect()
-    try:
-        assert await login(client, b"plain", b"pass") == (
-            b"a OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS NAMESPACE IDLE] Logged in"
-        )
-        assert await client.command(b"s SELECT INBOX") == [b"s NO No such mailbox"]
-    finally:
-        await client.close()
+    assert await login(client, b"plain", b"pass") == (
+        b"a OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS NAMESPACE IDLE] Logged in"
+    )
+    assert await client.command(b"s SELECT INBOX") == [b"s NO No such mailbox"]
 
 
 @pytest.mark.parametrize("mech", [m for m in MECHS if m != "CRAM-MD5"])
 @pytest_twisted.ensureDeferred
-async def test_nopasswordRefersWithAnyPassword(server, mech):
+async def test_nopasswordRefersWithAnyPassword(client, mech):
     _, login = MECHS[mech]
-    client = await server.connect()
-    try:
-        reply = await login(client, b"fwdd", b"anything")
-        assert reply == b"a NO [REFERRAL imap://fwdd;AUTH=%s@imap2.example.com/] %s" % (
-            MECHS[mech][0].encode(),
-            REFER,
-        )
-    finally:
-        await client.close()
+    reply = await login(client, b"fwdd", b"anything")
+    assert reply == b"a NO [REFERRAL imap://fwdd;AUTH=%s@imap2.example.com/] %s" % (
+        MECHS[mech][0].encode(),
+        REFER,
+    )
 
 
 @pytest_twisted.ensureDeferred
-async def test_nopasswordRefersWithEmptyPassword(server):
-    client = await server.connect()
-    try:
-        assert (await client.command(b'a LOGIN fwd ""'))[-1] == (
-            b"a NO [REFERRAL imap://fwd;AUTH=PLAIN@imap2.example.com/] " + REFER
-        )
-    finally:
-        await client.close()
+async def test_nopasswordRefersWithEmptyPassword(client):
+    assert (await client.command(b'a LOGIN fwd ""'))[-1] == (
+        b"a NO [REFERRAL imap://fwd;AUTH=PLAIN@imap2.example.com/] " + REFER
+    )
 
 
 @pytest.mark.parametrize("mech", MECHS)
 @pytest.mark.parametrize("user", [b"refnl", b"ref", b"plain", b"nosuchuser", b"nl", b"prox"])
 @pytest_twisted.ensureDeferred
-async def test_wrongPasswordRevealsNothingAfterDelay(server, clock, mech, user):
+async def test_wrongPasswordRevealsNothingAfterDelay(client, clock, mech, user):
     _, login = MECHS[mech]
-    client = await server.connect()
-    try:
-        reply = Deferred.fromCoroutine(login(client, user, b"wrong"))
-        await waitForDelay(clock, 2.0)
-        assert not reply.called
-        clock.advance(2.0)
-        assert await reply == b"a " + FAILED
-    finally:
-        await client.close()
+    reply = Deferred.fromCoroutine(login(client, user, b"wrong"))
+    await waitForDelay(clock, 2.0)
+    assert not reply.called
+    clock.advance(2.0)
+    assert await reply == b"a " + FAILED
 
 
 @pytest_twisted.ensureDeferred
-async def test_referralIsNotDelayed(server, clock):
-    client = await server.connect()
-    try:
-        reply = await client.command(b"a LOGIN refnl pass")
-        assert reply[-1].startswith(b"a NO [REFERRAL ")
-        assert all(dc.getTime() != 2.0 for dc in clock.getDelayedCalls())
-    finally:
-        await client.close()
+async def test_referralIsNotDelayed(client, clock):
+    reply = await client.command(b"a LOGIN refnl pass")
+    assert reply[-1].startswith(b"a NO [REFERRAL ")
+    assert all(dc.getTime() != 2.0 for dc in clock.getDelayedCalls())

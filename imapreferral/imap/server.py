@@ -243,6 +243,23 @@ class ReferralIMAP4Server(IMAP4Server):
         else:
             self._unblock()
 
+    # Errors
+
+    def lineReceived(self, line: bytes) -> None:
+        """
+        As Twisted's, but an unexpected error is logged with its traceback
+        and the client gets a fixed text, not the exception's.
+        """
+        if self.blocked is not None:
+            self.blocked.append(line)
+            return
+        self.resetTimeout()
+        try:
+            getattr(self, "parse_" + self.parseState)(line)
+        except Exception:
+            _log.failure("error while handling a command line")
+            self.sendUntaggedResponse(b"BAD Internal server error.")
+
     # Session end
 
     def do_LOGOUT(self, tag: bytes) -> None:
