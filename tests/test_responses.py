@@ -25,22 +25,22 @@ def test_sanitiseText(text, expected):
 
 
 def test_referralReply():
-    assert renderOutcome(Refer(Referral("u", "h")), "PLAIN", b"") == (
+    assert renderOutcome(Refer(Referral("u", "h")), "PLAIN", bytes) == (
         b"NO",
         b"[REFERRAL imap://u;AUTH=PLAIN@h/] Try this server instead.",
     )
 
 
 def test_failureRepliesSayNothingMore():
-    assert renderOutcome(Reject(), "PLAIN", b"") == (
+    assert renderOutcome(Reject(), "PLAIN", bytes) == (
         b"NO",
         b"[AUTHENTICATIONFAILED] Authentication failed.",
     )
-    assert renderOutcome(Unavailable("db down: secret detail"), "PLAIN", b"") == (
+    assert renderOutcome(Unavailable("db down: secret detail"), "PLAIN", bytes) == (
         b"NO",
         b"[UNAVAILABLE] Temporary authentication failure.",
     )
-    assert renderOutcome(Disable(), "PLAIN", b"") == (
+    assert renderOutcome(Disable(), "PLAIN", bytes) == (
         b"NO",
         b"[CONTACTADMIN] Login disabled for this user",
     )

@@ -7,7 +7,9 @@ response codes of RFC 2221 and RFC 5530.
 
 from __future__ import annotations
 
-import unicodedata
+import re
+from collections.abc import Callable
+from functools import lru_cache
 
 from imapreferral.imap.url import IMAPURL
 from imapreferral.login.outcome import Disable, LoggedIn, Outcome, Refer, Referral, Reject
@@ -20,6 +22,10 @@ FAILED = b"[AUTHENTICATIONFAILED] Authentication failed."
 UNAVAILABLE = b"[UNAVAILABLE] Temporary authentication failure."
 
 
+#: Unicode category Cc: C0 controls, DEL and C1 controls.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def sanitiseText(text: str | None, default: str) -> bytes:
     """
     Make passdb text safe as IMAP C{text} (RFC 3501 §9: one line of
@@ -29,12 +35,15 @@ def sanitiseText(text: str | None, default: str) -> bytes:
     """
     if text is None or not text.strip():
         text = default
-    cleaned = "".join(" " if unicodedata.category(c) == "Cc" else c for c in text)
-    return cleaned.encode("utf-8", "surrogateescape")
+    return _CONTROLS.sub(" ", text).encode("utf-8", "surrogateescape")
 
 
+@lru_cache(maxsize=4096)
 def referralURL(referral: Referral, auth: str) -> str:
-    """The referral's C{imap://} URL with C{;AUTH=auth}."""
+    """
+    The referral's C{imap://} URL with C{;AUTH=auth}. Cached: the same few
+    referrals are rendered over and over (referrals are immutable).
+    """
     return IMAPURL.fromReferral(referral, auth).asText()
 
 
@@ -42,19 +51,21 @@ def _referralCode(referral: Referral, auth: str) -> bytes:
     return b"[REFERRAL " + referralURL(referral, auth).encode("ascii") + b"] "
 
 
-def renderOutcome(outcome: Outcome, auth: str, capabilities: bytes) -> tuple[bytes, bytes]:
+def renderOutcome(
+    outcome: Outcome, auth: str, capabilities: Callable[[], bytes]
+) -> tuple[bytes, bytes]:
     """
     The tagged reply for a login outcome, as C{(status, text)}.
 
     @param auth: What to put in C{;AUTH=}: the mechanism used or C{*}.
-    @param capabilities: The post-login capability list, space-separated,
-        for a plain C{OK [CAPABILITY ...] Logged in}.
+    @param capabilities: Returns the post-login capability list,
+        space-separated, for a plain C{OK [CAPABILITY ...] Logged in}.
     """
     if isinstance(outcome, LoggedIn):
         if outcome.referral is not None:
             text = sanitiseText(outcome.referral.reason, SUGGEST_TEXT)
             return b"OK", _referralCode(outcome.referral, auth) + text
-        return b"OK", b"[CAPABILITY " + capabilities + b"] " + LOGGED_IN_TEXT
+        return b"OK", b"[CAPABILITY " + capabilities() + b"] " + LOGGED_IN_TEXT
     if isinstance(outcome, Refer):
         text = sanitiseText(outcome.referral.reason, REFER_TEXT)
         return b"NO", _referralCode(outcome.referral, auth) + text

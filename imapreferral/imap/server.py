@@ -217,17 +217,32 @@ class ReferralIMAP4Server(IMAP4Server):
             self._onLogout = outcome.logout
             self.state = "auth"
             self.setTimeout(self.POSTAUTH_TIMEOUT)
-        status, text = renderOutcome(outcome, auth, b" ".join(self.listCapabilities()))
+        status, text = renderOutcome(outcome, auth, self._capabilityList)
         self._respond(status, tag, text)
+        self._logLogin(outcome, credentials, mechanism, auth)
+
+    def _capabilityList(self) -> bytes:
+        return b" ".join(self.listCapabilities())
+
+    def _logLogin(self, outcome: Outcome, credentials: object, mechanism: str, auth: str) -> None:
+        """
+        One line per authentication, never the password. The fields stay
+        separate in the event (for JSON logs); text logs format one string.
+        """
         referral = getattr(outcome, "referral", None)
-        context: LoginContext = credentials.context  # type: ignore[attr-defined]
+        user = credentials.username.decode("utf-8", "replace")  # type: ignore[attr-defined]
+        remote = credentials.context.remoteIP  # type: ignore[attr-defined]
+        result = _describe(outcome)
+        url = None if referral is None else referralURL(referral, auth)
         _log.info(
-            "login user={user!r} remote={remote} mech={mechanism}: {result}{url}",
-            user=credentials.username.decode("utf-8", "replace"),  # type: ignore[attr-defined]
-            remote=context.remoteIP,
+            "{summary}",
+            summary=f"login user={user!r} remote={remote} mech={mechanism}: {result}"
+            + ("" if url is None else " " + url),
+            user=user,
+            remote=remote,
             mechanism=mechanism,
-            result=_describe(outcome),
-            url="" if referral is None else " " + referralURL(referral, auth),
+            result=result,
+            referral=url,
         )
 
     def _loginError(self, failure: Failure, tag: bytes) -> None:
