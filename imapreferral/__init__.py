@@ -22,7 +22,12 @@ from imapreferral.login.errors import (
 )
 from imapreferral.login.fields import PassdbReply
 from imapreferral.login.outcome import AvatarId, Referral
-from imapreferral.passdbs import PasswdFilePassdb, StaticPassdb, passdbFromString
+from imapreferral.passdbs import (
+    PassdbConfigError,
+    PasswdFilePassdb,
+    StaticPassdb,
+    passdbFromString,
+)
 
 __version__ = "0.1.0"
 
@@ -37,6 +42,7 @@ __all__ = [
     "LoginDisabled",
     "LoginReferral",
     "PassdbChecker",
+    "PassdbConfigError",
     "PassdbReply",
     "PasswdFilePassdb",
     "Referral",

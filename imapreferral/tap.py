@@ -78,7 +78,8 @@ class Options(usage.Options):
         try:
             self["passdb"].append(passdbFromString(description))
         except PassdbConfigError as e:
-            raise usage.UsageError(str(e)) from None
+            # One clear line, not the usage text: the option is fine, the file is not.
+            raise SystemExit(f"imapreferral: {e}") from None
 
     def postOptions(self) -> None:
         if self["referral-auth"] not in REFERRAL_AUTH_CHOICES:

@@ -17,6 +17,7 @@ from imapreferral.login.outcome import Disable, Refer, Referral, Reject, Unavail
         ("Server ist überlastet", "Server ist überlastet".encode()),  # UTF-8 stays
         ("", b"default"),  # empty text is not allowed after a code: default
         ("  ", b"default"),
+        ("\x01\r\n", b"default"),  # blank once sanitised
         (None, b"default"),
     ],
 )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from base64 import b64encode
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
 
@@ -248,3 +249,45 @@ async def test_cramMD5NotAdvertisedWithoutPlaintextPasswords(clock):
 async def test_unknownCommandIsBadNotFatal(client):
     assert await client.command(b"x FROB") == [b"x BAD Unsupported command"]
     assert await client.command(b"a LOGIN refnl pass") == [b"a " + REFNL]
+
+
+@pytest_twisted.ensureDeferred
+async def test_loginWithoutArgumentsIsBad(client):
+    assert await client.command(b"a LOGIN") == [
+        b"a BAD Illegal syntax: Missing user name and password"
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_authenticateWithoutArgumentsIsBad(client):
+    assert await client.command(b"a AUTHENTICATE") == [b"a BAD Invalid AUTHENTICATE arguments."]
+
+
+def test_factoryRefusesUnknownMechanism(passdb):
+    from twisted.cred.portal import Portal
+
+    from imapreferral import PassdbChecker, ReferralRealm, ReferralServerFactory
+
+    portal = Portal(ReferralRealm(), [PassdbChecker([passdb])])
+    with pytest.raises(ValueError, match="SCRAM-SHA-1"):
+        ReferralServerFactory(portal, mechanisms=("PLAIN", "SCRAM-SHA-1"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_failureIsLoggedEvenIfClientLeavesDuringDelay(server, clock):
+    from twisted.logger import globalLogPublisher
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        client = await server.connect()
+        client.send(b"a LOGIN plain secretpw\r\n")
+        await waitForDelay(clock, 2.0)
+        await client.close()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    logins = [e for e in events if "summary" in e]
+    assert [e["summary"] for e in logins] == [
+        "login user='plain' remote=127.0.0.1 mech=PLAIN: authentication failed"
+    ]
+    assert "secretpw" not in repr(events)

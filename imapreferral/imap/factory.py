@@ -13,9 +13,11 @@ from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import ServerFactory
 from twisted.mail.imap4 import IAccount
 
-from imapreferral.imap.responses import sanitiseText
+from imapreferral.imap.responses import referralURL, sanitiseText
 from imapreferral.imap.server import ReferralIMAP4Server
 from imapreferral.login.attempt import DEFAULT_FAILURE_DELAY, LoginAttempts
+from imapreferral.login.outcome import Referral
+from imapreferral.login.sasl import MECHANISMS
 
 REFERRAL_AUTH_CHOICES = ("mech", "*")
 
@@ -61,14 +63,22 @@ class ReferralServerFactory(ServerFactory):
             raise ValueError(f"referralAuth must be one of {REFERRAL_AUTH_CHOICES}")
         if clock is None:
             from twisted.internet import reactor as clock  # type: ignore[assignment]
+        if mechanisms is None:
+            mechanisms = defaultMechanisms(portal)
+        unknown = [m for m in mechanisms if m.upper() not in MECHANISMS]
+        if unknown:
+            raise ValueError(f"unsupported SASL mechanisms {unknown}; known: {list(MECHANISMS)}")
         self.portal = portal
-        self.attempts = LoginAttempts(portal, IAccount, clock, failureDelay)
         self.referralAuth = referralAuth
-        self.mechanisms = (
-            tuple(mechanisms) if mechanisms is not None else defaultMechanisms(portal)
+        self.mechanisms = tuple(m.upper() for m in mechanisms)
+        self.attempts = LoginAttempts(
+            portal, IAccount, clock, failureDelay, referralText=self._referralText
         )
         self.greeting = sanitiseText(greeting, "imapreferral ready.")
         self.hostname = socket.gethostname()
+
+    def _referralText(self, referral: Referral, mechanism: str) -> str:
+        return referralURL(referral, "*" if self.referralAuth == "*" else mechanism)
 
     def buildProtocol(self, addr: IAddress) -> ReferralIMAP4Server:
         proto = self.protocol(

@@ -33,9 +33,10 @@ def sanitiseText(text: str | None, default: str) -> bytes:
     a C{reason} cannot inject protocol lines (Dovecot sends it raw). An empty
     or blank text falls back to C{default}: C{text} must not be empty.
     """
-    if text is None or not text.strip():
-        text = default
-    return _CONTROLS.sub(" ", text).encode("utf-8", "surrogateescape")
+    cleaned = None if text is None else _CONTROLS.sub(" ", text)
+    if cleaned is None or not cleaned.strip():
+        cleaned = default
+    return cleaned.encode("utf-8", "surrogateescape")
 
 
 @lru_cache(maxsize=4096)

@@ -18,20 +18,16 @@ from collections.abc import Sequence
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
-from twisted.mail.imap4 import IMAP4Server
+from twisted.mail.imap4 import IllegalClientResponse, IMAP4Server
 from twisted.python.failure import Failure
 
-from imapreferral.imap.responses import UNAVAILABLE, referralURL, renderOutcome
+from imapreferral.imap.responses import UNAVAILABLE, renderOutcome
 from imapreferral.login.attempt import LoginAttempts
 from imapreferral.login.context import LoginContext
 from imapreferral.login.credentials import PasswordCredentials
 from imapreferral.login.outcome import (
-    Disable,
     LoggedIn,
     Outcome,
-    Refer,
-    Reject,
-    Unavailable,
 )
 from imapreferral.login.sasl import (
     MECHANISMS,
@@ -43,20 +39,6 @@ from imapreferral.login.sasl import (
 _log = Logger()
 
 _ALWAYS = {b"SASL-IR": None, b"LOGIN-REFERRALS": None}
-
-
-def _describe(outcome: Outcome) -> str:
-    if isinstance(outcome, LoggedIn):
-        return "logged in" if outcome.referral is None else "logged in with referral"
-    if isinstance(outcome, Refer):
-        return "referred"
-    if isinstance(outcome, Disable):
-        return "login disabled"
-    if isinstance(outcome, Reject):
-        return "authentication failed"
-    if isinstance(outcome, Unavailable):
-        return f"temporary failure: {outcome.why}"
-    return repr(outcome)
 
 
 class ReferralIMAP4Server(IMAP4Server):
@@ -115,12 +97,18 @@ class ReferralIMAP4Server(IMAP4Server):
     def do_LOGIN(self, tag: bytes, user: bytes, passwd: bytes) -> None:
         self._login(tag, PasswordCredentials(user, passwd, self._context("PLAIN")), "PLAIN")
 
-    unauth_LOGIN = (do_LOGIN, IMAP4Server.arg_astring, IMAP4Server.arg_finalastring)
+    def arg_loginUser(self, line: bytes | None) -> object:
+        """C{arg_astring}, but a missing argument is a plain syntax error."""
+        if not line:
+            raise IllegalClientResponse("Missing user name and password")
+        return IMAP4Server.arg_astring(self, line)
+
+    unauth_LOGIN = (do_LOGIN, arg_loginUser, IMAP4Server.arg_finalastring)
 
     # AUTHENTICATE
 
     def do_AUTHENTICATE(self, tag: bytes, line: bytes) -> None:
-        args = line.split()
+        args = (line or b"").split()
         if not 1 <= len(args) <= 2:
             self.sendBadResponse(tag, b"Invalid AUTHENTICATE arguments.")
             return
@@ -128,11 +116,7 @@ class ReferralIMAP4Server(IMAP4Server):
         if name not in self.mechanisms:
             self.sendNegativeResponse(tag, b"Unsupported authentication mechanism.")
             return
-        mechanismClass = MECHANISMS[name]
-        if name == "CRAM-MD5":
-            mechanism = mechanismClass(self._context(name), self.hostname)
-        else:
-            mechanism = mechanismClass(self._context(name))
+        mechanism = MECHANISMS[name](self._context(name), self.hostname)
         if len(args) == 1:
             self._challenge(tag, mechanism, mechanism.initial())
             return
@@ -183,7 +167,13 @@ class ReferralIMAP4Server(IMAP4Server):
         except SASLError as e:
             self.sendBadResponse(tag, str(e).encode("ascii"))
             return
-        except AuthorizationRefused:
+        except AuthorizationRefused as e:
+            _log.info(
+                "login user={user!r} remote={remote} mech={mechanism}: authorization refused",
+                user=str(e),
+                remote=mechanism.context.remoteIP,  # type: ignore[attr-defined]
+                mechanism=mechanism.name,  # type: ignore[attr-defined]
+            )
             self.sendNegativeResponse(tag, b"[AUTHORIZATIONFAILED] Authorization failed.")
             return
         if isinstance(result, Challenge):
@@ -200,14 +190,12 @@ class ReferralIMAP4Server(IMAP4Server):
         """
         self.blocked = []
         d = self.attempts.attempt(credentials, credentials.username.decode("utf-8", "replace"))  # type: ignore[attr-defined]
-        d.addCallback(self._loginDone, tag, credentials, mechanism)
+        self._pendingLogin = d
+        d.addCallback(self._loginDone, tag, mechanism)
         d.addErrback(self._loginError, tag)
         d.addBoth(self._loginFinished)
-        self._pendingLogin = d
 
-    def _loginDone(
-        self, outcome: Outcome, tag: bytes, credentials: object, mechanism: str
-    ) -> None:
+    def _loginDone(self, outcome: Outcome, tag: bytes, mechanism: str) -> None:
         auth = "*" if self.referralAuth == "*" else mechanism
         if isinstance(outcome, LoggedIn):
             if self._lost:
@@ -219,31 +207,9 @@ class ReferralIMAP4Server(IMAP4Server):
             self.setTimeout(self.POSTAUTH_TIMEOUT)
         status, text = renderOutcome(outcome, auth, self._capabilityList)
         self._respond(status, tag, text)
-        self._logLogin(outcome, credentials, mechanism, auth)
 
     def _capabilityList(self) -> bytes:
         return b" ".join(self.listCapabilities())
-
-    def _logLogin(self, outcome: Outcome, credentials: object, mechanism: str, auth: str) -> None:
-        """
-        One line per authentication, never the password. The fields stay
-        separate in the event (for JSON logs); text logs format one string.
-        """
-        referral = getattr(outcome, "referral", None)
-        user = credentials.username.decode("utf-8", "replace")  # type: ignore[attr-defined]
-        remote = credentials.context.remoteIP  # type: ignore[attr-defined]
-        result = _describe(outcome)
-        url = None if referral is None else referralURL(referral, auth)
-        _log.info(
-            "{summary}",
-            summary=f"login user={user!r} remote={remote} mech={mechanism}: {result}"
-            + ("" if url is None else " " + url),
-            user=user,
-            remote=remote,
-            mechanism=mechanism,
-            result=result,
-            referral=url,
-        )
 
     def _loginError(self, failure: Failure, tag: bytes) -> None:
         if failure.check(CancelledError) or self._lost:

@@ -1,7 +1,9 @@
 """
 One login attempt: C{portal.login} in, an L{Outcome} value out.
 
-Here live the two rules that are about time, not about passdb fields: a
+Here live the rules that are not about passdb fields: every authentication
+is logged once, as soon as its outcome is known (so a client that hangs up
+during the delay is still logged), never with the password; and a
 failed authentication is answered only after the failure delay (on the
 injected clock, so nobody else waits and tests do not sleep), and a referral,
 being a successful authentication, is never delayed.
@@ -9,6 +11,7 @@ being a successful authentication, is never delayed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
@@ -21,7 +24,15 @@ from twisted.python.failure import Failure
 
 from imapreferral.interfaces import IReferralCarrier
 from imapreferral.login.errors import AuthenticationFailed, LoginDisabled, TemporaryFailure
-from imapreferral.login.outcome import Disable, LoggedIn, Outcome, Refer, Reject, Unavailable
+from imapreferral.login.outcome import (
+    Disable,
+    LoggedIn,
+    Outcome,
+    Refer,
+    Referral,
+    Reject,
+    Unavailable,
+)
 
 _log = Logger()
 
@@ -54,6 +65,53 @@ def outcomeOfFailure(failure: Failure) -> Outcome:
     return Unavailable(f"unexpected error: {error!r}")
 
 
+def describeOutcome(outcome: Outcome) -> str:
+    """A few words for the log."""
+    if isinstance(outcome, LoggedIn):
+        return "logged in" if outcome.referral is None else "logged in with referral"
+    if isinstance(outcome, Refer):
+        return "referred"
+    if isinstance(outcome, Disable):
+        return "login disabled"
+    if isinstance(outcome, Reject):
+        return "authentication failed"
+    return f"temporary failure: {outcome.why}"
+
+
+def _plainReferralText(referral: Referral, mechanism: str) -> str:
+    port = "" if referral.port is None else f":{referral.port}"
+    return f"{referral.user!r} at {referral.host}{port}"
+
+
+def logAuthentication(
+    outcome: Outcome, credentials: object, referralText: Callable[[Referral, str], str]
+) -> None:
+    """
+    The one log line per authentication: user, remote address, mechanism,
+    result and referral. Temporary failures are errors an admin must see.
+    The fields stay separate in the event (for JSON logs); text logs format
+    one string.
+    """
+    context = getattr(credentials, "context", None)
+    mechanism = getattr(context, "mechanism", "?")
+    remote = getattr(context, "remoteIP", None)
+    user = credentials.username.decode("utf-8", "replace")  # type: ignore[attr-defined]
+    result = describeOutcome(outcome)
+    referral = getattr(outcome, "referral", None)
+    text = None if referral is None else referralText(referral, mechanism)
+    emit = _log.error if isinstance(outcome, Unavailable) else _log.info
+    emit(
+        "{summary}",
+        summary=f"login user={user!r} remote={remote} mech={mechanism}: {result}"
+        + ("" if text is None else " " + text),
+        user=user,
+        remote=remote,
+        mechanism=mechanism,
+        result=result,
+        referral=text,
+    )
+
+
 class LoginAttempts:
     """
     Runs logins against a portal for one service.
@@ -70,8 +128,10 @@ class LoginAttempts:
         interface: type,
         clock: IReactorTime,
         failureDelay: float = DEFAULT_FAILURE_DELAY,
+        referralText: Callable[[Referral, str], str] = _plainReferralText,
     ) -> None:
         self.portal = portal
+        self.referralText = referralText
         self.interface = interface
         self.clock = clock
         self.failureDelay = failureDelay
@@ -86,8 +146,13 @@ class LoginAttempts:
         """
         d = self.portal.login(credentials, None, self.interface)
         d.addCallbacks(self._loggedIn, outcomeOfFailure, callbackArgs=(username,))
+        d.addCallback(self._logged, credentials)
         d.addCallback(self._delayFailure)
         return d
+
+    def _logged(self, outcome: Outcome, credentials: object) -> Outcome:
+        logAuthentication(outcome, credentials, self.referralText)
+        return outcome
 
     def _loggedIn(self, result: tuple[Any, Any, Any], username: str) -> Outcome:
         _, avatar, logout = result

@@ -41,7 +41,7 @@ class PlainMechanism:
     name = "PLAIN"
     allowsInitialResponse = True
 
-    def __init__(self, context: LoginContext) -> None:
+    def __init__(self, context: LoginContext, hostname: str = "") -> None:
         self.context = context
 
     def initial(self) -> Challenge:
@@ -53,7 +53,7 @@ class PlainMechanism:
             raise SASLError("Invalid PLAIN response.")
         authzid, authcid, password = parts
         if authzid and authzid != authcid:
-            raise AuthorizationRefused()
+            raise AuthorizationRefused(authcid.decode("utf-8", "replace"))
         return PasswordCredentials(authcid, password, self.context)
 
 
@@ -63,7 +63,7 @@ class LoginMechanism:
     name = "LOGIN"
     allowsInitialResponse = True
 
-    def __init__(self, context: LoginContext) -> None:
+    def __init__(self, context: LoginContext, hostname: str = "") -> None:
         self.context = context
         self._username: bytes | None = None
 
