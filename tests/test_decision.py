@@ -77,3 +77,23 @@ ROWS = {
 def test_decide(row):
     reply, passwordOk, expected = ROWS[row]
     assert decide(reply, passwordOk, "bob") == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"Some.User@Example.COM", "some.user@example.com"),
+        ("JÖRG".encode(), "jÖrg"),
+        (b" bob ", "bob"),
+    ],
+)
+def test_usernameNormalisedLikeDovecotLu(raw, expected):
+    from imapreferral.login.checker import normaliseUsername
+
+    assert normaliseUsername(raw) == expected
+
+
+def test_usernameCaseKeptOnRequest():
+    from imapreferral.login.checker import normaliseUsername
+
+    assert normaliseUsername(b"Bob", lowercase=False) == "Bob"

@@ -34,6 +34,7 @@ from imapreferral.login.sasl import (
     AuthorizationRefused,
     Challenge,
     SASLError,
+    SASLMechanism,
 )
 
 _log = Logger()
@@ -67,7 +68,7 @@ class ReferralIMAP4Server(IMAP4Server):
         self.hostname = hostname
         self.callLater = attempts.clock.callLater  # TimeoutMixin's idle timer
         self._pendingLogin: Deferred[None] | None = None
-        self._sasl: tuple[bytes, object] | None = None
+        self._sasl: tuple[bytes, SASLMechanism] | None = None
         self._lost = False
 
     # Capabilities
@@ -141,7 +142,7 @@ class ReferralIMAP4Server(IMAP4Server):
         except (binascii.Error, ValueError):
             return None
 
-    def _challenge(self, tag: bytes, mechanism: object, challenge: Challenge) -> None:
+    def _challenge(self, tag: bytes, mechanism: SASLMechanism, challenge: Challenge) -> None:
         self._sasl = (tag, mechanism)
         self.parseState = "sasl"
         self.sendLine(b"+ " + b64encode(challenge.data))
@@ -161,9 +162,9 @@ class ReferralIMAP4Server(IMAP4Server):
             return
         self._step(tag, mechanism, data)
 
-    def _step(self, tag: bytes, mechanism: object, data: bytes) -> None:
+    def _step(self, tag: bytes, mechanism: SASLMechanism, data: bytes) -> None:
         try:
-            result = mechanism.step(data)  # type: ignore[attr-defined]
+            result = mechanism.step(data)
         except SASLError as e:
             self.sendBadResponse(tag, str(e).encode("ascii"))
             return
@@ -171,15 +172,15 @@ class ReferralIMAP4Server(IMAP4Server):
             _log.info(
                 "login user={user!r} remote={remote} mech={mechanism}: authorization refused",
                 user=str(e),
-                remote=mechanism.context.remoteIP,  # type: ignore[attr-defined]
-                mechanism=mechanism.name,  # type: ignore[attr-defined]
+                remote=mechanism.context.remoteIP,
+                mechanism=mechanism.name,
             )
             self.sendNegativeResponse(tag, b"[AUTHORIZATIONFAILED] Authorization failed.")
             return
         if isinstance(result, Challenge):
             self._challenge(tag, mechanism, result)
         else:
-            self._login(tag, result, mechanism.name)  # type: ignore[attr-defined]
+            self._login(tag, result, mechanism.name)
 
     # The shared login path
 

@@ -41,14 +41,18 @@ from imapreferral.passwords import SchemeVerifier
 _log = Logger()
 
 
+#: Dovecot's %L lower-cases ASCII only (t_str_lcase): JÖRG becomes jÖrg.
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
 def normaliseUsername(raw: bytes, lowercase: bool = True) -> str:
     """
     The name passdbs are asked about: UTF-8 (undecodable bytes kept as
-    surrogates), stripped, lower-cased like Dovecot's default
+    surrogates), stripped, ASCII letters lower-cased like Dovecot's default
     C{auth_username_format = %Lu} unless C{lowercase} is false.
     """
     name = raw.decode("utf-8", "surrogateescape").strip()
-    return name.lower() if lowercase else name
+    return name.translate(_ASCII_LOWER) if lowercase else name
 
 
 @implementer(ICredentialsChecker)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import ClassVar, Protocol
 
 import attrs
 
@@ -33,6 +34,29 @@ class Challenge:
     """Send C{data} to the client and wait for its next response."""
 
     data: bytes
+
+
+class SASLMechanism(Protocol):
+    """
+    One server-side SASL exchange. Constructed per AUTHENTICATE with the
+    login context and the server's host name (for CRAM-MD5's challenge).
+    """
+
+    name: ClassVar[str]
+    allowsInitialResponse: ClassVar[bool]
+    context: LoginContext
+
+    def initial(self) -> Challenge:
+        """The first challenge, when the client sent no initial response."""
+
+    def step(self, response: bytes) -> Challenge | PasswordCredentials | CramMD5Credentials:
+        """
+        Take the client's (decoded) response: another challenge, or the
+        credentials to log in with.
+
+        @raise SASLError: the response is malformed.
+        @raise AuthorizationRefused: PLAIN named another authorization identity.
+        """
 
 
 class PlainMechanism:
@@ -85,7 +109,8 @@ class CramMD5Mechanism:
     name = "CRAM-MD5"
     allowsInitialResponse = False
 
-    def __init__(self, context: LoginContext, hostname: str = "imapreferral") -> None:
+    def __init__(self, context: LoginContext, hostname: str = "") -> None:
+        hostname = hostname or "imapreferral"
         self.context = context
         nonce = int.from_bytes(os.urandom(8), "big")
         self.challenge = f"<{nonce}.{int(time.time())}@{hostname}>".encode("ascii")
@@ -104,4 +129,6 @@ class CramMD5Mechanism:
         return CramMD5Credentials(username, self.challenge, digest, self.context)
 
 
-MECHANISMS = {m.name: m for m in (PlainMechanism, LoginMechanism, CramMD5Mechanism)}
+MECHANISMS: dict[str, type[SASLMechanism]] = {
+    m.name: m for m in (PlainMechanism, LoginMechanism, CramMD5Mechanism)
+}
