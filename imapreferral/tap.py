@@ -19,6 +19,7 @@ from imapreferral.imap.factory import REFERRAL_AUTH_CHOICES, ReferralServerFacto
 from imapreferral.login.attempt import DEFAULT_FAILURE_DELAY
 from imapreferral.login.checker import PassdbChecker
 from imapreferral.passdbs import PassdbConfigError, passdbFromString
+from imapreferral.passdbs.sql import DEFAULT_TIMEOUT
 
 _log = Logger()
 
@@ -26,14 +27,21 @@ EXAMPLE_PASSWD = os.path.join(os.path.dirname(__file__), "examples", "users.pass
 DEFAULT_LISTEN = "tcp:1143:interface=127.0.0.1"
 
 
-def _delay(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise usage.UsageError(f"--auth-failure-delay {value!r}: not a number") from None
-    if not 0 <= seconds <= 3600:
-        raise usage.UsageError(f"--auth-failure-delay {value!r}: must be 0..3600 seconds")
-    return seconds
+def _secondsFor(option: str, low: float) -> Any:
+    def parse(value: str) -> float:
+        try:
+            seconds = float(value)
+        except ValueError:
+            raise usage.UsageError(f"--{option} {value!r}: not a number") from None
+        if not low <= seconds <= 3600:
+            raise usage.UsageError(f"--{option} {value!r}: must be {low:g}..3600 seconds")
+        return seconds
+
+    return parse
+
+
+_delay = _secondsFor("auth-failure-delay", 0)
+_seconds = _secondsFor("passdb-timeout", 0.1)
 
 
 class Options(usage.Options):
@@ -56,6 +64,9 @@ class Options(usage.Options):
         ["referral-auth", None, "mech",
          "What referral URLs put in ;AUTH=: 'mech' (the mechanism used) or '*'."],
         ["greeting", None, "imapreferral ready.", "Text of the * OK greeting."],
+        ["passdb-timeout", None, DEFAULT_TIMEOUT,
+         "Seconds to wait for a SQL database (connect, query) before a temporary failure.",
+         _seconds],
     ]  # fmt: skip
 
     def __init__(self) -> None:
@@ -74,20 +85,25 @@ class Options(usage.Options):
         self["listen"].append(description)
 
     def opt_passdb(self, description: str) -> None:
-        """A passdb, consulted in order: passwd-file:PATH or static:FIELDS (repeatable)."""
-        try:
-            self["passdb"].append(passdbFromString(description))
-        except PassdbConfigError as e:
-            # One clear line, not the usage text: the option is fine, the file is not.
-            raise SystemExit(f"imapreferral: {e}") from None
+        """
+        A passdb, consulted in order: passwd-file:PATH, static:FIELDS or
+        sql:DOVECOT-SQL-CONF (repeatable).
+        """
+        self["passdb"].append(description)
 
     def postOptions(self) -> None:
         if self["referral-auth"] not in REFERRAL_AUTH_CHOICES:
             raise usage.UsageError(f"--referral-auth {self['referral-auth']!r}: use 'mech' or '*'")
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
-        if not self["passdb"]:
-            self["passdb"] = [passdbFromString("passwd-file:" + EXAMPLE_PASSWD)]
+        descriptions = self["passdb"] or ["passwd-file:" + EXAMPLE_PASSWD]
+        try:
+            self["passdb"] = [
+                passdbFromString(d, timeout=self["passdb-timeout"]) for d in descriptions
+            ]
+        except PassdbConfigError as e:
+            # One clear line, not the usage text: the option is fine, the file is not.
+            raise SystemExit(f"imapreferral: {e}") from None
 
 
 class ReferralService(MultiService):
@@ -114,6 +130,9 @@ def makeService(config: Any) -> IService:
         f"{', '.join(config['listen'])} with passdbs "
         + ", ".join(repr(p) for p in config["passdb"])
     )
+    for passdb in config["passdb"]:
+        if IService.providedBy(passdb):  # e.g. SQL: a connection pool to start and stop
+            passdb.setServiceParent(service)
     for description in config["listen"]:
         strports.service(description, factory).setServiceParent(service)
     return service

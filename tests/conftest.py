@@ -9,6 +9,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
 
+from imapreferral.login.fields import PassdbReply
 from imapreferral.testing import MemoryPassdb, ServerHarness
 
 
@@ -69,20 +70,23 @@ USERS = {
 }
 
 
-@pytest.fixture
-def passdb() -> MemoryPassdb:
-    passdb = MemoryPassdb.fromLines(USERS)
+def exampleUsers() -> dict[str, PassdbReply]:
+    """The users every passdb test serves, as replies."""
+    users = MemoryPassdb.fromLines(USERS).users
     # Fields the passwd-file syntax cannot hold (spaces, controls in reason).
-    from imapreferral.login.fields import PassdbReply
-
     for name, reason in {
         "refcrlf": "line1\r\n* BYE injected\ttab",
         "refspaces": "Custom text with spaces",
     }.items():
-        passdb.users[name] = PassdbReply(
-            password="pass", host="imap2.example.com", nologin=True, reason=reason
+        users[name] = PassdbReply(
+            password="{PLAIN}pass", host="imap2.example.com", nologin=True, reason=reason
         )
-    return passdb
+    return users
+
+
+@pytest.fixture
+def passdb() -> MemoryPassdb:
+    return MemoryPassdb(exampleUsers())
 
 
 @pytest_twisted.async_yield_fixture

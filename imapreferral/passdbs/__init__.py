@@ -8,18 +8,24 @@ from __future__ import annotations
 from imapreferral.interfaces import IPassdb
 from imapreferral.login.fields import FieldError
 from imapreferral.passdbs.passwdfile import PasswdFileError, PasswdFilePassdb
+from imapreferral.passdbs.sql import DEFAULT_TIMEOUT, SQLPassdb
+from imapreferral.passdbs.sqlconf import SQLConfigError
 from imapreferral.passdbs.static import StaticPassdb
 
-PASSDB_TYPES = ("passwd-file", "static")
+PASSDB_TYPES = ("passwd-file", "static", "sql")
 
 
 class PassdbConfigError(ValueError):
     """A passdb description that cannot be used; the message says why."""
 
 
-def passdbFromString(description: str) -> IPassdb:
+def passdbFromString(description: str, timeout: float = DEFAULT_TIMEOUT) -> IPassdb:
     """
-    Make a passdb from C{"passwd-file:/path"} or C{"static:fields"}.
+    Make a passdb from C{"passwd-file:/path"}, C{"static:fields"} or
+    C{"sql:/path/to/dovecot-sql.conf.ext"}. A SQL passdb's query is run
+    once against its database now, so a broken query stops start-up.
+
+    @param timeout: Connect and query timeout for SQL passdbs, in seconds.
 
     @raise PassdbConfigError: naming the description, file and line.
     """
@@ -34,11 +40,21 @@ def passdbFromString(description: str) -> IPassdb:
             if not argument:
                 raise PassdbConfigError("--passdb passwd-file: needs a file path")
             return PasswdFilePassdb(argument)
+        if kind == "sql":
+            if not argument:
+                raise PassdbConfigError("--passdb sql: needs a config file path")
+            return SQLPassdb.fromFile(argument, timeout=timeout)
         return StaticPassdb.fromString(argument)
-    except PasswdFileError as e:
+    except (PasswdFileError, SQLConfigError) as e:
         raise PassdbConfigError(str(e)) from None
     except FieldError as e:
         raise PassdbConfigError(f"--passdb {description!r}: {e}") from None
 
 
-__all__ = ["PassdbConfigError", "PasswdFilePassdb", "StaticPassdb", "passdbFromString"]
+__all__ = [
+    "PassdbConfigError",
+    "PasswdFilePassdb",
+    "SQLPassdb",
+    "StaticPassdb",
+    "passdbFromString",
+]

@@ -1,0 +1,311 @@
+"""
+The SQL passdb: Dovecot's C{password_query} against SQLite or PostgreSQL.
+
+Queries run on a bounded pool of threads (C{twisted.enterprise.adbapi}),
+never on the reactor. A database that is down, killed or slow gives a
+temporary failure at once: one probe query is in flight at a time and the
+others fail fast, the cause is logged once, and the passdb recovers by
+itself when a probe succeeds.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import ConnectionLost
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from imapreferral.interfaces import IPassdb
+from imapreferral.login.context import LoginContext
+from imapreferral.login.errors import TemporaryFailure
+from imapreferral.login.fields import FieldError, PassdbReply
+from imapreferral.passdbs.sqlconf import (
+    CompiledQuery,
+    SQLConfig,
+    SQLConfigError,
+    compileQuery,
+    parseSQLConfig,
+)
+from imapreferral.passwords import isPlaintext as allowsCramMD5
+
+_log = Logger()
+
+DEFAULT_TIMEOUT = 5.0
+DEFAULT_POOL_SIZE = 4
+
+_STARTUP_USER = "imapreferral-startup-check"
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", "replace")
+    if isinstance(value, bool):
+        return "y" if value else "n"
+    return str(value)
+
+
+def replyFromRow(names: list[str], row: tuple[Any, ...], defaultScheme: str) -> PassdbReply:
+    """
+    Build a reply from one result row, as Dovecot reads SQL columns:
+    C{password} (with C{{SCHEME}}, else C{defaultScheme}),
+    C{password_noscheme} (always C{defaultScheme}), C{user}, and every
+    other column an extra field. SQL NULL means the field is absent.
+
+    @raise FieldError: for a meaningless flag or port value.
+    """
+    fields: list[tuple[str, str | None]] = []
+    password: str | None = None
+    for name, value in zip(names, row, strict=True):
+        key = name.lower()
+        if value is None:
+            continue
+        text = _text(value)
+        if key == "password":
+            if text:
+                password = (
+                    text if text.startswith("{") and "}" in text else f"{{{defaultScheme}}}{text}"
+                )
+        elif key == "password_noscheme":
+            if text:
+                password = f"{{{defaultScheme}}}{text}"
+        else:
+            fields.append((key, text))
+    return PassdbReply.fromFields(fields, password=password)
+
+
+class _Driver:
+    """What differs between SQLite and PostgreSQL: connecting, paramstyle."""
+
+    def __init__(self, config: SQLConfig, timeout: float) -> None:
+        self.config = config
+        self.timeout = timeout
+        if config.driver == "sqlite":
+            path = config.connect
+            if not os.path.isabs(path):
+                path = os.path.join(os.path.dirname(os.path.abspath(config.path)), path)
+            self.database = path
+            self.query = compileQuery(config.passwordQuery, "?")
+        else:
+            self.query = compileQuery(config.passwordQuery, "%s", "CAST({} AS text)")
+
+    def connect(self) -> Any:
+        """A blocking DB-API connection (for the start-up check)."""
+        if self.config.driver == "sqlite":
+            return sqlite3.connect(f"file:{self.database}?mode=ro", uri=True, timeout=self.timeout)
+        import psycopg
+
+        conn = psycopg.connect(self.config.connect, connect_timeout=max(1, int(self.timeout)))
+        conn.execute(f"SET statement_timeout = {int(self.timeout * 1000)}")
+        return conn
+
+    def pool(self, size: int, reactor: Any) -> adbapi.ConnectionPool:
+        common = dict(cp_min=1, cp_max=size, cp_reconnect=True, cp_noisy=False)
+        if reactor is not None:
+            common["cp_reactor"] = reactor
+        if self.config.driver == "sqlite":
+            return adbapi.ConnectionPool(
+                "sqlite3",
+                f"file:{self.database}?mode=ro",
+                uri=True,
+                timeout=self.timeout,
+                check_same_thread=False,
+                **common,
+            )
+        timeoutMs = int(self.timeout * 1000)
+
+        def openfun(conn: Any) -> None:
+            conn.execute(f"SET statement_timeout = {timeoutMs}")
+            conn.commit()
+
+        return adbapi.ConnectionPool(
+            "psycopg",
+            self.config.connect,
+            connect_timeout=max(1, int(self.timeout)),
+            cp_openfun=openfun,
+            **common,
+        )
+
+
+def _runQuery(
+    cursor: Any, query: CompiledQuery, params: tuple[str, ...]
+) -> tuple[list[str], list]:
+    cursor.execute(query.sql, params)
+    rows = cursor.fetchmany(2)
+    names = [d[0] for d in cursor.description or ()]
+    return names, rows
+
+
+@implementer(IPassdb)
+class SQLPassdb(Service):
+    """
+    A passdb over Dovecot's SQL config. A C{Service}: start it to open the
+    connection pool, stop it to close it (C{twistd} does both).
+
+    @ivar config: The parsed config file.
+    @ivar timeout: Seconds for connecting and for each query.
+    """
+
+    def __init__(
+        self,
+        config: SQLConfig,
+        timeout: float = DEFAULT_TIMEOUT,
+        poolSize: int = DEFAULT_POOL_SIZE,
+        reactor: Any = None,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.config = config
+        self.timeout = timeout
+        self.poolSize = poolSize
+        self._reactor = reactor
+        self._clock = clock if clock is not None else reactor
+        self._driver = _Driver(config, timeout)
+        self._pool: adbapi.ConnectionPool | None = None
+        self._problem: str | None = None
+        self._probing = False
+
+    @classmethod
+    def fromFile(cls, path: str, check: bool = True, **kwargs: Any) -> SQLPassdb:
+        """
+        Read a Dovecot SQL config and, with C{check}, run its query once.
+
+        @raise SQLConfigError: naming the file, and for a query the
+            database refuses, the query and the database's error.
+        """
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise SQLConfigError(f"{path}: cannot read SQL config: {e}") from None
+        config = parseSQLConfig(path, text)
+        if config.ignored:
+            _log.info(
+                "{path}: ignoring settings {keys}", path=path, keys=", ".join(config.ignored)
+            )
+        passdb = cls(config, **kwargs)
+        if check:
+            passdb.checkQuery()
+        return passdb
+
+    def __repr__(self) -> str:
+        return f"<SQLPassdb {self.config.driver} {self.config.path}>"
+
+    def checkQuery(self) -> None:
+        """
+        Run the query once, read-only, with a dummy user: Dovecot starts
+        with a broken query and then fails every login; we refuse to start.
+        A PostgreSQL server that cannot be reached now is only a warning.
+        """
+        query = self._driver.query
+        try:
+            conn = self._driver.connect()
+        except sqlite3.Error as e:
+            raise SQLConfigError(
+                f"{self.config.path}: cannot open SQLite database {self._driver.database}: {e}"
+            ) from None
+        except Exception as e:
+            _log.warn(
+                "{path}: cannot check password_query now, database unreachable: {error}",
+                path=self.config.path,
+                error=str(e).strip(),
+            )
+            return
+        try:
+            cursor = conn.cursor()
+            cursor.execute(query.sql, query.parameters(_STARTUP_USER, LoginContext()))
+            cursor.fetchmany(1)
+        except Exception as e:
+            raise SQLConfigError(
+                f"{self.config.path}:{self.config.queryLine}: password_query is refused by the "
+                f"database: {str(e).strip()} (query: {self.config.passwordQuery})"
+            ) from None
+        finally:
+            try:
+                conn.rollback()
+            finally:
+                conn.close()
+
+    def startService(self) -> None:
+        super().startService()
+        self._ensurePool()
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def _ensurePool(self) -> adbapi.ConnectionPool:
+        if self._pool is None:
+            self._pool = self._driver.pool(self.poolSize, self._reactor)
+        return self._pool
+
+    def lookup(self, username: str, context: LoginContext) -> Deferred[PassdbReply | None]:
+        if self._problem is not None and self._probing:
+            return fail(TemporaryFailure(f"SQL passdb unavailable: {self._problem}"))
+        self._probing = self._problem is not None
+        params = self._driver.query.parameters(username, context)
+        d = self._run(params, retry=True)
+        d.addTimeout(self.timeout, self._clock)
+        d.addCallbacks(self._succeeded, self._failed)
+        return d
+
+    def _run(self, params: tuple[str, ...], retry: bool) -> Deferred:
+        d = self._ensurePool().runInteraction(_runQuery, self._driver.query, params)
+        if retry:
+            d.addErrback(self._retryLostConnection, params)
+        return d
+
+    def _retryLostConnection(self, failure: Failure, params: tuple[str, ...]) -> Deferred:
+        """
+        adbapi reports a connection that died since its last use once, then
+        reconnects: one retry hides a database restart from the client.
+        """
+        failure.trap(ConnectionLost)
+        return self._run(params, retry=False)
+
+    def _succeeded(self, result: tuple[list[str], list]) -> PassdbReply | None:
+        self._probing = False
+        if self._problem is not None:
+            _log.info("SQL passdb {path} is available again", path=self.config.path)
+            self._problem = None
+        names, rows = result
+        if not rows:
+            return None
+        if len(rows) > 1:
+            raise TemporaryFailure("password_query returned more than one row")
+        try:
+            reply = replyFromRow(names, rows[0], self.config.defaultPassScheme)
+        except FieldError as e:
+            raise TemporaryFailure(f"password_query returned a bad field: {e}") from None
+        return reply
+
+    def _failed(self, failure: Failure) -> Failure:
+        self._probing = False
+        if failure.check(TemporaryFailure):
+            return failure
+        problem = str(failure.value).strip() or failure.type.__name__
+        if self._problem is None:
+            _log.error(
+                "SQL passdb {path} unavailable: {problem}", path=self.config.path, problem=problem
+            )
+        self._problem = problem
+        return Failure(TemporaryFailure(f"SQL passdb unavailable: {problem}"))
+
+    def canProvidePlaintext(self) -> bool:
+        """
+        Whether CRAM-MD5 can work: only if the default scheme is plaintext
+        (or CRAM-MD5), since rows are not known in advance.
+        """
+        return allowsCramMD5("", self.config.defaultPassScheme)

@@ -1,0 +1,271 @@
+"""
+The SQL passdb against real databases: a SQLite file and a throwaway
+PostgreSQL server, both through the real IMAP server over loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import pytest_twisted
+from conftest import exampleUsers
+from sqlbackends import (
+    PostgresServer,
+    findPostgres,
+    makeSQLite,
+    rowsFor,
+    waitForPort,
+    writeConfig,
+)
+from twisted.internet.threads import deferToThread
+from twisted.logger import globalLogPublisher
+from wiretable import FAILED, REFER, REFERRAL_ROWS, UNAVAILABLE
+
+from imapreferral.login.checker import PassdbChecker
+from imapreferral.passdbs import PassdbConfigError, passdbFromString
+from imapreferral.testing import ServerHarness, waitForDelay
+
+SEED1 = """\
+driver = sqlite
+connect = users.sqlite
+password_query = SELECT password, host, 'Y' as nologin \\
+    FROM users WHERE userid = '%u'
+"""
+
+SEED2_VERBATIM = """\
+driver = sqlite
+connect = users.sqlite
+password_query = SELECT NULL AS password, 'Y' AS nopassword \\
+    'imap2.example.com' AS host, \\
+    'This server is down, try another one.' AS reason, \\
+    'Y' AS nologin, 'Y' AS nodelay
+"""
+
+SEED2_FIXED = SEED2_VERBATIM.replace("'Y' AS nopassword \\", "'Y' AS nopassword, \\")
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    bindir = findPostgres()
+    if bindir is None:
+        if os.environ.get("IMAPREFERRAL_REQUIRE_POSTGRES"):
+            pytest.fail("PostgreSQL (initdb, pg_ctl) is required but not installed")
+        pytest.skip("PostgreSQL is not installed (.ci/run installs it)")
+    server = PostgresServer(bindir)
+    try:
+        server.start()
+        server.createDatabase(rowsFor(exampleUsers()))
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def sqliteDir(tmp_path):
+    makeSQLite(str(tmp_path / "users.sqlite"), rowsFor(exampleUsers()))
+    return tmp_path
+
+
+@pytest.fixture(params=["sqlite", "pgsql"])
+def sqlConfig(request, sqliteDir):
+    if request.param == "sqlite":
+        return writeConfig(str(sqliteDir / "sqlite.conf"), "sqlite", "users.sqlite")
+    postgres = request.getfixturevalue("postgres")
+    return writeConfig(str(sqliteDir / "pgsql.conf"), "pgsql", postgres.conninfo)
+
+
+async def _harness(passdb, clock, **checkerArgs):
+    passdb.startService()
+    harness = ServerHarness.forChecker(PassdbChecker([passdb], **checkerArgs), clock=clock)
+    return await harness.start()
+
+
+async def _stop(harness, passdb):
+    await harness.stop()
+    passdb.stopService()
+
+
+@pytest_twisted.async_yield_fixture
+async def sqlServer(sqlConfig, clock):
+    passdb = passdbFromString(f"sql:{sqlConfig}", timeout=2)
+    harness = await _harness(passdb, clock)
+    yield harness
+    await _stop(harness, passdb)
+
+
+@pytest.mark.parametrize("row", REFERRAL_ROWS)
+@pytest_twisted.ensureDeferred
+async def test_referralTableThroughSQL(sqlServer, row):
+    user, template = REFERRAL_ROWS[row]
+    client = await sqlServer.connect()
+    try:
+        reply = await client.command(b"a LOGIN " + user + b" pass")
+        assert reply == [b"a " + template.replace(b"{mech}", b"PLAIN")]
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("user", [b"refnl", b"nosuchuser"])
+@pytest_twisted.ensureDeferred
+async def test_wrongPasswordThroughSQLFailsAfterDelay(sqlServer, clock, user):
+    client = await sqlServer.connect()
+    try:
+        client.send(b"a LOGIN " + user + b" wrong\r\n")
+        await waitForDelay(clock, 2.0)
+        clock.advance(2.0)
+        assert await client.line() == b"a " + FAILED
+    finally:
+        await client.close()
+
+
+INJECTIONS = [b"\"x' OR '1'='1\"", b'"x\\\\\'; DROP TABLE users; --"', b'"%u\' OR 1=1 --"']
+
+
+@pytest.mark.parametrize("user", INJECTIONS, ids=["or-true", "drop-table", "percent"])
+@pytest_twisted.ensureDeferred
+async def test_sqlInjectionFindsNobody(sqlServer, clock, user):
+    client = await sqlServer.connect()
+    try:
+        client.send(b"a LOGIN " + user + b" pass\r\n")
+        await waitForDelay(clock, 2.0)
+        clock.advance(2.0)
+        assert await client.line() == b"a " + FAILED
+        assert await client.command(b"b LOGIN refnl pass") == [
+            b"b NO [REFERRAL imap://refnl;AUTH=PLAIN@imap2.example.com/] " + REFER
+        ]  # the table is still there
+    finally:
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_seedQueryOneVerbatim(sqliteDir, clock):
+    config = sqliteDir / "seed1.conf"
+    config.write_text(SEED1)
+    passdb = passdbFromString(f"sql:{config}")
+    harness = await _harness(passdb, clock)
+    client = await harness.connect()
+    try:
+        assert await client.command(b"a LOGIN refnl pass") == [
+            b"a NO [REFERRAL imap://refnl;AUTH=PLAIN@imap2.example.com/] " + REFER
+        ]
+        assert await client.command(b"b LOGIN plain pass") == [
+            b"b NO [CONTACTADMIN] Login disabled for this user"  # NULL host, as Dovecot
+        ]
+        client.send(b"c LOGIN refnl wrong\r\n")
+        await waitForDelay(clock, 2.0)
+        clock.advance(2.0)
+        assert await client.line() == b"c " + FAILED
+    finally:
+        await client.close()
+        await _stop(harness, passdb)
+
+
+def test_seedQueryTwoVerbatimIsRefusedAtStart(sqliteDir):
+    config = sqliteDir / "seed2.conf"
+    config.write_text(SEED2_VERBATIM)
+    with pytest.raises(PassdbConfigError) as e:
+        passdbFromString(f"sql:{config}")
+    message = str(e.value)
+    assert message.startswith(f"{config}:3: password_query is refused by the database: ")
+    assert "syntax error" in message and "'imap2.example.com'" in message
+    assert "SELECT NULL AS password, 'Y' AS nopassword 'imap2.example.com' AS host" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("password", [b"anything", b'""'])
+@pytest_twisted.ensureDeferred
+async def test_seedQueryTwoFixedRefersEveryone(sqliteDir, clock, password):
+    config = sqliteDir / "seed2.conf"
+    config.write_text(SEED2_FIXED)
+    passdb = passdbFromString(f"sql:{config}")
+    harness = await _harness(passdb, clock)
+    client = await harness.connect()
+    try:
+        assert await client.command(b"a LOGIN whoever " + password) == [
+            b"a NO [REFERRAL imap://whoever;AUTH=PLAIN@imap2.example.com/] "
+            b"This server is down, try another one."
+        ]
+    finally:
+        await client.close()
+        await _stop(harness, passdb)
+
+
+@pytest_twisted.ensureDeferred
+async def test_variablesAndUserColumn(sqliteDir, clock):
+    """%Ln, %Ld and %r bind as values; the user column normalises the URL's name."""
+    config = writeConfig(
+        str(sqliteDir / "vars.conf"),
+        "sqlite",
+        "users.sqlite",
+        query="SELECT password, userid AS user, host, 'Y' AS nologin FROM users "
+        "WHERE userid = '%Ln@%Ld' AND '%r' = '127.0.0.1' AND '%s' = 'imap'",
+    )
+    passdb = passdbFromString(f"sql:{config}")
+    harness = await _harness(passdb, clock, lowercaseUsernames=False)
+    client = await harness.connect()
+    try:
+        assert await client.command(b"a LOGIN U@Example.COM pass") == [
+            b"a NO [REFERRAL imap://u%40example.com;AUTH=PLAIN@imap2.example.com/] " + REFER
+        ]
+    finally:
+        await client.close()
+        await _stop(harness, passdb)
+
+
+def _postgresConfig(tmp_path, postgres, query=None):
+    extra = {} if query is None else {"query": query}
+    return writeConfig(str(tmp_path / "pg.conf"), "pgsql", postgres.conninfo, **extra)
+
+
+@pytest_twisted.ensureDeferred
+async def test_postgresDownAndBack(postgres, tmp_path, clock):
+    passdb = passdbFromString(f"sql:{_postgresConfig(tmp_path, postgres)}", timeout=2)
+    harness = await _harness(passdb, clock)
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    client = await harness.connect()
+    referral = [b"NO [REFERRAL imap://refnl;AUTH=PLAIN@imap2.example.com/] " + REFER]
+    try:
+        assert await client.command(b"a LOGIN refnl pass") == [b"a " + referral[0]]
+        await deferToThread(postgres.stop)
+        for tag in (b"b", b"c", b"d"):
+            started = time.monotonic()
+            assert await client.command(tag + b" LOGIN refnl pass") == [tag + b" " + UNAVAILABLE]
+            assert time.monotonic() - started < 2.5
+        await deferToThread(postgres.start)
+        await deferToThread(waitForPort, postgres.port, True)
+        assert await client.command(b"e LOGIN refnl pass") == [b"e " + referral[0]]
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        await client.close()
+        await _stop(harness, passdb)
+    downs = [e for e in events if "unavailable:" in str(e.get("log_format", "")) or
+             e.get("log_format") == "SQL passdb {path} unavailable: {problem}"]  # fmt: skip
+    assert len(downs) == 1
+    assert any(e.get("log_format") == "SQL passdb {path} is available again" for e in events)
+
+
+@pytest_twisted.ensureDeferred
+async def test_postgresSlowQueryTimesOut(postgres, tmp_path, clock):
+    query = (
+        "SELECT password, host, 'Y' AS nologin FROM users, "
+        "pg_sleep(CASE WHEN '%u' = 'refnl' THEN 5 ELSE 0 END) WHERE userid = '%u'"
+    )
+    passdb = passdbFromString(f"sql:{_postgresConfig(tmp_path, postgres, query)}", timeout=0.5)
+    harness = await _harness(passdb, clock)
+    client = await harness.connect()
+    try:
+        started = time.monotonic()
+        assert await client.command(b"a LOGIN refnl pass") == [b"a " + UNAVAILABLE]
+        assert time.monotonic() - started < 2
+    finally:
+        await client.close()
+        await _stop(harness, passdb)
+
+
+def test_postgresQueryErrorIsRefusedAtStart(postgres, tmp_path):
+    config = _postgresConfig(tmp_path, postgres, "SELECT password FROM nosuchtable WHERE u = '%u'")
+    with pytest.raises(PassdbConfigError, match='relation "nosuchtable" does not exist'):
+        passdbFromString(f"sql:{config}")

@@ -1,0 +1,104 @@
+"""Dovecot SQL config parsing and password_query compilation: tables, no database."""
+
+from __future__ import annotations
+
+import pytest
+
+from imapreferral.login.context import LoginContext
+from imapreferral.passdbs.sqlconf import SQLConfigError, compileQuery, parseSQLConfig
+
+CTX = LoginContext(remoteIP="192.0.2.7", remotePort=5555, localIP="127.0.0.1", localPort=143)
+
+COMPILE = [
+    # (query, sql with ?, parameters for user "Bob@Example.com")
+    ("WHERE userid = '%u'", "WHERE userid = ?", ("Bob@Example.com",)),  # quoted alone: parameter
+    ("WHERE userid = %u", "WHERE userid = ?", ("Bob@Example.com",)),  # unquoted: parameter too
+    ("WHERE u = '%Lu'", "WHERE u = ?", ("bob@example.com",)),  # lower-case modifier
+    ("WHERE u = '%Uu'", "WHERE u = ?", ("BOB@EXAMPLE.COM",)),  # upper-case modifier
+    ("WHERE n = '%n' AND d = '%d'", "WHERE n = ? AND d = ?", ("Bob", "Example.com")),
+    ("WHERE u = '%n@%d'", "WHERE u = (? || '@' || ?)", ("Bob", "Example.com")),  # mixed literal
+    (
+        "WHERE ip = '%r' AND l = '%l' AND s = '%s'",
+        "WHERE ip = ? AND l = ? AND s = ?",
+        ("192.0.2.7", "127.0.0.1", "imap"),
+    ),
+    (
+        "WHERE u = '%{user}' AND n = '%L{username}'",
+        "WHERE u = ? AND n = ?",
+        ("Bob@Example.com", "bob"),
+    ),
+    ("WHERE p = '%{rport}:%{lport}'", "WHERE p = (? || ':' || ?)", ("5555", "143")),
+    ("WHERE x LIKE '100%%'", "WHERE x LIKE '100%'", ()),  # %% is a literal percent
+    (
+        "SELECT 'it''s' AS reason FROM t WHERE u = '%u'",
+        "SELECT 'it''s' AS reason FROM t WHERE u = ?",
+        ("Bob@Example.com",),
+    ),
+    ('SELECT "weird""col" FROM t', 'SELECT "weird""col" FROM t', ()),
+]
+
+
+@pytest.mark.parametrize(("query", "sql", "params"), COMPILE)
+def test_compileQuery(query, sql, params):
+    compiled = compileQuery(query, "?")
+    assert compiled.sql == sql
+    assert compiled.parameters("Bob@Example.com", CTX) == params
+
+
+def test_compileForPostgresEscapesPercentAndCasts():
+    compiled = compileQuery("WHERE u = '%n@%d' AND x LIKE 'a%%'", "%s", "CAST({} AS text)")
+    assert (
+        compiled.sql == "WHERE u = (CAST(%s AS text) || '@' || CAST(%s AS text)) AND x LIKE 'a%%'"
+    )
+
+
+@pytest.mark.parametrize(
+    "query", ["WHERE u = '%x'", "WHERE u = '%{nosuch}'", "WHERE u = 'open", "50% off"]
+)
+def test_badQueryIsRefused(query):
+    with pytest.raises(ValueError):
+        compileQuery(query, "?")
+
+
+def test_parseWithContinuationsCommentsAndQuotes():
+    config = parseSQLConfig(
+        "/etc/d.conf",
+        "# comment\n\ndriver = pgsql\n"
+        'connect = "host=127.0.0.1 dbname=mail"\n'
+        "default_pass_scheme = sha512-crypt\n"
+        "user_query = SELECT 1\n"
+        "password_query = SELECT password \\\n    FROM users \\\n    WHERE userid = '%u'\n",
+    )
+    assert config.driver == "pgsql"
+    assert config.connect == "host=127.0.0.1 dbname=mail"
+    assert config.defaultPassScheme == "SHA512-CRYPT"
+    assert config.passwordQuery == "SELECT password FROM users WHERE userid = '%u'"
+    assert config.queryLine == 7
+    assert config.ignored == ("user_query",)
+
+
+def test_defaultSchemeIsDovecotsMD5():
+    config = parseSQLConfig("f", "driver = sqlite\nconnect = x\npassword_query = SELECT 1\n")
+    assert config.defaultPassScheme == "MD5"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "driver = mysql\nconnect = x\npassword_query = SELECT 1\n",
+            "f:1: driver 'mysql' is not supported",
+        ),
+        ("driver = sqlite\npassword_query = SELECT 1\n", "f: missing 'connect = ...'"),
+        ("driver = sqlite\nconnect = x\n", "f: missing 'password_query = ...'"),
+        ("driver = sqlite\nthis is not a setting\n", "f:2: expected 'key = value'"),
+        (
+            "driver = sqlite\nconnect = x\npassword_query = SELECT '%q'\n",
+            "f:3: password_query: unknown variable %q",
+        ),
+    ],
+)
+def test_badConfigNamesFileAndLine(text, message):
+    with pytest.raises(SQLConfigError) as e:
+        parseSQLConfig("f", text)
+    assert str(e.value).startswith(message)
