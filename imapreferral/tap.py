@@ -23,7 +23,10 @@ from imapreferral.passdbs.sql import DEFAULT_TIMEOUT
 
 _log = Logger()
 
-EXAMPLE_PASSWD = os.path.join(os.path.dirname(__file__), "examples", "users.passwd")
+EXAMPLES = os.path.join(os.path.dirname(__file__), "examples")
+EXAMPLE_PASSWD = os.path.join(EXAMPLES, "users.passwd")
+EXAMPLE_SQL = os.path.join(EXAMPLES, "dovecot-sql.conf.ext")
+DEFAULT_PASSDBS = ("passwd-file:" + EXAMPLE_PASSWD, "sql:" + EXAMPLE_SQL)
 DEFAULT_LISTEN = "tcp:1143:interface=127.0.0.1"
 
 
@@ -49,7 +52,7 @@ class Options(usage.Options):
     longdesc = (
         "An IMAP4 server that answers logins with RFC 2221 login referrals from "
         "Dovecot-style passdbs. With no options it serves the bundled example "
-        f"passwd-file on {DEFAULT_LISTEN}."
+        f"passwd-file and SQLite passdb on {DEFAULT_LISTEN}."
     )
     optFlags = [
         [
@@ -96,7 +99,7 @@ class Options(usage.Options):
             raise usage.UsageError(f"--referral-auth {self['referral-auth']!r}: use 'mech' or '*'")
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
-        descriptions = self["passdb"] or ["passwd-file:" + EXAMPLE_PASSWD]
+        descriptions = self["passdb"] or list(DEFAULT_PASSDBS)
         try:
             self["passdb"] = [
                 passdbFromString(d, timeout=self["passdb-timeout"]) for d in descriptions

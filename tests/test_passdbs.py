@@ -118,3 +118,18 @@ def test_staticWithBadFieldIsClear():
 def test_badPassdbDescription(text):
     with pytest.raises(PassdbConfigError):
         passdbFromString(text)
+
+
+def test_bundledSQLiteMatchesItsScript():
+    import sqlite3
+    from pathlib import Path
+
+    examples = Path(__file__).parent.parent / "imapreferral" / "examples"
+    fresh = sqlite3.connect(":memory:")
+    fresh.executescript((examples / "users.sql").read_text())
+    bundled = sqlite3.connect(f"file:{examples / 'users.sqlite'}?mode=ro", uri=True)
+    try:
+        assert list(bundled.iterdump()) == list(fresh.iterdump())
+    finally:
+        bundled.close()
+        fresh.close()

@@ -29,7 +29,8 @@ def test_defaultsServeBundledExample():
     options = tap.Options()
     options.parseOptions([])
     assert options["listen"] == ["tcp:1143:interface=127.0.0.1"]
-    assert [p.path for p in options["passdb"]] == [tap.EXAMPLE_PASSWD]
+    passwd, sql = options["passdb"]
+    assert passwd.path == tap.EXAMPLE_PASSWD and sql.config.path == tap.EXAMPLE_SQL
     assert options["auth-failure-delay"] == 2.0
     assert options["referral-auth"] == "mech"
 
@@ -118,6 +119,10 @@ def test_twistdServesReferralsAndLogsNoPassword(tmp_path):
             sock.sendall(b"a LOGIN refnl pass\r\n")
             assert f.readline() == (
                 b"a NO [REFERRAL imap://refnl;AUTH=PLAIN@imap2.example.com/] Try this server instead.\r\n"
+            )
+            sock.sendall(b"b LOGIN sqlref pass\r\n")
+            assert f.readline() == (
+                b"b NO [REFERRAL imap://sqlref;AUTH=PLAIN@imap3.example.com/] Try this server instead.\r\n"
             )
             sock.sendall(b"z LOGOUT\r\n")
             assert f.readline() == b"* BYE Logging out\r\n"

@@ -94,6 +94,12 @@ class _Driver:
             self.database = path
             self.query = compileQuery(config.passwordQuery, "?")
         else:
+            try:
+                import psycopg  # noqa: F401
+            except ImportError:
+                raise SQLConfigError(
+                    f"{config.path}: driver pgsql needs psycopg: pip install 'imapreferral[pgsql]'"
+                ) from None
             self.query = compileQuery(config.passwordQuery, "%s", "CAST({} AS text)")
 
     def connect(self) -> Any:
