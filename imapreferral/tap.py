@@ -27,7 +27,7 @@ EXAMPLES = os.path.join(os.path.dirname(__file__), "examples")
 EXAMPLE_PASSWD = os.path.join(EXAMPLES, "users.passwd")
 EXAMPLE_SQL = os.path.join(EXAMPLES, "dovecot-sql.conf.ext")
 DEFAULT_PASSDBS = ("passwd-file:" + EXAMPLE_PASSWD, "sql:" + EXAMPLE_SQL)
-DEFAULT_LISTEN = "tcp:1143:interface=127.0.0.1"
+DEFAULT_LISTEN = "tcp:1143:interface=127.0.0.1:backlog=512"
 
 
 def _secondsFor(option: str, low: float) -> Any:

@@ -28,7 +28,7 @@ def test_pluginIsDiscoverable():
 def test_defaultsServeBundledExample():
     options = tap.Options()
     options.parseOptions([])
-    assert options["listen"] == ["tcp:1143:interface=127.0.0.1"]
+    assert options["listen"] == ["tcp:1143:interface=127.0.0.1:backlog=512"]
     passwd, sql = options["passdb"]
     assert passwd.path == tap.EXAMPLE_PASSWD and sql.config.path == tap.EXAMPLE_SQL
     assert options["auth-failure-delay"] == 2.0
