@@ -1,0 +1,64 @@
+"""
+Address lists: C{--trusted-networks} and C{--haproxy-trusted-networks}.
+
+IPv4-mapped IPv6 addresses (C{::ffff:127.0.0.1}) count as their IPv4 form.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+import attrs
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+LOOPBACK = ("127.0.0.0/8", "::1/128")
+
+
+def parseAddress(text: str | None) -> Address | None:
+    """The address, IPv4-mapped IPv6 unwrapped; L{None} if it is not one."""
+    if not text:
+        return None
+    try:
+        address = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+@attrs.frozen
+class NetworkList:
+    """A set of CIDR networks, checked by L{contains}."""
+
+    networks: tuple[Network, ...] = ()
+
+    @classmethod
+    def fromStrings(cls, texts: Iterable[str]) -> NetworkList:
+        """
+        Parse C{"10.0.0.0/8"}, C{"2001:db8::/32"}, C{"192.0.2.1"} (one host).
+
+        @raise ValueError: naming the bad entry.
+        """
+        networks = []
+        for text in texts:
+            text = text.strip()
+            if not text:
+                continue
+            try:
+                networks.append(ipaddress.ip_network(text, strict=False))
+            except ValueError:
+                raise ValueError(f"{text!r} is not a network (use CIDR, e.g. 10.0.0.0/8)") from None
+        return cls(tuple(networks))
+
+    @classmethod
+    def fromOption(cls, text: str) -> NetworkList:
+        """A comma- or space-separated list, as given on the command line."""
+        return cls.fromStrings(text.replace(",", " ").split())
+
+    def contains(self, host: str | None) -> bool:
+        address = parseAddress(host)
+        return address is not None and any(address in n for n in self.networks)
