@@ -51,7 +51,9 @@ class NetworkList:
             try:
                 networks.append(ipaddress.ip_network(text, strict=False))
             except ValueError:
-                raise ValueError(f"{text!r} is not a network (use CIDR, e.g. 10.0.0.0/8)") from None
+                raise ValueError(
+                    f"{text!r} is not a network (use CIDR, e.g. 10.0.0.0/8)"
+                ) from None
         return cls(tuple(networks))
 
     @classmethod

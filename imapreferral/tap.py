@@ -12,14 +12,19 @@ from twisted.application.service import IService, MultiService
 from twisted.cred.portal import Portal
 from twisted.internet import endpoints
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
+from imapreferral import __version__
 from imapreferral.imap.account import ReferralRealm
 from imapreferral.imap.factory import REFERRAL_AUTH_CHOICES, ReferralServerFactory
+from imapreferral.imap.policy import PLAINTEXT_AUTH_CHOICES, ServerPolicy, validateServerURL
 from imapreferral.login.attempt import DEFAULT_FAILURE_DELAY
 from imapreferral.login.checker import PassdbChecker
+from imapreferral.networks import NetworkList
 from imapreferral.passdbs import PassdbConfigError, passdbFromString
 from imapreferral.passdbs.sql import DEFAULT_TIMEOUT
+from imapreferral.tls import TLSConfigError, loadTLS
 
 _log = Logger()
 
@@ -47,6 +52,15 @@ _delay = _secondsFor("auth-failure-delay", 0)
 _seconds = _secondsFor("passdb-timeout", 0.1)
 
 
+def _count(option: str) -> Any:
+    def parse(value: str) -> int:
+        if not value.isdigit():
+            raise usage.UsageError(f"--{option} {value!r}: not a whole number")
+        return int(value)
+
+    return parse
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
@@ -70,22 +84,61 @@ class Options(usage.Options):
         ["passdb-timeout", None, DEFAULT_TIMEOUT,
          "Seconds to wait for a SQL database (connect, query) before a temporary failure.",
          _seconds],
+        ["tls-cert", None, None, "PEM certificate (a chain may follow) for STARTTLS and --listen-tls."],
+        ["tls-key", None, None, "PEM private key of --tls-cert."],
+        ["trusted-networks", None, "127.0.0.0/8 ::1/128",
+         "Networks that may log in without TLS and are exempt from per-IP limits (CIDR list)."],
+        ["plaintext-auth", None, "secure",
+         "'secure': plaintext logins only over TLS or from trusted networks; 'always'."],
+        ["greeting-referral", None, None,
+         "Answer every connection with * BYE [REFERRAL URL] and close (RFC 2221 4.2)."],
+        ["greeting-referral-reason", None, ServerPolicy.__attrs_attrs__.greetingReferralReason.default,
+         "Text after the greeting referral."],
+        ["max-connections", None, 2000, "Most connections at once (0: no limit).",
+         _count("max-connections")],
+        ["max-connections-per-ip", None, 20,
+         "Most connections from one client address; trusted networks exempt (0: no limit).",
+         _count("max-connections-per-ip")],
+        ["max-bad-commands", None, 10, "Pre-login BAD replies before * BYE.",
+         _count("max-bad-commands")],
+        ["max-auth-failures", None, 5, "Failed logins per connection before * BYE.",
+         _count("max-auth-failures")],
+        ["preauth-idle-timeout", None, 60.0, "Seconds a pre-login connection may stay silent.",
+         _secondsFor("preauth-idle-timeout", 1)],
+        ["preauth-lifetime", None, 300.0, "Seconds a connection may stay unauthenticated.",
+         _secondsFor("preauth-lifetime", 1)],
+        ["auth-penalty-cap", None, 15.0,
+         "Repeated failures from one address wait longer, doubling up to this; 0 disables.",
+         _secondsFor("auth-penalty-cap", 0)],
+        ["id-name", None, "imapreferral", "The name we give in answer to ID (RFC 2971)."],
+        ["id-version", None, __version__, "The version we give in answer to ID; '' for none."],
     ]  # fmt: skip
 
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["listen-tls"] = []
         self["passdb"] = []
 
-    def opt_listen(self, description: str) -> None:
-        """Listen on a Twisted server endpoint, e.g. tcp:1143:interface=127.0.0.1 (repeatable)."""
+    def _endpoint(self, option: str, description: str) -> None:
         from twisted.internet import reactor
 
         try:
             endpoints.serverFromString(reactor, description)
         except Exception as e:
-            raise usage.UsageError(f"--listen {description!r}: {e}") from None
-        self["listen"].append(description)
+            raise usage.UsageError(f"--{option} {description!r}: {e}") from None
+        self[option].append(description)
+
+    def opt_listen(self, description: str) -> None:
+        """
+        Listen on a Twisted server endpoint, e.g. tcp:1143:interface=127.0.0.1
+        (repeatable); STARTTLS is offered there when --tls-cert is given.
+        """
+        self._endpoint("listen", description)
+
+    def opt_listen_tls(self, description: str) -> None:
+        """Listen for implicit TLS (imaps), e.g. tcp:993 (repeatable); needs --tls-cert."""
+        self._endpoint("listen-tls", description)
 
     def opt_passdb(self, description: str) -> None:
         """
@@ -97,8 +150,22 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if self["referral-auth"] not in REFERRAL_AUTH_CHOICES:
             raise usage.UsageError(f"--referral-auth {self['referral-auth']!r}: use 'mech' or '*'")
-        if not self["listen"]:
+        if self["plaintext-auth"] not in PLAINTEXT_AUTH_CHOICES:
+            raise usage.UsageError(
+                f"--plaintext-auth {self['plaintext-auth']!r}: use 'secure' or 'always'"
+            )
+        try:
+            self["trusted-networks"] = NetworkList.fromOption(self["trusted-networks"])
+        except ValueError as e:
+            raise usage.UsageError(f"--trusted-networks: {e}") from None
+        if self["greeting-referral"] is not None:
+            try:
+                validateServerURL(self["greeting-referral"])
+            except ValueError as e:
+                raise usage.UsageError(f"--greeting-referral: {e}") from None
+        if not self["listen"] and not self["listen-tls"]:
             self["listen"] = [DEFAULT_LISTEN]
+        self["tls"] = self._loadTLS()
         descriptions = self["passdb"] or list(DEFAULT_PASSDBS)
         try:
             self["passdb"] = [
@@ -106,6 +173,19 @@ class Options(usage.Options):
             ]
         except PassdbConfigError as e:
             # One clear line, not the usage text: the option is fine, the file is not.
+            raise SystemExit(f"imapreferral: {e}") from None
+
+    def _loadTLS(self) -> Any:
+        cert, key = self["tls-cert"], self["tls-key"]
+        if (cert is None) != (key is None):
+            raise usage.UsageError("--tls-cert and --tls-key go together")
+        if cert is None:
+            if self["listen-tls"]:
+                raise usage.UsageError("--listen-tls needs --tls-cert and --tls-key")
+            return None
+        try:
+            return loadTLS(cert, key)
+        except TLSConfigError as e:
             raise SystemExit(f"imapreferral: {e}") from None
 
 
@@ -123,19 +203,38 @@ class ReferralService(MultiService):
 
 def makeService(config: Any) -> IService:
     checker = PassdbChecker(config["passdb"], lowercaseUsernames=not config["keep-username-case"])
+    idFields = [("name", config["id-name"])]
+    if config["id-version"]:
+        idFields.append(("version", config["id-version"]))
     factory = ReferralServerFactory(
         Portal(ReferralRealm(), [checker]),
         failureDelay=config["auth-failure-delay"],
         referralAuth=config["referral-auth"],
         greeting=config["greeting"],
+        maxConnections=config["max-connections"],
+        maxConnectionsPerAddress=config["max-connections-per-ip"],
+        authPenaltyCap=config["auth-penalty-cap"],
+        tlsContext=config["tls"],
+        trustedNetworks=config["trusted-networks"],
+        plaintextAuth=config["plaintext-auth"],
+        greetingReferral=config["greeting-referral"],
+        greetingReferralReason=config["greeting-referral-reason"],
+        maxBadCommands=config["max-bad-commands"],
+        maxAuthFailures=config["max-auth-failures"],
+        preauthIdle=config["preauth-idle-timeout"],
+        preauthLifetime=config["preauth-lifetime"],
+        idFields=tuple(idFields),
     )
+    listeners = [*config["listen"], *(f"{d} (TLS)" for d in config["listen-tls"])]
     service = ReferralService(
-        f"{', '.join(config['listen'])} with passdbs "
-        + ", ".join(repr(p) for p in config["passdb"])
+        f"{', '.join(listeners)} with passdbs " + ", ".join(repr(p) for p in config["passdb"])
     )
     for passdb in config["passdb"]:
         if IService.providedBy(passdb):  # e.g. SQL: a connection pool to start and stop
             passdb.setServiceParent(service)
     for description in config["listen"]:
         strports.service(description, factory).setServiceParent(service)
+    for description in config["listen-tls"]:
+        tlsFactory = TLSMemoryBIOFactory(config["tls"], False, factory)
+        strports.service(description, tlsFactory).setServiceParent(service)
     return service

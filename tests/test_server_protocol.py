@@ -14,7 +14,7 @@ from twisted.internet import reactor, task
 from imapreferral.testing import MemoryPassdb, ServerHarness, waitForDelay
 
 REFNL = b"NO [REFERRAL imap://refnl;AUTH=PLAIN@imap2.example.com/] Try this server instead."
-PRELOGIN_CAPS = b"IMAP4rev1 SASL-IR LOGIN-REFERRALS AUTH=PLAIN AUTH=LOGIN AUTH=CRAM-MD5"
+PRELOGIN_CAPS = b"IMAP4rev1 SASL-IR LOGIN-REFERRALS ID AUTH=PLAIN AUTH=LOGIN AUTH=CRAM-MD5"
 
 
 @pytest_twisted.ensureDeferred

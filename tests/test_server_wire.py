@@ -76,7 +76,7 @@ async def test_rightPasswordGivesTableReply(client, row, mech):
 async def test_plainUserLogsInWithCapabilities(client, mech):
     _authName, login = MECHS[mech]
     assert await login(client, b"plain", b"pass") == (
-        b"a OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS NAMESPACE IDLE] Logged in"
+        b"a OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS ID NAMESPACE IDLE] Logged in"
     )
     assert await client.command(b"s SELECT INBOX") == [b"s NO No such mailbox"]
 

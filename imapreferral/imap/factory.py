@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Sequence
+from typing import Any
 
 from twisted.cred.credentials import IUsernameHashedPassword
 from twisted.cred.portal import Portal
@@ -13,10 +14,13 @@ from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import ServerFactory
 from twisted.mail.imap4 import IAccount
 
+from imapreferral.imap.policy import ServerPolicy, validateServerURL
 from imapreferral.imap.responses import referralURL, sanitiseText
 from imapreferral.imap.server import ReferralIMAP4Server
+from imapreferral.limits import ConnectionLimiter
 from imapreferral.login.attempt import DEFAULT_FAILURE_DELAY, LoginAttempts
 from imapreferral.login.outcome import Referral
+from imapreferral.login.penalty import AuthPenalty
 from imapreferral.login.sasl import MECHANISMS
 
 REFERRAL_AUTH_CHOICES = ("mech", "*")
@@ -36,16 +40,24 @@ def defaultMechanisms(portal: Portal) -> tuple[str, ...]:
 
 class ReferralServerFactory(ServerFactory):
     """
-    Builds L{ReferralIMAP4Server}s sharing one portal and login policy.
+    Builds L{ReferralIMAP4Server}s sharing one portal, login policy,
+    connection limits and authentication penalty.
 
     @param portal: A portal whose realm gives C{IAccount} avatars, e.g.
         C{Portal(ReferralRealm(), [PassdbChecker([...])])}.
-    @param clock: Time source for failure delays and idle timeouts;
-        defaults to the global reactor.
+    @param clock: Time source for failure delays and timeouts; defaults to
+        the global reactor.
     @param failureDelay: Seconds before a failed authentication is answered.
-    @param referralAuth: C{"mech"} or C{"*"}; see L{ReferralIMAP4Server}.
+    @param referralAuth: C{"mech"} or C{"*"}; see L{ServerPolicy}.
     @param mechanisms: SASL mechanisms to offer; see L{defaultMechanisms}.
     @param greeting: The text after C{* OK [CAPABILITY ...]}.
+    @param maxConnections: Most connections at once (0: no limit).
+    @param maxConnectionsPerAddress: Most from one client address, trusted
+        networks exempt (0: no limit).
+    @param authPenaltyCap: Longest delay repeated failures from one address
+        grow to (0 disables the penalty).
+    @param policyFields: Any other L{ServerPolicy} field (C{tlsContext},
+        C{trustedNetworks}, C{plaintextAuth}, C{greetingReferral}, ...).
     """
 
     protocol = ReferralIMAP4Server
@@ -58,6 +70,10 @@ class ReferralServerFactory(ServerFactory):
         referralAuth: str = "mech",
         mechanisms: Sequence[str] | None = None,
         greeting: str = "imapreferral ready.",
+        maxConnections: int = 2000,
+        maxConnectionsPerAddress: int = 20,
+        authPenaltyCap: float = 15.0,
+        **policyFields: Any,
     ) -> None:
         if referralAuth not in REFERRAL_AUTH_CHOICES:
             raise ValueError(f"referralAuth must be one of {REFERRAL_AUTH_CHOICES}")
@@ -68,26 +84,31 @@ class ReferralServerFactory(ServerFactory):
         unknown = [m for m in mechanisms if m.upper() not in MECHANISMS]
         if unknown:
             raise ValueError(f"unsupported SASL mechanisms {unknown}; known: {list(MECHANISMS)}")
+        if policyFields.get("greetingReferral") is not None:
+            validateServerURL(policyFields["greetingReferral"])
         self.portal = portal
-        self.referralAuth = referralAuth
-        self.mechanisms = tuple(m.upper() for m in mechanisms)
-        self.attempts = LoginAttempts(
-            portal, IAccount, clock, failureDelay, referralText=self._referralText
+        self.policy = ServerPolicy(
+            mechanisms=tuple(m.upper() for m in mechanisms),
+            referralAuth=referralAuth,
+            greeting=sanitiseText(greeting, "imapreferral ready."),
+            hostname=socket.gethostname(),
+            **policyFields,
         )
-        self.greeting = sanitiseText(greeting, "imapreferral ready.")
-        self.hostname = socket.gethostname()
+        self.limiter = ConnectionLimiter(
+            maxConnections, maxConnectionsPerAddress, self.policy.trustedNetworks
+        )
+        penalty = None
+        if authPenaltyCap > 0:
+            penalty = AuthPenalty(clock, self.policy.trustedNetworks, cap=authPenaltyCap)
+        self.attempts = LoginAttempts(
+            portal, IAccount, clock, failureDelay, referralText=self._referralText, penalty=penalty
+        )
 
     def _referralText(self, referral: Referral, mechanism: str) -> str:
-        return referralURL(referral, "*" if self.referralAuth == "*" else mechanism)
+        return referralURL(referral, "*" if self.policy.referralAuth == "*" else mechanism)
 
     def buildProtocol(self, addr: IAddress) -> ReferralIMAP4Server:
-        proto = self.protocol(
-            self.attempts,
-            mechanisms=self.mechanisms,
-            referralAuth=self.referralAuth,
-            greeting=self.greeting,
-            hostname=self.hostname,
-        )
+        proto = self.protocol(self.attempts, self.policy, self.limiter)
         proto.factory = self
         proto.portal = self.portal
         return proto

@@ -4,7 +4,10 @@ speaks RFC 2221 login referrals.
 
 Only plumbing lives here: parse C{LOGIN} and C{AUTHENTICATE} (with RFC 4959
 SASL-IR), run the attempt, write the reply that
-L{imapreferral.imap.responses.renderOutcome} words. Twisted dispatches
+L{imapreferral.imap.responses.renderOutcome} words; and guard the
+unauthenticated surface as the L{ServerPolicy} says (STARTTLS and the
+plaintext policy, greeting referrals, connection limits, budgets for bad
+commands and failed logins, time limits, back-pressure). Twisted dispatches
 commands through class attributes holding the base class's functions
 (C{unauth_LOGIN = (do_LOGIN, ...)}), so each override re-declares its tuple.
 """
@@ -13,22 +16,20 @@ from __future__ import annotations
 
 import binascii
 from base64 import b64decode, b64encode
-from collections.abc import Sequence
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.interfaces import IDelayedCall, ISSLTransport
 from twisted.logger import Logger
-from twisted.mail.imap4 import IllegalClientResponse, IMAP4Server
+from twisted.mail.imap4 import IllegalClientResponse, IMAP4Server, parseNestedParens
 from twisted.python.failure import Failure
 
-from imapreferral.imap.responses import UNAVAILABLE, renderOutcome
+from imapreferral.imap.policy import ServerPolicy
+from imapreferral.imap.responses import UNAVAILABLE, renderOutcome, sanitiseText
+from imapreferral.limits import ConnectionLimiter
 from imapreferral.login.attempt import LoginAttempts
 from imapreferral.login.context import LoginContext
 from imapreferral.login.credentials import PasswordCredentials
-from imapreferral.login.outcome import (
-    LoggedIn,
-    Outcome,
-)
+from imapreferral.login.outcome import Disable, LoggedIn, Outcome, Reject
 from imapreferral.login.sasl import (
     MECHANISMS,
     AuthorizationRefused,
@@ -39,7 +40,38 @@ from imapreferral.login.sasl import (
 
 _log = Logger()
 
-_ALWAYS = {b"SASL-IR": None, b"LOGIN-REFERRALS": None}
+_ALWAYS = {b"SASL-IR": None, b"LOGIN-REFERRALS": None, b"ID": None}
+_PLAINTEXT_MECHANISMS = frozenset({"PLAIN", "LOGIN"})
+PRIVACY_REQUIRED = (
+    b"[PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure (SSL/TLS) connections."
+)
+#: Pipelined lines kept while a login is pending before we stop reading.
+_MAX_BLOCKED_LINES = 64
+
+
+def _quoted(text: str) -> bytes:
+    return b'"' + text.replace("\\", "\\\\").replace('"', '\\"').encode("utf-8") + b'"'
+
+
+def _parseID(line: bytes) -> list[tuple[str, str]]:
+    """
+    RFC 2971: C{NIL} or a parenthesised list of field/value string pairs.
+
+    @raise ValueError: for anything else.
+    """
+    text = line.strip()
+    if text.upper() == b"NIL":
+        return []
+    if not (text.startswith(b"(") and text.endswith(b")")):
+        raise ValueError("ID takes NIL or a list")
+    try:
+        items = parseNestedParens(text[1:-1])
+    except Exception as e:
+        raise ValueError(str(e)) from None
+    if len(items) % 2 or len(items) > 60 or not all(isinstance(i, bytes | None) for i in items):
+        raise ValueError("ID takes field/value pairs")
+    decoded = [(i or b"").decode("utf-8", "replace") for i in items]
+    return list(zip(decoded[::2], decoded[1::2], strict=True))
 
 
 class ReferralIMAP4Server(IMAP4Server):
@@ -47,56 +79,191 @@ class ReferralIMAP4Server(IMAP4Server):
     An IMAP4rev1 server whose logins go through L{LoginAttempts}.
 
     @ivar attempts: Runs logins (portal, failure delay, clock).
-    @ivar mechanisms: SASL mechanisms to offer, e.g. C{("PLAIN", "LOGIN")}.
-    @ivar referralAuth: C{"mech"} to put the mechanism used in C{;AUTH=}
-        (as Dovecot), or C{"*"}.
+    @ivar policy: What this listener allows; see L{ServerPolicy}.
+    @ivar limiter: Counts connections across the listener, or L{None}.
     """
 
     def __init__(
         self,
         attempts: LoginAttempts,
-        mechanisms: Sequence[str] = ("PLAIN", "LOGIN"),
-        referralAuth: str = "mech",
-        greeting: bytes = b"imapreferral ready.",
-        hostname: str = "imapreferral",
+        policy: ServerPolicy | None = None,
+        limiter: ConnectionLimiter | None = None,
     ) -> None:
-        super().__init__(chal={})
+        policy = policy if policy is not None else ServerPolicy()
+        super().__init__(chal={}, contextFactory=policy.tlsContext)
         self.attempts = attempts
-        self.mechanisms = tuple(m.upper() for m in mechanisms)
-        self.referralAuth = referralAuth
-        self.IDENT = greeting
-        self.hostname = hostname
+        self.policy = policy
+        self.limiter = limiter
+        self.IDENT = policy.greeting
+        self.timeOut = policy.preauthIdle
+        self.MAX_LENGTH = policy.maxLineLength
         self.callLater = attempts.clock.callLater  # TimeoutMixin's idle timer
         self._pendingLogin: Deferred[None] | None = None
         self._sasl: tuple[bytes, SASLMechanism] | None = None
         self._lost = False
+        self._admittedFrom: str | None = None
+        self._admitted = False
+        self._lifetime: IDelayedCall | None = None
+        self._badCommands = 0
+        self._authFailures = 0
+        self._producing = False
+        self._pausedForBacklog = False
 
-    # Capabilities
+    # Connection guards
+
+    def connectionMade(self) -> None:
+        if self.policy.greetingReferral is not None:
+            self.transport.write(
+                b"* BYE [REFERRAL " + self.policy.greetingReferral.encode("ascii") + b"] "
+                + sanitiseText(self.policy.greetingReferralReason, "Server moved.") + b"\r\n"
+            )  # fmt: skip
+            self.transport.loseConnection()
+            return
+        host = getattr(self.transport.getPeer(), "host", None)
+        if self.limiter is not None:
+            refusal = self.limiter.admit(host)
+            if refusal is not None:
+                _log.warn("refused connection from {remote}: {why}", remote=host, why=refusal)
+                self.transport.write(b"* BYE [UNAVAILABLE] " + refusal.encode("ascii") + b"\r\n")
+                self.transport.loseConnection()
+                return
+            self._admittedFrom, self._admitted = host, True
+        # Back-pressure: the transport pauses us (we stop reading) while a
+        # client does not read what we write; Twisted buffers without bound.
+        self.transport.registerProducer(self, True)
+        self._producing = True
+        self._lifetime = self.callLater(self.policy.preauthLifetime, self._lifetimeExceeded)
+        super().connectionMade()
+
+    def _lifetimeExceeded(self) -> None:
+        self._lifetime = None
+        self._bye(b"Pre-login time limit exceeded.")
+
+    def _bye(self, text: bytes) -> None:
+        """Say goodbye (RFC 3501 §7.1.5) and close; nothing more is read."""
+        self.sendLine(b"* BYE " + text)
+        self.blocked = None
+        self.clearLineBuffer()
+        self.transport.loseConnection()
+
+    def _leavePreauth(self) -> None:
+        """Logged in: the pre-login time limit and back-pressure end."""
+        if self._lifetime is not None and self._lifetime.active():
+            self._lifetime.cancel()
+        self._lifetime = None
+        if self._producing:
+            # Twisted's FETCH registers its own producer on the transport.
+            self.transport.unregisterProducer()
+            self._producing = False
+            if self.paused:
+                self.resumeProducing()
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._bye(b"Too long argument.")
+
+    def sendBadResponse(self, tag: bytes | None = None, message: bytes = b"") -> None:
+        """Every pre-login BAD counts; Dovecot's budget is 10."""
+        super().sendBadResponse(tag, message)
+        if self.state == "unauth" and not self._lost:
+            self._badCommands += 1
+            if self._badCommands >= self.policy.maxBadCommands:
+                self._bye(b"Too many invalid IMAP commands.")
+
+    # Capabilities and TLS
 
     def capabilities(self) -> dict[bytes, list[bytes] | None]:
         """
-        Advertise what we implement: pre-login C{SASL-IR LOGIN-REFERRALS}
-        and the C{AUTH=} mechanisms; after login also what Twisted's
-        authenticated state offers.
+        Advertise what we implement. Before login: C{SASL-IR
+        LOGIN-REFERRALS ID}, C{STARTTLS} when it can be started, and the
+        C{AUTH=} mechanisms, without the plaintext ones (and with
+        C{LOGINDISABLED}) where the plaintext policy forbids them. After
+        login also what Twisted's authenticated state offers.
         """
         caps: dict[bytes, list[bytes] | None] = dict(_ALWAYS)
-        if self.state == "unauth":
-            caps[b"AUTH"] = [m.encode("ascii") for m in self.mechanisms]
-        else:
+        if self.state != "unauth":
             caps[b"NAMESPACE"] = None
             caps[b"IDLE"] = None
+            return caps
+        if self._canStartTLS():
+            caps[b"STARTTLS"] = None
+        mechanisms = self.policy.mechanisms
+        if not self._plaintextAllowed():
+            caps[b"LOGINDISABLED"] = None
+            mechanisms = tuple(m for m in mechanisms if m not in _PLAINTEXT_MECHANISMS)
+        caps[b"AUTH"] = [m.encode("ascii") for m in mechanisms]
         return caps
 
     def _secured(self) -> bool:
         return bool(self.startedTLS) or ISSLTransport(self.transport, None) is not None
 
+    def _canStartTLS(self) -> bool:
+        return bool(self.ctx and self.canStartTLS and not self._secured())
+
+    def _plaintextAllowed(self) -> bool:
+        """Dovecot's C{disable_plaintext_auth}: TLS, a trusted network, or C{always}."""
+        if self.policy.plaintextAuth == "always" or self._secured():
+            return True
+        return self.policy.trustedNetworks.contains(
+            getattr(self.transport.getPeer(), "host", None)
+        )
+
+    def do_STARTTLS(self, tag: bytes) -> None:
+        """
+        Start TLS. Plaintext the client pipelined behind C{STARTTLS} is
+        dropped, not run inside the TLS session (CVE-2011-0411; stock
+        Twisted runs it). On a TLS connection, C{BAD} rather than a hang.
+        """
+        if self._secured():
+            self.sendBadResponse(tag, b"TLS is already active.")
+            return
+        if not self._canStartTLS():
+            self.sendNegativeResponse(tag, b"TLS support isn't enabled.")
+            return
+        self.clearLineBuffer()
+        self.sendPositiveResponse(tag, b"Begin TLS negotiation now.")
+        self.transport.startTLS(self.ctx)
+        self.startedTLS = True
+
+    unauth_STARTTLS = (do_STARTTLS,)
+
     def _context(self, mechanism: str) -> LoginContext:
         return LoginContext.fromTransport(self.transport, mechanism, self._secured())
+
+    # ID (RFC 2971)
+
+    def do_ID(self, tag: bytes, line: bytes | None) -> None:
+        """Log what the client says about itself; say who we are."""
+        try:
+            fields = _parseID(line or b"")
+        except ValueError:
+            self.sendBadResponse(tag, b"Invalid ID parameters.")
+            return
+        if fields:
+            _log.info(
+                "client ID from {remote}: {fields}",
+                remote=getattr(self.transport.getPeer(), "host", None),
+                fields=" ".join(f"{k}={v!r}" for k, v in fields[:30]),
+            )
+        ours = b" ".join(_quoted(k) + b" " + _quoted(v) for k, v in self.policy.idFields)
+        self.sendUntaggedResponse(b"ID (" + ours + b")")
+        self.sendPositiveResponse(tag, b"ID completed.")
+
+    unauth_ID = (do_ID, IMAP4Server.arg_line)
+    auth_ID = unauth_ID
+    select_ID = unauth_ID
 
     # LOGIN
 
     def do_LOGIN(self, tag: bytes, user: bytes, passwd: bytes) -> None:
+        if not self._plaintextAllowed():
+            self._refusePlaintext(tag)
+            return
         self._login(tag, PasswordCredentials(user, passwd, self._context("PLAIN")), "PLAIN")
+
+    def _refusePlaintext(self, tag: bytes) -> None:
+        """RFC 3501 §6.2.3 wants NO here (Twisted says BAD); no password is checked."""
+        self.sendNegativeResponse(tag, PRIVACY_REQUIRED)
+        self._countAuthFailure()
 
     def arg_loginUser(self, line: bytes | None) -> object:
         """C{arg_astring}, but a missing argument is a plain syntax error."""
@@ -114,10 +281,13 @@ class ReferralIMAP4Server(IMAP4Server):
             self.sendBadResponse(tag, b"Invalid AUTHENTICATE arguments.")
             return
         name = args[0].upper().decode("ascii", "replace")
-        if name not in self.mechanisms:
+        if name not in self.policy.mechanisms:
             self.sendNegativeResponse(tag, b"Unsupported authentication mechanism.")
             return
-        mechanism = MECHANISMS[name](self._context(name), self.hostname)
+        if name in _PLAINTEXT_MECHANISMS and not self._plaintextAllowed():
+            self._refusePlaintext(tag)
+            return
+        mechanism = MECHANISMS[name](self._context(name), self.policy.hostname)
         if len(args) == 1:
             self._challenge(tag, mechanism, mechanism.initial())
             return
@@ -197,7 +367,7 @@ class ReferralIMAP4Server(IMAP4Server):
         d.addBoth(self._loginFinished)
 
     def _loginDone(self, outcome: Outcome, tag: bytes, mechanism: str) -> None:
-        auth = "*" if self.referralAuth == "*" else mechanism
+        auth = "*" if self.policy.referralAuth == "*" else mechanism
         if isinstance(outcome, LoggedIn):
             if self._lost:
                 outcome.logout()
@@ -206,8 +376,16 @@ class ReferralIMAP4Server(IMAP4Server):
             self._onLogout = outcome.logout
             self.state = "auth"
             self.setTimeout(self.POSTAUTH_TIMEOUT)
+            self._leavePreauth()
         status, text = renderOutcome(outcome, auth, self._capabilityList)
         self._respond(status, tag, text)
+        if isinstance(outcome, Reject | Disable):
+            self._countAuthFailure()
+
+    def _countAuthFailure(self) -> None:
+        self._authFailures += 1
+        if self._authFailures >= self.policy.maxAuthFailures:
+            self._bye(b"Too many authentication failures.")
 
     def _capabilityList(self) -> bytes:
         return b" ".join(self.listCapabilities())
@@ -220,10 +398,28 @@ class ReferralIMAP4Server(IMAP4Server):
 
     def _loginFinished(self, _: object) -> None:
         self._pendingLogin = None
-        if self._lost:
+        if self._lost or self.transport.disconnecting:
             self.blocked = None
-        else:
-            self._unblock()
+            return
+        self._unblock()
+        if self._pausedForBacklog and self.blocked is None:
+            self._pausedForBacklog = False
+            self.resumeProducing()
+
+    def _unblock(self) -> None:
+        """
+        Run the lines that waited for a login. If one of them started TLS,
+        the rest were sent in plaintext before it: drop them.
+        """
+        commands = self.blocked or []
+        self.blocked = None
+        tls = self.startedTLS
+        while commands and self.blocked is None and not self.transport.disconnecting:
+            self.lineReceived(commands.pop(0))
+            if self.startedTLS != tls:
+                commands = []
+        if self.blocked is not None:
+            self.blocked.extend(commands)
 
     # Errors
 
@@ -234,13 +430,16 @@ class ReferralIMAP4Server(IMAP4Server):
         """
         if self.blocked is not None:
             self.blocked.append(line)
+            if len(self.blocked) >= _MAX_BLOCKED_LINES and not self.paused:
+                self._pausedForBacklog = True
+                self.pauseProducing()
             return
         self.resetTimeout()
         try:
             getattr(self, "parse_" + self.parseState)(line)
         except Exception:
             _log.failure("error while handling a command line")
-            self.sendUntaggedResponse(b"BAD Internal server error.")
+            self.sendBadResponse(None, b"Internal server error.")
 
     # Session end
 
@@ -258,4 +457,9 @@ class ReferralIMAP4Server(IMAP4Server):
         self._lost = True
         if self._pendingLogin is not None:
             self._pendingLogin.cancel()
+        if self._lifetime is not None and self._lifetime.active():
+            self._lifetime.cancel()
+        if self._admitted and self.limiter is not None:
+            self.limiter.release(self._admittedFrom)
+            self._admitted = False
         super().connectionLost(reason)

@@ -33,6 +33,7 @@ from imapreferral.login.outcome import (
     Reject,
     Unavailable,
 )
+from imapreferral.login.penalty import AuthPenalty
 
 _log = Logger()
 
@@ -129,9 +130,11 @@ class LoginAttempts:
         clock: IReactorTime,
         failureDelay: float = DEFAULT_FAILURE_DELAY,
         referralText: Callable[[Referral, str], str] = _plainReferralText,
+        penalty: AuthPenalty | None = None,
     ) -> None:
         self.portal = portal
         self.referralText = referralText
+        self.penalty = penalty
         self.interface = interface
         self.clock = clock
         self.failureDelay = failureDelay
@@ -147,7 +150,7 @@ class LoginAttempts:
         d = self.portal.login(credentials, None, self.interface)
         d.addCallbacks(self._loggedIn, outcomeOfFailure, callbackArgs=(username,))
         d.addCallback(self._logged, credentials)
-        d.addCallback(self._delayFailure)
+        d.addCallback(self._delayFailure, getattr(credentials, "context", None))
         return d
 
     def _logged(self, outcome: Outcome, credentials: object) -> Outcome:
@@ -163,7 +166,15 @@ class LoginAttempts:
             referral=_referralOf(avatar),
         )
 
-    def _delayFailure(self, outcome: Outcome) -> Outcome | Deferred[Outcome]:
-        if isinstance(outcome, Reject) and not outcome.nodelay and self.failureDelay > 0:
-            return deferLater(self.clock, self.failureDelay, lambda: outcome)
-        return outcome
+    def _delayFailure(self, outcome: Outcome, context: Any) -> Outcome | Deferred[Outcome]:
+        remote = getattr(context, "remoteIP", None)
+        if not isinstance(outcome, Reject):
+            if self.penalty is not None and isinstance(outcome, LoggedIn | Refer):
+                self.penalty.succeeded(remote)
+            return outcome
+        if outcome.nodelay or self.failureDelay <= 0:
+            return outcome
+        delay = self.failureDelay
+        if self.penalty is not None:
+            delay = self.penalty.failureDelay(remote, delay)
+        return deferLater(self.clock, delay, lambda: outcome)

@@ -1,0 +1,83 @@
+"""
+L{ServerPolicy}: everything a listener decides about its connections,
+as one immutable value the factory hands to each protocol.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import attrs
+
+from imapreferral.networks import LOOPBACK, NetworkList
+
+PLAINTEXT_AUTH_CHOICES = ("secure", "always")
+
+#: RFC 2221 §4.2 greeting referrals name a server, optionally a user:
+#: imap://[user[;AUTH=mech]@]host[:port]/ (RFC 5092 iserver, empty path).
+_SERVER_URL = re.compile(
+    r"imap://(?:[A-Za-z0-9\-._~!$&'()*+,=%]*(?:;AUTH=(?:\*|[A-Za-z0-9\-._~!$&'()*+,=%]+))?@)?"
+    r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::[0-9]{1,5})?/"
+)
+
+
+def validateServerURL(url: str) -> str:
+    """
+    Check a greeting-referral URL: C{imap://host[:port]/}, optionally with
+    a user. Alpine, the only client that follows referrals, wants the
+    trailing C{/} and nothing after it.
+
+    @raise ValueError: saying what the URL must look like.
+    """
+    if not _SERVER_URL.fullmatch(url):
+        raise ValueError(
+            f"{url!r} is not an IMAP server URL such as imap://imap2.example.com/ "
+            "or imap://imap2.example.com:1143/"
+        )
+    return url
+
+
+@attrs.frozen
+class ServerPolicy:
+    """
+    @ivar mechanisms: SASL mechanisms offered (over secured connections).
+    @ivar referralAuth: C{"mech"} or C{"*"}: what C{;AUTH=} says.
+    @ivar greeting: Text of the C{* OK} greeting (already sanitised).
+    @ivar hostname: For CRAM-MD5 challenges.
+    @ivar tlsContext: A context factory for STARTTLS, or L{None}.
+    @ivar trustedNetworks: Clients here may log in without TLS and are
+        exempt from per-IP limits and penalties (Dovecot's
+        C{login_trusted_networks}); loopback by default.
+    @ivar plaintextAuth: C{"secure"} (Dovecot's C{disable_plaintext_auth =
+        yes}: plaintext mechanisms only over TLS or from trusted networks)
+        or C{"always"}.
+    @ivar greetingReferral: When set, every connection gets C{* BYE
+        [REFERRAL url] reason} and is closed (RFC 2221 §4.2).
+    @ivar greetingReferralReason: The text after the referral.
+    @ivar maxBadCommands: Pre-login BAD replies before C{* BYE} (Dovecot: 10).
+    @ivar maxAuthFailures: Failed authentications per connection before C{* BYE}.
+    @ivar preauthIdle: Seconds a pre-login connection may stay silent.
+    @ivar preauthLifetime: Seconds a connection may stay unauthenticated at all.
+    @ivar maxLineLength: Longest command line before C{* BYE}.
+    @ivar outputBuffer: Unread output (bytes) beyond which we stop reading
+        from a pre-login client.
+    @ivar idFields: What we answer to C{ID} (RFC 2971).
+    """
+
+    mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN")
+    referralAuth: str = "mech"
+    greeting: bytes = b"imapreferral ready."
+    hostname: str = "imapreferral"
+    tlsContext: Any = None
+    trustedNetworks: NetworkList = attrs.field(factory=lambda: NetworkList.fromStrings(LOOPBACK))
+    plaintextAuth: str = "secure"
+    greetingReferral: str | None = None
+    greetingReferralReason: str = "This server is being decommissioned, use the other one."
+    maxBadCommands: int = 10
+    maxAuthFailures: int = 5
+    preauthIdle: float = 60.0
+    preauthLifetime: float = 300.0
+    maxLineLength: int = 16384
+    outputBuffer: int = 256 * 1024
+    idFields: tuple[tuple[str, str], ...] = (("name", "imapreferral"),)

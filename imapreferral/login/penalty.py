@@ -1,0 +1,80 @@
+"""
+The per-address authentication penalty, like Dovecot's anvil: each failed
+authentication from an address makes that address's next failure wait
+longer (doubling, up to a cap). Successes and referrals do not count;
+trusted networks are exempt; IPv6 addresses count per /48, since one
+client easily holds a whole prefix.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from twisted.internet.interfaces import IReactorTime
+
+from imapreferral.networks import NetworkList, parseAddress
+
+
+def penaltyKey(host: str | None) -> str | None:
+    """The address, or its /48 for IPv6; L{None} when there is none."""
+    address = parseAddress(host)
+    if address is None:
+        return None
+    if isinstance(address, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((address, 48), strict=False))
+    return str(address)
+
+
+class AuthPenalty:
+    """
+    @ivar exempt: Addresses that are never penalised.
+    @ivar cap: The longest failure delay, in seconds.
+    @ivar forget: Seconds without failures after which an address is forgiven.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        exempt: NetworkList,
+        cap: float = 15.0,
+        forget: float = 3600.0,
+        maxEntries: int = 100_000,
+    ) -> None:
+        self.clock = clock
+        self.exempt = exempt
+        self.cap = cap
+        self.forget = forget
+        self.maxEntries = maxEntries
+        self._failures: dict[str, tuple[int, float]] = {}
+
+    def failureDelay(self, host: str | None, base: float) -> float:
+        """
+        How long to hold back this failure from C{host}, then count it.
+        The first failure waits C{base}; each further one twice as long.
+        """
+        key = penaltyKey(host)
+        if key is None or self.exempt.contains(host) or base <= 0:
+            return base
+        now = self.clock.seconds()
+        count, last = self._failures.get(key, (0, now))
+        if now - last > self.forget:
+            count = 0
+        if len(self._failures) >= self.maxEntries and key not in self._failures:
+            self._prune(now)
+        self._failures[key] = (count + 1, now)
+        return min(self.cap, base * 2**count) if count else base
+
+    def succeeded(self, host: str | None) -> None:
+        """A successful authentication (or referral) clears the address's record."""
+        key = penaltyKey(host)
+        if key is not None:
+            self._failures.pop(key, None)
+
+    def _prune(self, now: float) -> None:
+        """Bound memory: drop forgiven entries, or the oldest half if none are."""
+        stale = [k for k, (_, last) in self._failures.items() if now - last > self.forget]
+        if not stale:
+            ordered = sorted(self._failures.items(), key=lambda item: item[1][1])
+            stale = [k for k, _ in ordered[: len(ordered) // 2]]
+        for key in stale:
+            del self._failures[key]

@@ -1,0 +1,62 @@
+"""
+TLS certificates for STARTTLS and implicit-TLS listeners, checked at
+start-up: a missing file, a key that does not match its certificate, or a
+file that is not PEM stops the server with a message naming the file.
+"""
+
+from __future__ import annotations
+
+from OpenSSL import SSL, crypto
+from twisted.internet.ssl import CertificateOptions
+
+
+class TLSConfigError(ValueError):
+    """Unusable certificate or key; the message names the file."""
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise TLSConfigError(f"{path}: cannot read TLS {what}: {e.strerror}") from None
+
+
+def _certificates(path: str, data: bytes) -> list[crypto.X509]:
+    """Every certificate in a PEM file: the server's first, then its chain."""
+    marker = b"-----BEGIN CERTIFICATE-----"
+    blocks = [marker + block for block in data.split(marker)[1:]]
+    if not blocks:
+        raise TLSConfigError(f"{path}: no PEM certificate in the file")
+    try:
+        return [crypto.load_certificate(crypto.FILETYPE_PEM, block) for block in blocks]
+    except crypto.Error as e:
+        raise TLSConfigError(f"{path}: not a valid PEM certificate: {e}") from None
+
+
+def loadTLS(certPath: str, keyPath: str) -> CertificateOptions:
+    """
+    Load a PEM certificate (a chain may follow it in the same file) and its
+    PEM private key into Twisted's C{CertificateOptions} (current TLS
+    versions and ciphers), and make sure they fit.
+
+    @raise TLSConfigError: naming the file at fault.
+    """
+    certs = _certificates(certPath, _read(certPath, "certificate"))
+    keyData = _read(keyPath, "key")
+    try:
+        key = crypto.load_privatekey(crypto.FILETYPE_PEM, keyData)
+    except crypto.Error as e:
+        raise TLSConfigError(f"{keyPath}: not a valid unencrypted PEM private key: {e}") from None
+    options = CertificateOptions(
+        privateKey=key,
+        certificate=certs[0],
+        extraCertChain=certs[1:],
+    )
+    try:
+        options.getContext()
+    except SSL.Error as e:
+        raise TLSConfigError(
+            f"{keyPath}: the key does not match the certificate {certPath}: {e}"
+        ) from None
+    return options
