@@ -109,13 +109,23 @@ class ServerHarness:
     waits until each is gone, so the reactor is left clean.
     """
 
-    def __init__(self, factory: Factory, reactor: object | None = None) -> None:
+    def __init__(
+        self, factory: Factory, reactor: object | None = None, implicitTLS: object = None
+    ) -> None:
+        """
+        @param implicitTLS: TLS options (e.g. from L{imapreferral.tls.loadTLS})
+            to serve implicit TLS (imaps) instead of plaintext.
+        """
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
             reactor = _reactor
         self.reactor = reactor
         self.factory = factory
+        if implicitTLS is not None:
+            from twisted.protocols.tls import TLSMemoryBIOFactory
+
+            factory = TLSMemoryBIOFactory(implicitTLS, False, factory)
         self._tracking = _TrackingFactory(factory)
         self._listening: IListeningPort | None = None
         self.port = 0
@@ -129,7 +139,9 @@ class ServerHarness:
     ) -> ServerHarness:
         """A harness around a L{ReferralServerFactory} for C{checker}."""
         portal = Portal(ReferralRealm(), [checker])
-        return cls(ReferralServerFactory(portal, clock=clock, **factoryArgs))  # type: ignore[arg-type]
+        implicitTLS = factoryArgs.pop("implicitTLS", None)
+        factory = ReferralServerFactory(portal, clock=clock, **factoryArgs)  # type: ignore[arg-type]
+        return cls(factory, implicitTLS=implicitTLS)
 
     @classmethod
     def forPassdbs(

@@ -49,9 +49,9 @@ def loadTLS(certPath: str, keyPath: str) -> CertificateOptions:
     except crypto.Error as e:
         raise TLSConfigError(f"{keyPath}: not a valid unencrypted PEM private key: {e}") from None
     options = CertificateOptions(
-        privateKey=key,
-        certificate=certs[0],
-        extraCertChain=certs[1:],
+        privateKey=key.to_cryptography_key(),
+        certificate=certs[0].to_cryptography(),
+        extraCertChain=[c.to_cryptography() for c in certs[1:]],
     )
     try:
         options.getContext()

@@ -18,10 +18,16 @@ import binascii
 from base64 import b64decode, b64encode
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IDelayedCall, ISSLTransport
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHandshakeListener,
+    INegotiated,
+    ISSLTransport,
+)
 from twisted.logger import Logger
 from twisted.mail.imap4 import IllegalClientResponse, IMAP4Server, parseNestedParens
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from imapreferral.imap.policy import ServerPolicy
 from imapreferral.imap.responses import UNAVAILABLE, renderOutcome, sanitiseText
@@ -53,6 +59,16 @@ def _quoted(text: str) -> bytes:
     return b'"' + text.replace("\\", "\\\\").replace('"', '\\"').encode("utf-8") + b'"'
 
 
+def _isTLS(transport: object) -> bool:
+    """
+    Whether the transport is TLS: C{ISSLTransport} for Twisted's C{ssl:}
+    endpoints, C{INegotiated} for C{TLSMemoryBIOProtocol} (implicit TLS
+    listeners), which provides no C{ISSLTransport} and copies the TCP
+    transport's C{ITLSTransport}.
+    """
+    return ISSLTransport.providedBy(transport) or INegotiated.providedBy(transport)
+
+
 def _parseID(line: bytes) -> list[tuple[str, str]]:
     """
     RFC 2971: C{NIL} or a parenthesised list of field/value string pairs.
@@ -74,6 +90,7 @@ def _parseID(line: bytes) -> list[tuple[str, str]]:
     return list(zip(decoded[::2], decoded[1::2], strict=True))
 
 
+@implementer(IHandshakeListener)
 class ReferralIMAP4Server(IMAP4Server):
     """
     An IMAP4rev1 server whose logins go through L{LoginAttempts}.
@@ -128,12 +145,26 @@ class ReferralIMAP4Server(IMAP4Server):
                 self.transport.loseConnection()
                 return
             self._admittedFrom, self._admitted = host, True
-        # Back-pressure: the transport pauses us (we stop reading) while a
-        # client does not read what we write; Twisted buffers without bound.
-        self.transport.registerProducer(self, True)
-        self._producing = True
+        if not _isTLS(self.transport):
+            self._startBackPressure()  # implicit TLS: once the handshake is done
         self._lifetime = self.callLater(self.policy.preauthLifetime, self._lifetimeExceeded)
         super().connectionMade()
+
+    def _startBackPressure(self) -> None:
+        """
+        Register as the transport's producer: it pauses us (we stop reading)
+        while a client does not read what we write, where Twisted would
+        buffer without bound. Not during a TLS handshake: the TLS layer
+        pauses its producer while the handshake holds our greeting back,
+        and would then stop reading the handshake itself.
+        """
+        if not self._producing and self.state == "unauth" and not self._lost:
+            self.transport.registerProducer(self, True)
+            self._producing = True
+
+    def handshakeCompleted(self) -> None:
+        """C{IHandshakeListener}: the implicit-TLS handshake is done."""
+        self._startBackPressure()
 
     def _lifetimeExceeded(self) -> None:
         self._lifetime = None
@@ -194,7 +225,7 @@ class ReferralIMAP4Server(IMAP4Server):
         return caps
 
     def _secured(self) -> bool:
-        return bool(self.startedTLS) or ISSLTransport(self.transport, None) is not None
+        return bool(self.startedTLS) or _isTLS(self.transport)
 
     def _canStartTLS(self) -> bool:
         return bool(self.ctx and self.canStartTLS and not self._secured())
