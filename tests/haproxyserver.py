@@ -71,8 +71,8 @@ class HAProxy:
     C{haproxy.log} there, shown by L{output} when a test fails.
     """
 
-    def __init__(self, config: str, directory: Path) -> None:
-        self.executable = haproxyExecutable()
+    def __init__(self, executable: str, config: str, directory: Path) -> None:
+        self.executable = executable
         self.directory = directory
         self.configPath = directory / "haproxy.cfg"
         self.configPath.write_text(config)

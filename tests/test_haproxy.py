@@ -12,7 +12,7 @@ import struct
 
 import pytest
 import pytest_twisted
-from haproxyserver import HAProxy, exampleConfig, freePort
+from haproxyserver import HAProxy, exampleConfig, freePort, haproxyExecutable
 from twisted.cred.portal import Portal
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -50,7 +50,9 @@ FRONT_HOST = "127.0.0.2"  # where HAProxy listens
 def v2Header(
     command: int = 0x21,
     family: int = 0x11,
-    body: bytes = socket.inet_aton("127.0.0.8") + socket.inet_aton("127.0.0.1") + b"\xc3\x50\x00\x8f",
+    body: bytes = socket.inet_aton("127.0.0.8")
+    + socket.inet_aton("127.0.0.1")
+    + b"\xc3\x50\x00\x8f",
 ) -> bytes:
     """A v2 header; by default PROXY TCP4 127.0.0.8:50000 -> 127.0.0.1:143."""
     return b"\r\n\r\n\x00\r\nQUIT\n" + struct.pack("!BBH", command, family, len(body)) + body
@@ -254,7 +256,9 @@ def test_greetingOnlyAfterHeader(passdb, clock, header: bytes) -> None:
     The PROXY spec: nothing may be sent before the whole header is in.
     The header arrives byte by byte; the greeting follows the last byte.
     """
-    protocol, transport = connect(proxyProtocolFactory(imapFactory(passdb, clock), LOOPBACK, clock))
+    protocol, transport = connect(
+        proxyProtocolFactory(imapFactory(passdb, clock), LOOPBACK, clock)
+    )
     for i in range(len(header) - 1):
         protocol.dataReceived(header[i : i + 1])
     assert transport.value() == b""
@@ -547,20 +551,26 @@ async def proxiedTLS(passdb, clock, tlsOptions):
     await harness.stop()
 
 
-@pytest_twisted.async_yield_fixture
-async def haproxy(proxied, proxiedTLS, tmp_path):
+@pytest.fixture
+def haproxyPath() -> str:
+    """Skip (or fail) early: pytest-twisted's async fixtures do not survive a skip."""
+    return haproxyExecutable()
+
+
+async def startHAProxy(executable: str, directory, plainPort: int, tlsPort: int):
     """
-    The shipped example config on loopback: C{send-proxy} to L{proxied},
-    C{send-proxy-v2} to L{proxiedTLS}; the test adds a C{send-proxy-v2}
-    frontend for the plain listener. Yields C{{name: port}} on FRONT_HOST.
+    The shipped example config on loopback: C{send-proxy} to C{plainPort},
+    C{send-proxy-v2} to C{tlsPort} (TLS passed through), plus a
+    C{send-proxy-v2} frontend for the plain listener. Returns the server and
+    C{{frontend: port}} on FRONT_HOST.
     """
     ports = {name: freePort(FRONT_HOST) for name in ("imap", "imaps", "imapv2")}
     config = exampleConfig(
         {
             "bind :143": f"bind {FRONT_HOST}:{ports['imap']}",
             "bind :993": f"bind {FRONT_HOST}:{ports['imaps']}",
-            "127.0.0.1:10143": f"127.0.0.1:{proxied.port}",
-            "127.0.0.1:10993": f"127.0.0.1:{proxiedTLS.port}",
+            "127.0.0.1:10143": f"127.0.0.1:{plainPort}",
+            "127.0.0.1:10993": f"127.0.0.1:{tlsPort}",
         }
     )
     config += (
@@ -568,10 +578,27 @@ async def haproxy(proxied, proxiedTLS, tmp_path):
         f"    bind {FRONT_HOST}:{ports['imapv2']}\n"
         "    default_backend imapreferral_imapv2\n"
         "\nbackend imapreferral_imapv2\n"
-        f"    server imapv2 127.0.0.1:{proxied.port} send-proxy-v2\n"
+        f"    server imapv2 127.0.0.1:{plainPort} send-proxy-v2\n"
     )
-    server = HAProxy(config, tmp_path)
+    server = HAProxy(executable, config, directory)
     await server.start([(FRONT_HOST, port) for port in ports.values()])
+    return server, ports
+
+
+@pytest_twisted.async_yield_fixture
+async def haproxy(haproxyPath, proxied, tmp_path):
+    """HAProxy in front of L{proxied}; nothing listens behind C{imaps}."""
+    server, ports = await startHAProxy(haproxyPath, tmp_path, proxied.port, freePort("127.0.0.1"))
+    try:
+        yield ports
+    finally:
+        server.stop()
+
+
+@pytest_twisted.async_yield_fixture
+async def haproxyTLS(haproxyPath, tlsOptions, proxied, proxiedTLS, tmp_path):
+    """HAProxy in front of L{proxied} and L{proxiedTLS}."""
+    server, ports = await startHAProxy(haproxyPath, tmp_path, proxied.port, proxiedTLS.port)
     try:
         yield ports
     finally:
@@ -613,8 +640,8 @@ async def test_haproxyClientAddressLogged(haproxy, logged, frontend) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_haproxyTLSPassthrough(haproxy, logged, tlsOptions) -> None:
-    client = await rawConnect(FRONT_HOST, haproxy["imaps"], bind=CLIENT_HOST, tls=tlsOptions[1])
+async def test_haproxyTLSPassthrough(haproxyTLS, logged, tlsOptions) -> None:
+    client = await rawConnect(FRONT_HOST, haproxyTLS["imaps"], bind=CLIENT_HOST, tls=tlsOptions[1])
     try:
         assert (await client.readUntil(b"\r\n")).startswith(b"* OK ")
         await login(client)
