@@ -6,6 +6,7 @@ interface and result type, the referral value with its URL builder, and the
 errors a checker of your own raises to refer or refuse.
 """
 
+from imapreferral.haproxy import proxyProtocolFactory
 from imapreferral.imap.account import ReferralRealm
 from imapreferral.imap.factory import ReferralServerFactory
 from imapreferral.imap.server import ReferralIMAP4Server
@@ -53,4 +54,5 @@ __all__ = [
     "TemporaryFailure",
     "decide",
     "passdbFromString",
+    "proxyProtocolFactory",
 ]

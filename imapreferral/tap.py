@@ -16,6 +16,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
 from imapreferral import __version__
+from imapreferral.haproxy import proxyProtocolFactory
 from imapreferral.imap.account import ReferralRealm
 from imapreferral.imap.factory import REFERRAL_AUTH_CHOICES, ReferralServerFactory
 from imapreferral.imap.policy import PLAINTEXT_AUTH_CHOICES, ServerPolicy, validateServerURL
@@ -59,6 +60,17 @@ def _count(option: str) -> Any:
         return int(value)
 
     return parse
+
+
+def _withoutProxyPrefix(description: str) -> tuple[str, bool]:
+    """
+    C{haproxy:tcp:...} names a listener behind HAProxy. We parse the prefix
+    ourselves: Twisted's own C{haproxy:} endpoint trusts every peer and lets
+    the greeting out before the header.
+    """
+    if description.startswith("haproxy:"):
+        return description[len("haproxy:") :], True
+    return description, False
 
 
 class Options(usage.Options):
@@ -110,6 +122,8 @@ class Options(usage.Options):
         ["auth-penalty-cap", None, 15.0,
          "Repeated failures from one address wait longer, doubling up to this; 0 disables.",
          _secondsFor("auth-penalty-cap", 0)],
+        ["haproxy-trusted-networks", None, "",
+         "Peers that may send PROXY protocol headers to haproxy: listeners (CIDR list)."],
         ["id-name", None, "imapreferral", "The name we give in answer to ID (RFC 2971)."],
         ["id-version", None, __version__, "The version we give in answer to ID; '' for none."],
     ]  # fmt: skip
@@ -124,7 +138,7 @@ class Options(usage.Options):
         from twisted.internet import reactor
 
         try:
-            endpoints.serverFromString(reactor, description)
+            endpoints.serverFromString(reactor, _withoutProxyPrefix(description)[0])
         except Exception as e:
             raise usage.UsageError(f"--{option} {description!r}: {e}") from None
         self[option].append(description)
@@ -133,6 +147,8 @@ class Options(usage.Options):
         """
         Listen on a Twisted server endpoint, e.g. tcp:1143:interface=127.0.0.1
         (repeatable); STARTTLS is offered there when --tls-cert is given.
+        Prefix haproxy: to expect PROXY protocol headers (see
+        --haproxy-trusted-networks).
         """
         self._endpoint("listen", description)
 
@@ -163,6 +179,18 @@ class Options(usage.Options):
                 validateServerURL(self["greeting-referral"])
             except ValueError as e:
                 raise usage.UsageError(f"--greeting-referral: {e}") from None
+        try:
+            self["haproxy-trusted-networks"] = NetworkList.fromOption(
+                self["haproxy-trusted-networks"]
+            )
+        except ValueError as e:
+            raise usage.UsageError(f"--haproxy-trusted-networks: {e}") from None
+        proxied = [d for d in self["listen"] + self["listen-tls"] if _withoutProxyPrefix(d)[1]]
+        if proxied and not self["haproxy-trusted-networks"].networks:
+            raise usage.UsageError(
+                f"{proxied[0]!r} expects PROXY headers: say who may send them with "
+                "--haproxy-trusted-networks"
+            )
         if not self["listen"] and not self["listen-tls"]:
             self["listen"] = [DEFAULT_LISTEN]
         self["tls"] = self._loadTLS()
@@ -232,9 +260,14 @@ def makeService(config: Any) -> IService:
     for passdb in config["passdb"]:
         if IService.providedBy(passdb):  # e.g. SQL: a connection pool to start and stop
             passdb.setServiceParent(service)
-    for description in config["listen"]:
-        strports.service(description, factory).setServiceParent(service)
-    for description in config["listen-tls"]:
-        tlsFactory = TLSMemoryBIOFactory(config["tls"], False, factory)
-        strports.service(description, tlsFactory).setServiceParent(service)
+    listeners = [(d, factory) for d in config["listen"]] + [
+        (d, TLSMemoryBIOFactory(config["tls"], False, factory)) for d in config["listen-tls"]
+    ]
+    for description, listening in listeners:
+        endpoint, proxied = _withoutProxyPrefix(description)
+        if proxied:
+            # The PROXY header comes first, before any TLS: HAProxy's
+            # send-proxy in front of a TLS passthrough.
+            listening = proxyProtocolFactory(listening, config["haproxy-trusted-networks"])
+        strports.service(endpoint, listening).setServiceParent(service)
     return service

@@ -144,3 +144,48 @@ def test_twistdRefusesMalformedPasswdFileWithFileAndLine(tmp_path):
     out = proc.communicate(timeout=30)[0].decode()
     assert proc.returncode != 0
     assert out == f"imapreferral: {bad}:2: port='http' is not a port number (0-65535)\n"
+
+
+def test_haproxyListenerNeedsTrustedNetworks():
+    with pytest.raises(UsageError, match="--haproxy-trusted-networks"):
+        tap.Options().parseOptions(["--listen", "haproxy:tcp:0:interface=127.0.0.1"])
+
+
+def test_haproxyListenerWrapsWithOurProxyProtocol():
+    options = tap.Options()
+    options.parseOptions(
+        [
+            "--listen",
+            "haproxy:tcp:0:interface=127.0.0.1",
+            "--haproxy-trusted-networks",
+            "127.0.0.1",
+        ]
+    )
+    service = tap.makeService(options)
+    (listener,) = [s for s in service if hasattr(s, "endpoint")]
+    assert type(listener.factory).__module__ == "imapreferral.haproxy"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--listen-tls", "tcp:0"], "--listen-tls needs --tls-cert"),
+        (["--tls-cert", "x.pem"], "--tls-cert and --tls-key go together"),
+        (["--plaintext-auth", "never"], "--plaintext-auth 'never'"),
+        (["--trusted-networks", "10.0.0.0/99"], "--trusted-networks"),
+        (["--greeting-referral", "imap://h"], "--greeting-referral"),
+        (["--max-connections", "many"], "--max-connections 'many'"),
+    ],
+)
+def test_badFrontDoorOptionsAreRefused(args, message):
+    with pytest.raises(UsageError) as e:
+        tap.Options().parseOptions(args)
+    assert message in str(e.value)
+
+
+def test_badCertificateStopsWithOneLine(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        tap.Options().parseOptions(
+            ["--tls-cert", str(tmp_path / "no.crt"), "--tls-key", str(tmp_path / "no.key")]
+        )
+    assert "no.crt: cannot read TLS certificate" in str(e.value)
