@@ -29,8 +29,8 @@ class IPassdb(Interface):
 
     def canProvidePlaintext():  # type: ignore[no-untyped-def]
         """
-        @return: Whether this passdb may hold plaintext passwords, so that
-            challenge-response mechanisms such as CRAM-MD5 can work.
+        @return: Whether this passdb may hold plaintext or C{{CRAM-MD5}}
+            passwords, so that the CRAM-MD5 mechanism can work.
         """
 
 
@@ -48,6 +48,16 @@ class IPasswordVerifier(Interface):
         @type password: L{bytes}
         @return: A Deferred firing with a L{bool}; failing with
             L{imapreferral.passwords.UnknownScheme} for a scheme it lacks.
+        """
+
+    def verifyCramMD5(stored, challenge, response):  # type: ignore[no-untyped-def]
+        """
+        Check a CRAM-MD5 answer (RFC 2195) against a stored password:
+        plaintext, or Dovecot's C{{CRAM-MD5}} HMAC context.
+
+        @param response: The client's hex digest, without the user name.
+        @return: A L{bool}; L{False} for schemes that cannot do CRAM-MD5.
+        @raise imapreferral.passwords.UnknownScheme: for a scheme it lacks.
         """
 
     def plaintext(stored):  # type: ignore[no-untyped-def]

@@ -6,7 +6,7 @@ C{src/auth/password-scheme*.c}: how its value is encoded when no C{.b64} /
 C{.hex} suffix says, the raw length Dovecot uses to tell hex from base64, and
 whether checking it is slow. The cryptography is hashlib, hmac, libpass,
 bcrypt and argon2-cffi; the one exception is the MD5 block function
-CRAM-MD5's stored form needs (see L{_md5Compress}).
+CRAM-MD5's stored form needs (see L{imapreferral._cram}).
 
 Slow schemes run in a bounded thread pool (L{SchemeVerifier}); cheap ones run
 inline, so a C{{PLAIN}} user never queues behind an argon2 one.
@@ -19,8 +19,6 @@ import binascii
 import enum
 import hashlib
 import hmac
-import math
-import struct
 from collections.abc import Callable
 
 import argon2
@@ -34,6 +32,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from imapreferral._cram import cramContext, cramDigest
 from imapreferral.interfaces import IPasswordVerifier
 
 
@@ -181,61 +180,8 @@ def _pbkdf2Check(raw: bytes, password: bytes) -> bool:
     return hmac.compare_digest(digest, expected)
 
 
-# RFC 1321 section 3.4. hashlib cannot resume from a saved state, which is
-# what Dovecot stores for CRAM-MD5 (the HMAC-MD5 inner and outer states after
-# one block each), so this one function is ours; tests check it against
-# hashlib and doveadm.
-_MD5_IV = (0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476)
-_MD5_T = tuple(int(abs(math.sin(i + 1)) * 2**32) & 0xFFFFFFFF for i in range(64))
-_MD5_S = (7, 12, 17, 22) * 4 + (5, 9, 14, 20) * 4 + (4, 11, 16, 23) * 4 + (6, 10, 15, 21) * 4
-_MASK = 0xFFFFFFFF
-_IPAD = bytes(x ^ 0x36 for x in range(256))
-_OPAD = bytes(x ^ 0x5C for x in range(256))
-
-
-def _md5Compress(state: tuple[int, ...], block: bytes) -> tuple[int, ...]:
-    x = struct.unpack("<16I", block)
-    a, b, c, d = state
-    for i in range(64):
-        if i < 16:
-            f, g = (b & c) | (~b & d), i
-        elif i < 32:
-            f, g = (d & b) | (~d & c), (5 * i + 1) % 16
-        elif i < 48:
-            f, g = b ^ c ^ d, (3 * i + 5) % 16
-        else:
-            f, g = c ^ (b | ~d), (7 * i) % 16
-        f = (f + a + _MD5_T[i] + x[g]) & _MASK
-        a, d, c = d, c, b
-        b = (b + ((f << _MD5_S[i]) | (f >> (32 - _MD5_S[i])))) & _MASK
-    return tuple((s + v) & _MASK for s, v in zip(state, (a, b, c, d), strict=True))
-
-
-def _md5Resume(state: tuple[int, ...], data: bytes, done: int = 64) -> bytes:
-    """The MD5 digest of C{done} bytes that left C{state}, then C{data}."""
-    length = done + len(data)
-    data += b"\x80" + b"\0" * ((55 - length) % 64) + struct.pack("<Q", length * 8)
-    for i in range(0, len(data), 64):
-        state = _md5Compress(state, data[i : i + 64])
-    return struct.pack("<4I", *state)
-
-
-def _cramContext(password: bytes) -> bytes:
-    """Dovecot's hmac_md5_get_cram_context(): outer state, then inner."""
-    key = (hashlib.md5(password).digest() if len(password) > 64 else password).ljust(64, b"\0")
-    outer = _md5Compress(_MD5_IV, key.translate(_OPAD))
-    inner = _md5Compress(_MD5_IV, key.translate(_IPAD))
-    return struct.pack("<8I", *outer, *inner)
-
-
-def _cramDigest(context: bytes, challenge: bytes) -> bytes:
-    """HMAC-MD5(password, challenge) from the stored context, as hex."""
-    outer, inner = struct.unpack("<4I", context[:16]), struct.unpack("<4I", context[16:])
-    return _md5Resume(outer, _md5Resume(inner, challenge)).hex().encode("ascii")
-
-
 def _cramCheck(raw: bytes, password: bytes) -> bool:
-    return hmac.compare_digest(_cramContext(password), raw)
+    return hmac.compare_digest(cramContext(password), raw)
 
 
 _PLAIN = _Scheme(_plainCheck, plaintext=True)
@@ -369,7 +315,7 @@ def verifyCramMD5(stored: str, challenge: bytes, response: bytes, default: str =
     if scheme.plaintext:
         expected = hmac.new(raw, challenge, "md5").hexdigest().encode("ascii")
     elif scheme.cram:
-        expected = _cramDigest(raw, challenge)
+        expected = cramDigest(raw, challenge)
     else:
         return False
     return hmac.compare_digest(expected, response)

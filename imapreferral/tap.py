@@ -25,6 +25,7 @@ from imapreferral.login.checker import PassdbChecker
 from imapreferral.networks import NetworkList
 from imapreferral.passdbs import PassdbConfigError, passdbFromString
 from imapreferral.passdbs.sql import DEFAULT_TIMEOUT
+from imapreferral.passwords import SchemeVerifier
 from imapreferral.tls import TLSConfigError, loadTLS
 
 _log = Logger()
@@ -230,7 +231,10 @@ class ReferralService(MultiService):
 
 
 def makeService(config: Any) -> IService:
-    checker = PassdbChecker(config["passdb"], lowercaseUsernames=not config["keep-username-case"])
+    verifier = SchemeVerifier()  # slow hashes on its own bounded thread pool
+    checker = PassdbChecker(
+        config["passdb"], verifier=verifier, lowercaseUsernames=not config["keep-username-case"]
+    )
     idFields = [("name", config["id-name"])]
     if config["id-version"]:
         idFields.append(("version", config["id-version"]))
@@ -257,6 +261,7 @@ def makeService(config: Any) -> IService:
     service = ReferralService(
         f"{', '.join(listeners)} with passdbs " + ", ".join(repr(p) for p in config["passdb"])
     )
+    verifier.setServiceParent(service)
     for passdb in config["passdb"]:
         if IService.providedBy(passdb):  # e.g. SQL: a connection pool to start and stop
             passdb.setServiceParent(service)

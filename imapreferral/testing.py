@@ -28,7 +28,7 @@ from imapreferral.interfaces import IPassdb
 from imapreferral.login.checker import PassdbChecker
 from imapreferral.login.context import LoginContext
 from imapreferral.login.fields import PassdbReply, splitExtraFields
-from imapreferral.passwords import isPlaintext
+from imapreferral.passwords import allowsCramMD5
 
 
 @implementer(IPassdb)
@@ -60,7 +60,9 @@ class MemoryPassdb:
         return succeed(self.users.get(username))
 
     def canProvidePlaintext(self) -> bool:
-        return any(r.password is not None and isPlaintext(r.password) for r in self.users.values())
+        return any(
+            r.password is not None and allowsCramMD5(r.password) for r in self.users.values()
+        )
 
 
 async def waitForDelay(clock: Clock, seconds: float, attempts: int = 200) -> None:

@@ -291,3 +291,54 @@ async def test_failureIsLoggedEvenIfClientLeavesDuringDelay(server, clock):
         "login user='plain' remote=127.0.0.1 mech=PLAIN: authentication failed"
     ]
     assert "secretpw" not in repr(events)
+
+
+def _hashedPassdb():
+    import bcrypt
+
+    from imapreferral._cram import cramContext
+
+    blf = "{BLF-CRYPT}" + bcrypt.hashpw(b"pass", bcrypt.gensalt(4)).decode()
+    return MemoryPassdb.fromLines(
+        {
+            "blf": (blf, "host=imap2.example.com nologin"),
+            "cram": ("{CRAM-MD5}" + cramContext(b"pass").hex(), "host=imap2.example.com nologin"),
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("user", "password", "ok"), [(b"blf", b"pass", True), (b"blf", b"nope", False)]
+)
+@pytest_twisted.ensureDeferred
+async def test_slowHashThroughTheServer(clock, user, password, ok):
+    harness = await ServerHarness.forPassdbs(
+        [_hashedPassdb()], clock=clock, failureDelay=0
+    ).start()
+    client = await harness.connect()
+    try:
+        reply = await client.command(b"a LOGIN " + user + b" " + password)
+        assert reply[0].startswith(b"a NO [REFERRAL ") is ok
+    finally:
+        await client.close()
+        await harness.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_cramMD5AgainstDovecotsStoredContext(clock):
+    import hashlib
+    import hmac
+    from base64 import b64decode, b64encode
+
+    harness = await ServerHarness.forPassdbs([_hashedPassdb()], clock=clock).start()
+    client = await harness.connect()
+    try:
+        assert b"AUTH=CRAM-MD5" in client.greeting
+        (challengeLine,) = await client.command(b"a AUTHENTICATE CRAM-MD5")
+        digest = hmac.new(b"pass", b64decode(challengeLine[2:]), hashlib.md5).hexdigest()
+        assert await client.command(b64encode(b"cram " + digest.encode()), b"a") == [
+            b"a NO [REFERRAL imap://cram;AUTH=CRAM-MD5@imap2.example.com/] Try this server instead."
+        ]
+    finally:
+        await client.close()
+        await harness.stop()

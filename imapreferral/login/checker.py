@@ -18,6 +18,7 @@ from zope.interface import implementer
 
 from imapreferral.interfaces import IPassdb, IPasswordVerifier
 from imapreferral.login.context import LoginContext
+from imapreferral.login.credentials import CramMD5Credentials
 from imapreferral.login.decision import decide
 from imapreferral.login.errors import (
     AuthenticationFailed,
@@ -87,7 +88,7 @@ class PassdbChecker:
         self.lowercaseUsernames = lowercaseUsernames
 
     def canProvidePlaintext(self) -> bool:
-        """Whether a challenge-response mechanism (CRAM-MD5) can ever work."""
+        """Whether CRAM-MD5 can ever work: a passdb may hold plaintext or {CRAM-MD5}."""
         return any(passdb.canProvidePlaintext() for passdb in self.passdbs)
 
     def requestAvatarId(self, credentials: object) -> Deferred[AvatarId]:
@@ -121,6 +122,11 @@ class PassdbChecker:
         try:
             if IUsernamePassword.providedBy(credentials):
                 return bool(await self.verifier.verify(reply.password, credentials.password))  # type: ignore[attr-defined]
+            if isinstance(credentials, CramMD5Credentials):
+                # Works with plaintext and with Dovecot's {CRAM-MD5} stored form.
+                return self.verifier.verifyCramMD5(
+                    reply.password, credentials.challenge, credentials.response
+                )
             plaintext = self.verifier.plaintext(reply.password)
             return plaintext is not None and bool(credentials.checkPassword(plaintext))  # type: ignore[attr-defined]
         except Exception as e:

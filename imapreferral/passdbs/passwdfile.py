@@ -19,7 +19,7 @@ from zope.interface import implementer
 from imapreferral.interfaces import IPassdb
 from imapreferral.login.context import LoginContext
 from imapreferral.login.fields import FieldError, PassdbReply, splitExtraFields
-from imapreferral.passwords import isPlaintext
+from imapreferral.passwords import allowsCramMD5
 
 _log = Logger()
 
@@ -124,5 +124,5 @@ class PasswdFilePassdb:
 
     def canProvidePlaintext(self) -> bool:
         return any(
-            r.password is not None and isPlaintext(r.password) for r in self._users.values()
+            r.password is not None and allowsCramMD5(r.password) for r in self._users.values()
         )

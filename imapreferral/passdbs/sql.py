@@ -34,7 +34,7 @@ from imapreferral.passdbs.sqlconf import (
     compileQuery,
     parseSQLConfig,
 )
-from imapreferral.passwords import isPlaintext as allowsCramMD5
+from imapreferral.passwords import allowsCramMD5
 
 _log = Logger()
 

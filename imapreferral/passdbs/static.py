@@ -12,7 +12,7 @@ from zope.interface import implementer
 from imapreferral.interfaces import IPassdb
 from imapreferral.login.context import LoginContext
 from imapreferral.login.fields import PassdbReply, splitExtraFields
-from imapreferral.passwords import isPlaintext
+from imapreferral.passwords import allowsCramMD5
 
 
 @implementer(IPassdb)
@@ -39,4 +39,4 @@ class StaticPassdb:
         return succeed(self.reply)
 
     def canProvidePlaintext(self) -> bool:
-        return self.reply.password is not None and isPlaintext(self.reply.password)
+        return self.reply.password is not None and allowsCramMD5(self.reply.password)
