@@ -19,6 +19,8 @@ import binascii
 import enum
 import hashlib
 import hmac
+import os
+import threading
 from collections.abc import Callable
 
 import argon2
@@ -321,6 +323,28 @@ def verifyCramMD5(stored: str, challenge: bytes, response: bytes, default: str =
     return hmac.compare_digest(expected, response)
 
 
+_hashingThread = threading.local()
+
+#: How much lower the hashing threads' CPU priority is (Linux nice levels).
+HASHING_NICENESS = 10
+
+
+def _atLowPriority(check: Callable[[bytes, bytes], bool], raw: bytes, password: bytes) -> bool:
+    """
+    Run C{check} in a pool thread whose CPU priority is lowered once. On
+    Linux nice is per thread, and the threads argon2 starts for its lanes
+    inherit it: with every core busy hashing, the reactor thread still gets
+    the CPU when a cheap login arrives.
+    """
+    if not getattr(_hashingThread, "niced", False):
+        _hashingThread.niced = True
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASHING_NICENESS)
+        except (OSError, AttributeError):
+            pass  # not Linux, or not allowed: plain priority then
+    return check(raw, password)
+
+
 @implementer(IPasswordVerifier)
 class SchemeVerifier(Service):
     """
@@ -382,7 +406,9 @@ class SchemeVerifier(Service):
     def _inPool(
         self, check: Callable[[bytes, bytes], bool], raw: bytes, password: bytes
     ) -> Deferred[bool]:
-        return deferToThreadPool(self._getReactor(), self._pool(), check, raw, password)
+        return deferToThreadPool(
+            self._getReactor(), self._pool(), _atLowPriority, check, raw, password
+        )
 
     def plaintext(self, stored: str) -> bytes | None:
         scheme, raw = _parse(stored, self.defaultScheme)
