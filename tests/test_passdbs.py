@@ -6,6 +6,7 @@ import os
 
 import pytest
 import pytest_twisted
+from twisted.internet import task
 
 from imapreferral.login.context import LoginContext
 from imapreferral.login.fields import PassdbReply
@@ -86,16 +87,19 @@ def test_missingFileIsClear(tmp_path):
 
 @pytest_twisted.ensureDeferred
 async def test_fileIsReReadWhenChanged(passwd):
-    passdb = PasswdFilePassdb(str(passwd))
+    clock = task.Clock()
+    passdb = PasswdFilePassdb(str(passwd), clock=clock)
     assert await lookup(passdb, "newuser") is None
     passwd.write_text(SEED + "newuser:{PLAIN}x::::::host=other.example.com nologin\n")
     os.utime(passwd, ns=(1, 1))  # a different mtime even within one clock tick
+    assert await lookup(passdb, "newuser") is None  # looked at most once a second
+    clock.advance(1)
     assert (await lookup(passdb, "newuser")).host == "other.example.com"
 
 
 @pytest_twisted.ensureDeferred
 async def test_brokenNewVersionKeepsLastGood(passwd):
-    passdb = PasswdFilePassdb(str(passwd))
+    passdb = PasswdFilePassdb(str(passwd), recheck=0)
     passwd.write_text("refnl:p::::::port=bad\n")
     os.utime(passwd, ns=(2, 2))
     assert (await lookup(passdb, "refnl")).host == "imap2.example.com"

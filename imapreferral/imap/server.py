@@ -17,6 +17,7 @@ from __future__ import annotations
 import binascii
 from base64 import b64decode, b64encode
 
+import attrs
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import (
     IDelayedCall,
@@ -125,6 +126,7 @@ class ReferralIMAP4Server(IMAP4Server):
         self._authFailures = 0
         self._producing = False
         self._pausedForBacklog = False
+        self._addresses: LoginContext | None = None
 
     # Connection guards
 
@@ -258,7 +260,14 @@ class ReferralIMAP4Server(IMAP4Server):
     unauth_STARTTLS = (do_STARTTLS,)
 
     def _context(self, mechanism: str) -> LoginContext:
-        return LoginContext.fromTransport(self.transport, mechanism, self._secured())
+        """
+        Where this login comes from. Read once per connection (C{getHost}
+        is a system call) and after PROXY-protocol parsing, which happens
+        before we are connected.
+        """
+        if self._addresses is None or self._addresses.secured != self._secured():
+            self._addresses = LoginContext.fromTransport(self.transport, "", self._secured())
+        return attrs.evolve(self._addresses, mechanism=mechanism)
 
     # ID (RFC 2971)
 

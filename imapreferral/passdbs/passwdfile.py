@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -85,8 +86,17 @@ class PasswdFilePassdb:
         to start.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, clock: IReactorTime | None = None, recheck: float = 1.0) -> None:
+        """
+        @param clock: When to look at the file again; the reactor if L{None}.
+        @param recheck: Look at most this often (seconds) for changes; 0
+            looks on every lookup. One C{stat} a second, not one a login.
+        """
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[assignment]
         self.path = path
+        self._clock = clock
+        self._recheck = recheck
         try:
             st = os.stat(path)
             with open(path, "rb") as f:
@@ -96,12 +106,17 @@ class PasswdFilePassdb:
         self._users = parsePasswdFile(path, data)
         self._signature = _signature(st)
         self._problem: str | None = None
+        self._checked = self._clock.seconds()
 
     def __repr__(self) -> str:
         return f"<PasswdFilePassdb {self.path}>"
 
     def _refresh(self) -> None:
         """Re-read the file if it changed since the last look."""
+        now = self._clock.seconds()
+        if now - self._checked < self._recheck:
+            return
+        self._checked = now
         try:
             st = os.stat(self.path)
             if _signature(st) == self._signature:
