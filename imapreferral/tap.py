@@ -5,17 +5,19 @@ C{twistd imapreferral}: command-line strings to objects, no rules.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from twisted.application import strports
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService, MultiService, Service
 from twisted.cred.portal import Portal
 from twisted.internet import endpoints
+from twisted.internet.defer import DeferredList
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
-from imapreferral import __version__
+from imapreferral import __version__, workers
 from imapreferral.haproxy import proxyProtocolFactory
 from imapreferral.imap.account import ReferralRealm
 from imapreferral.imap.factory import REFERRAL_AUTH_CHOICES, ReferralServerFactory
@@ -125,6 +127,11 @@ class Options(usage.Options):
          _secondsFor("auth-penalty-cap", 0)],
         ["haproxy-trusted-networks", None, "",
          "Peers that may send PROXY protocol headers to haproxy: listeners (CIDR list)."],
+        ["workers", None, 1,
+         "Server processes sharing the listeners (one Python process uses one core).",
+         _count("workers")],
+        ["adopt-listeners", None, 0, "Internal: a worker adopting N inherited sockets.",
+         _count("adopt-listeners")],
         ["id-name", None, "imapreferral", "The name we give in answer to ID (RFC 2971)."],
         ["id-version", None, __version__, "The version we give in answer to ID; '' for none."],
     ]  # fmt: skip
@@ -268,11 +275,45 @@ def makeService(config: Any) -> IService:
     listeners = [(d, factory) for d in config["listen"]] + [
         (d, TLSMemoryBIOFactory(config["tls"], False, factory)) for d in config["listen-tls"]
     ]
+    factories = []
     for description, listening in listeners:
         endpoint, proxied = _withoutProxyPrefix(description)
         if proxied:
             # The PROXY header comes first, before any TLS: HAProxy's
             # send-proxy in front of a TLS passthrough.
             listening = proxyProtocolFactory(listening, config["haproxy-trusted-networks"])
-        strports.service(endpoint, listening).setServiceParent(service)
+        factories.append((endpoint, listening))
+    if config["adopt-listeners"]:
+        workers.dieWithParent()
+        _AdoptedListeners([f for _, f in factories]).setServiceParent(service)
+        return service
+    ports = []
+    for endpoint, listening in factories:
+        listener = strports.service(endpoint, listening)
+        listener.setServiceParent(service)
+        ports.append(listener)
+    if config["workers"] > 1:
+        from twisted.internet import reactor
+
+        workers.WorkerProcesses(reactor, config["workers"], ports, sys.argv).setServiceParent(
+            service
+        )
     return service
+
+
+class _AdoptedListeners(Service):
+    """A worker's listeners: the sockets its first process passed down."""
+
+    def __init__(self, factories: list[Any]) -> None:
+        self.factories = factories
+        self.ports: list[Any] = []
+
+    def startService(self) -> None:
+        from twisted.internet import reactor
+
+        super().startService()
+        self.ports = workers.adoptListeners(reactor, self.factories)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return DeferredList([port.stopListening() for port in self.ports])

@@ -189,3 +189,51 @@ def test_badCertificateStopsWithOneLine(tmp_path):
             ["--tls-cert", str(tmp_path / "no.crt"), "--tls-key", str(tmp_path / "no.key")]
         )
     assert "no.crt: cannot read TLS certificate" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["twistd", "-n", "imapreferral", "--workers", "3", "--listen", "tcp:1"],
+        ["twistd", "-n", "imapreferral", "--workers=3", "--listen", "tcp:1"],
+    ],
+)
+def test_workerArguments(argv):
+    from imapreferral.workers import workerArguments
+
+    assert workerArguments(argv, 2)[3:] == [
+        "-n", "--pidfile=", "-n", "imapreferral", "--adopt-listeners=2", "--listen", "tcp:1",
+    ]  # fmt: skip
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def test_workersShareTheListenerAndStopWithTheServer(tmp_path):
+    port = _freePort()
+    proc = _twistd(
+        "--listen", f"tcp:{port}:interface=127.0.0.1", "--workers", "2", cwd=str(tmp_path)
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not _children(proc.pid):
+            assert time.monotonic() < deadline, "no worker was started"
+            assert proc.poll() is None
+            time.sleep(0.1)
+        (worker,) = _children(proc.pid)
+        for _ in range(20):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                f = sock.makefile("rb")
+                assert f.readline().startswith(b"* OK ")
+                sock.sendall(b"a LOGIN refnl pass\r\n")
+                assert f.readline().startswith(b"a NO [REFERRAL imap://refnl;")
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=30)[0].decode()
+    assert "started 1 more worker processes" in out
+    deadline = time.monotonic() + 15
+    while os.path.exists(f"/proc/{worker}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{worker}"), "the worker outlived the server"

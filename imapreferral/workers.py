@@ -1,0 +1,147 @@
+"""
+Several server processes on the same listening sockets (C{--workers N}).
+
+One Python process runs on one core; Dovecot runs several imap-login
+processes. The first process listens, then starts N-1 copies of itself
+that adopt the same sockets (C{reactor.adoptStreamPort}) and accept from
+the same queues. Each worker keeps its own connection counts and
+authentication penalty, so per-IP limits apply per worker. Workers stop
+with the first process, and die with it if it is killed (Linux
+C{PR_SET_PDEATHSIG}).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+
+_log = Logger()
+
+#: The first inherited socket's descriptor in a worker.
+FIRST_FD = 3
+
+
+def dieWithParent() -> None:
+    """In a worker: get SIGTERM when the first process dies (Linux only)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def adoptListeners(reactor: Any, factories: Sequence[Any]) -> list[IListeningPort]:
+    """In a worker: accept on inherited sockets C{3, 4, ...}, one per factory."""
+    ports = []
+    for offset, factory in enumerate(factories):
+        fd = FIRST_FD + offset
+        family = socket.socket(fileno=os.dup(fd)).family
+        ports.append(reactor.adoptStreamPort(fd, family, factory))
+        os.close(fd)
+    return ports
+
+
+def workerArguments(argv: Sequence[str], count: int) -> list[str]:
+    """
+    The command line of a worker: this twistd's own, not daemonised, with
+    no pid file, and told to adopt C{count} sockets instead of listening.
+    """
+    cleaned: list[str] = []
+    skip = False
+    for a in argv[1:]:  # drop --workers=N and --workers N
+        if skip:
+            skip = False
+        elif a == "--workers":
+            skip = True
+        elif not a.startswith("--workers="):
+            cleaned.append(a)
+    plugin = cleaned.index("imapreferral")
+    return [
+        sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+        "-n", "--pidfile=", *cleaned[: plugin + 1],
+        f"--adopt-listeners={count}", *cleaned[plugin + 1 :],
+    ]  # fmt: skip
+
+
+class _Worker(ProcessProtocol):
+    def __init__(self) -> None:
+        self.ended: Deferred[None] = Deferred()
+
+    def processEnded(self, reason: object) -> None:
+        self.ended.callback(None)
+
+
+class WorkerProcesses(Service):
+    """
+    Starts N-1 workers once the first process's ports are listening, and
+    stops them (SIGTERM, then SIGKILL) when the first process stops.
+
+    @ivar listeners: The first process's listener services, in order; they
+        are started before this service.
+    """
+
+    def __init__(
+        self, reactor: Any, count: int, listeners: Sequence[Any], argv: Sequence[str]
+    ) -> None:
+        self.reactor = reactor
+        self.count = count
+        self.listeners = list(listeners)
+        self.argv = list(argv)
+        self._workers: list[tuple[Any, _Worker]] = []
+
+    def startService(self) -> None:
+        super().startService()
+        # StreamServerEndpointService keeps its port's Deferred privately.
+        ports = [listener._waitingForPort for listener in self.listeners]
+        DeferredList(ports, fireOnOneErrback=True, consumeErrors=True).addCallback(
+            self._spawn
+        ).addErrback(lambda f: _log.failure("not starting workers", f))
+
+    def _spawn(self, results: list[tuple[bool, IListeningPort]]) -> None:
+        if not self.running:
+            return
+        fds = [port.fileno() for _, port in results]  # type: ignore[attr-defined]
+        childFDs: dict[int, Any] = {0: "w", 1: 1, 2: 2}
+        for offset, fd in enumerate(fds):
+            childFDs[FIRST_FD + offset] = fd
+        args = workerArguments(self.argv, len(fds))
+        for _ in range(self.count - 1):
+            worker = _Worker()
+            process = self.reactor.spawnProcess(
+                worker, sys.executable, args, env=os.environ.copy(), childFDs=childFDs
+            )
+            self._workers.append((process, worker))
+        _log.info("started {n} more worker processes", n=self.count - 1)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        waits = []
+        for process, worker in self._workers:
+            if not worker.ended.called:
+                try:
+                    process.signalProcess("TERM")
+                except Exception:
+                    continue
+                killer = self.reactor.callLater(10, _kill, process)
+                worker.ended.addBoth(lambda _, k=killer: k.cancel() if k.active() else None)
+                waits.append(worker.ended)
+        self._workers = []
+        return DeferredList(waits).addCallback(lambda _: None)
+
+
+def _kill(process: Any) -> None:
+    try:
+        process.signalProcess("KILL")
+    except Exception:
+        pass
