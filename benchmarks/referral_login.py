@@ -679,6 +679,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="with --no-spawn: a process whose tree's CPU is the server's (repeatable)",
     )
     p.add_argument(
+        "--server-workers",
+        type=int,
+        default=1,
+        help="server processes sharing the listener (twistd imapreferral --workers)",
+    )
+    p.add_argument(
         "--passdb-kind",
         choices=("passwd-file", "sql"),
         default="passwd-file",
@@ -760,8 +766,10 @@ def main(argv: list[str]) -> int:
                     passdbFor(args.passdb_kind, Path(tmp.name), args),
                     "--auth-failure-delay",
                     "0",
+                    "--workers",
+                    str(args.server_workers),
                 ]
-                args.single_threaded_server = True
+                args.single_threaded_server = args.server_workers == 1
             print("server:", shlex.join(cmd))
             print(f"server log (logging on): {log_path}")
             with open(log_path, "wb") as log:
