@@ -32,7 +32,7 @@ ROWS = {
     "nopassword ignores password": (
         PassdbReply(host=H, nologin=True, nopassword=True),
         False,
-        Refer(Referral("bob", H)),
+        Refer(Referral("bob", H), verified=False),  # proves nothing: no penalty reset
     ),
     "destuser": (
         PassdbReply(host=H, nologin=True, destuser="o@x"),

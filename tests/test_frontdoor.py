@@ -316,3 +316,36 @@ async def test_penaltyLengthensDelayForUntrustedAddress(passdb, clock):
     finally:
         await client.close()
         await harness.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_nopasswordReferralDoesNotResetPenalty(passdb, clock):
+    harness = await _serve(passdb, clock, trustedNetworks=NetworkList(), plaintextAuth="always")
+    client = await harness.connect()
+    try:
+        for expected in (2.0, 4.0):
+            client.send(b"a LOGIN plain wrong\r\n")
+            await waitForDelay(clock, expected)
+            clock.advance(expected)
+            assert await client.line() == b"a " + FAILED
+        assert (await client.command(b"b LOGIN fwd anything"))[0].startswith(b"b NO [REFERRAL ")
+        client.send(b"c LOGIN plain wrong\r\n")  # still penalised: fwd needs no password
+        await waitForDelay(clock, 8.0)
+        clock.advance(8.0)
+        assert await client.line() == b"c " + FAILED
+    finally:
+        await client.close()
+        await harness.stop()
+
+
+@pytest.mark.parametrize("literal", [b"{-5}", b"{ 4}", b"{4_0}", b"{5+}", b"{}"])
+@pytest_twisted.ensureDeferred
+async def test_malformedLiteralSizeIsBadAndSwallowsNothing(client, literal):
+    client.send(b"a LOGIN " + literal + b"\r\nb NOOP\r\n")
+    assert await client.line() == b"a BAD Invalid literal size."
+    assert await client.line() == b"b OK NOOP No operation performed"
+
+
+@pytest_twisted.ensureDeferred
+async def test_hugeLiteralIsRefused(client):
+    assert (await client.command(b"a LOGIN {999999}"))[0].startswith(b"a BAD ")

@@ -15,6 +15,7 @@ commands through class attributes holding the base class's functions
 from __future__ import annotations
 
 import binascii
+import re
 from base64 import b64decode, b64encode
 
 import attrs
@@ -52,8 +53,10 @@ _PLAINTEXT_MECHANISMS = frozenset({"PLAIN", "LOGIN"})
 PRIVACY_REQUIRED = (
     b"[PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure (SSL/TLS) connections."
 )
-#: Pipelined lines kept while a login is pending before we stop reading.
+#: Pipelined lines (and bytes) kept while a login is pending before we stop reading.
 _MAX_BLOCKED_LINES = 64
+_MAX_BLOCKED_BYTES = 64 * 1024
+_LITERAL = re.compile(rb"\{[0-9]{1,10}\}")
 
 
 def _quoted(text: str) -> bytes:
@@ -127,6 +130,7 @@ class ReferralIMAP4Server(IMAP4Server):
         self._producing = False
         self._pausedForBacklog = False
         self._addresses: LoginContext | None = None
+        self._blockedBytes = 0
 
     # Connection guards
 
@@ -190,6 +194,20 @@ class ReferralIMAP4Server(IMAP4Server):
             self._producing = False
             if self.paused:
                 self.resumeProducing()
+
+    def _literalSizeValid(self, line: bytes) -> bool:
+        """
+        A line ending in C{{...}} announces a literal. Twisted reads the size
+        with C{int()}, so C{{-5}} or C{{ 4}} would swallow the next command;
+        only C{{digits}} passes (RFC 3501 §9: number = 1*DIGIT).
+        """
+        if not line.endswith(b"}"):
+            return True
+        start = line.rfind(b"{")
+        if start < 0 or _LITERAL.fullmatch(line[start:]):
+            return True
+        self.sendBadResponse(line.split(b" ", 1)[0] or None, b"Invalid literal size.")
+        return False
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._bye(b"Too long argument.")
@@ -470,11 +488,16 @@ class ReferralIMAP4Server(IMAP4Server):
         """
         if self.blocked is not None:
             self.blocked.append(line)
-            if len(self.blocked) >= _MAX_BLOCKED_LINES and not self.paused:
+            self._blockedBytes += len(line)
+            backlog = len(self.blocked) >= _MAX_BLOCKED_LINES
+            if (backlog or self._blockedBytes > _MAX_BLOCKED_BYTES) and not self.paused:
                 self._pausedForBacklog = True
                 self.pauseProducing()
             return
+        self._blockedBytes = 0
         self.resetTimeout()
+        if self.parseState == "command" and not self._literalSizeValid(line):
+            return
         try:
             getattr(self, "parse_" + self.parseState)(line)
         except Exception:

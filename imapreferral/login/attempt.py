@@ -54,7 +54,7 @@ def outcomeOfFailure(failure: Failure) -> Outcome:
     if isinstance(error, UnauthorizedLogin):
         referral = _referralOf(error)
         if referral is not None:
-            return Refer(referral)
+            return Refer(referral, verified=getattr(error, "verified", True))
         if isinstance(error, LoginDisabled):
             return Disable(error.reason)
         return Reject(nodelay=isinstance(error, AuthenticationFailed) and error.nodelay)
@@ -89,7 +89,7 @@ def logAuthentication(
 ) -> None:
     """
     The one log line per authentication: user, remote address, mechanism,
-    result and referral. Temporary failures are errors an admin must see.
+    result and referral.
     The fields stay separate in the event (for JSON logs); text logs format
     one string.
     """
@@ -100,7 +100,9 @@ def logAuthentication(
     result = describeOutcome(outcome)
     referral = getattr(outcome, "referral", None)
     text = None if referral is None else referralText(referral, mechanism)
-    emit = _log.error if isinstance(outcome, Unavailable) else _log.info
+    # Outages are logged once, with their cause, where they happen (e.g. the
+    # SQL passdb); here each affected login is a warning.
+    emit = _log.warn if isinstance(outcome, Unavailable) else _log.info
     emit(
         "{summary}",
         summary=f"login user={user!r} remote={remote} mech={mechanism}: {result}"
@@ -169,7 +171,10 @@ class LoginAttempts:
     def _delayFailure(self, outcome: Outcome, context: Any) -> Outcome | Deferred[Outcome]:
         remote = getattr(context, "remoteIP", None)
         if not isinstance(outcome, Reject):
-            if self.penalty is not None and isinstance(outcome, LoggedIn | Refer):
+            proven = isinstance(outcome, LoggedIn) or (
+                isinstance(outcome, Refer) and outcome.verified
+            )
+            if self.penalty is not None and proven:
                 self.penalty.succeeded(remote)
             return outcome
         if outcome.nodelay or self.failureDelay <= 0:

@@ -103,8 +103,8 @@ class PassdbChecker:
             try:
                 reply = await passdb.lookup(username, context)
             except Exception as e:
+                # The passdb logs its own outages once; the login line says the rest.
                 tempfail = f"passdb {passdb!r} failed: {e}"
-                _log.error("passdb lookup failed for {user}: {why}", user=username, why=str(e))
                 continue
             if reply is None:
                 continue
@@ -136,7 +136,7 @@ class PassdbChecker:
         if isinstance(decision, Accept):
             return AvatarId(username=decision.user, referral=decision.referral)
         if isinstance(decision, Refer):
-            raise LoginReferral(decision.referral)
+            raise LoginReferral(decision.referral, verified=decision.verified)
         if isinstance(decision, Disable):
             raise LoginDisabled(decision.reason)
         if isinstance(decision, Reject):

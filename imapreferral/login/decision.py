@@ -47,7 +47,7 @@ def decide(reply: PassdbReply | None, passwordOk: bool, loginName: str) -> Decis
             return Unavailable("passdb returned an empty host")
         referral = Referral(user=target, host=host, port=reply.port, reason=reply.reason)
         if reply.nologin:
-            return Refer(referral)
+            return Refer(referral, verified=passwordOk)
         return Accept(user=user, referral=referral)
     if reply.nologin:
         return Disable(reason=reply.reason)

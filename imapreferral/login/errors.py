@@ -21,9 +21,14 @@ class LoginReferral(UnauthorizedLogin):
     C{referral} instead (C{host} + C{nologin}).
     """
 
-    def __init__(self, referral: Referral) -> None:
+    def __init__(self, referral: Referral, verified: bool = True) -> None:
+        """
+        @param verified: Whether the password was checked (not C{nopassword});
+            only then does the referral clear the address's penalty.
+        """
         super().__init__(f"referred to {referral.host}")
         self.referral = referral
+        self.verified = verified
 
 
 class LoginDisabled(UnauthorizedLogin):

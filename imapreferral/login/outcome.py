@@ -62,9 +62,16 @@ class Accept:
 
 @attrs.frozen
 class Refer:
-    """Do not log in; send the client to C{referral} (C{host} + C{nologin})."""
+    """
+    Do not log in; send the client to C{referral} (C{host} + C{nologin}).
+
+    @ivar verified: Whether a password was checked. A C{nopassword}
+        referral proves nothing about the client, so it must not clear the
+        address's authentication penalty.
+    """
 
     referral: Referral
+    verified: bool = True
 
 
 @attrs.frozen
