@@ -269,3 +269,50 @@ def test_postgresQueryErrorIsRefusedAtStart(postgres, tmp_path):
     config = _postgresConfig(tmp_path, postgres, "SELECT password FROM nosuchtable WHERE u = '%u'")
     with pytest.raises(PassdbConfigError, match='relation "nosuchtable" does not exist'):
         passdbFromString(f"sql:{config}")
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlitePathWithSpacesAndHash(tmp_path, clock):
+    directory = tmp_path / "my mail #1"
+    directory.mkdir()
+    makeSQLite(str(directory / "users.sqlite"), rowsFor(exampleUsers()))
+    config = writeConfig(str(directory / "c.conf"), "sqlite", '"users.sqlite"')
+    passdb = passdbFromString(f"sql:{config}")
+    harness = await _harness(passdb, clock)
+    client = await harness.connect()
+    try:
+        assert (await client.command(b"a LOGIN refnl pass"))[0].startswith(b"a NO [REFERRAL ")
+    finally:
+        await client.close()
+        await _stop(harness, passdb)
+
+
+def test_missingSQLiteFileIsNotCreated(tmp_path):
+    config = writeConfig(str(tmp_path / "c.conf"), "sqlite", "nope.sqlite")
+    with pytest.raises(PassdbConfigError, match="cannot open SQLite database"):
+        passdbFromString(f"sql:{config}")
+    assert not (tmp_path / "nope.sqlite").exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_queryWithoutPasswordColumnIsTemporaryFailure(sqliteDir, clock):
+    config = writeConfig(
+        str(sqliteDir / "nopw.conf"),
+        "sqlite",
+        "users.sqlite",
+        query="SELECT host, 'Y' AS nologin FROM users WHERE userid = '%u'",
+    )
+    passdb = passdbFromString(f"sql:{config}")
+    harness = await _harness(passdb, clock)
+    client = await harness.connect()
+    try:
+        assert await client.command(b"a LOGIN refnl pass") == [b"a " + UNAVAILABLE]
+    finally:
+        await client.close()
+        await _stop(harness, passdb)
+
+
+def test_badPostgresConninfoIsRefusedAtStart(postgres, tmp_path):
+    config = writeConfig(str(tmp_path / "bad.conf"), "pgsql", postgres.conninfo + " bogus=1")
+    with pytest.raises(PassdbConfigError, match="is not usable"):
+        passdbFromString(f"sql:{config}")

@@ -102,3 +102,53 @@ def test_badConfigNamesFileAndLine(text, message):
     with pytest.raises(SQLConfigError) as e:
         parseSQLConfig("f", text)
     assert str(e.value).startswith(message)
+
+
+def test_trailingCommentsAndCommentsInsideContinuations():
+    config = parseSQLConfig(
+        "f",
+        "driver = sqlite # the driver\n"
+        'connect = "/var/lib/my # db"  # quoted: the # stays\n'
+        "password_query = SELECT password, host \\\n"
+        "  # a note in the middle\n"
+        "\n"
+        "  FROM users WHERE userid = '%u'\n",
+    )
+    assert config.driver == "sqlite"
+    assert config.connect == "/var/lib/my # db"
+    assert config.passwordQuery == "SELECT password, host FROM users WHERE userid = '%u'"
+
+
+def test_singleQuotedValue():
+    config = parseSQLConfig("f", "driver = 'sqlite'\nconnect = 'x'\npassword_query = SELECT 1\n")
+    assert (config.driver, config.connect) == ("sqlite", "x")
+
+
+def test_sqlCommentsAreDropped():
+    compiled = compileQuery("SELECT 1 /* it's '%x' */ FROM t WHERE u = '%u' -- don't", "?")
+    assert compiled.sql == "SELECT 1   FROM t WHERE u = ?  "
+    assert len(compiled.variables) == 1
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("'%a:%b'", ("143", "5555")),  # a concatenation of two parameters
+        ("'%m' '%c'", ("CRAM-MD5", "secured")),
+        ("'%{real_rip}' '%{orig_user}'", ("192.0.2.7", "Bob@Example.com")),
+    ],
+)
+def test_moreDovecotVariables(query, expected):
+    import attrs
+
+    context = attrs.evolve(CTX, mechanism="CRAM-MD5", secured=True)
+    assert compileQuery(query, "?").parameters("Bob@Example.com", context) == expected
+
+
+def test_dovecotConninfo():
+    from imapreferral.passdbs.sql import dovecotConninfo
+
+    assert dovecotConninfo("host=db1 host=db2 dbname=mail maxconns=7 user=imap") == (
+        "host=db1,db2 dbname=mail user=imap",
+        7,
+    )

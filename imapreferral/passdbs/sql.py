@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from pathlib import Path
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.enterprise import adbapi
+from twisted.internet import defer
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IReactorTime
@@ -81,6 +83,29 @@ def replyFromRow(names: list[str], row: tuple[Any, ...], defaultScheme: str) -> 
     return PassdbReply.fromFields(fields, password=password)
 
 
+def dovecotConninfo(connect: str) -> tuple[str, int | None]:
+    """
+    Dovecot's pgsql C{connect} is a libpq conninfo plus its own C{maxconns=N}
+    (connections per host), and may name several C{host=}s. Take
+    C{maxconns} out (our pool size) and give libpq the hosts as one
+    comma-separated list, which it tries in turn.
+    """
+    hosts: list[str] = []
+    rest: list[str] = []
+    maxconns: int | None = None
+    for word in connect.split():
+        key, _, value = word.partition("=")
+        if key == "maxconns" and value.isdigit():
+            maxconns = int(value)
+        elif key == "host":
+            hosts.append(value)
+        else:
+            rest.append(word)
+    if hosts:
+        rest.insert(0, "host=" + ",".join(hosts))
+    return " ".join(rest), maxconns
+
+
 class _Driver:
     """What differs between SQLite and PostgreSQL: connecting, paramstyle."""
 
@@ -92,7 +117,10 @@ class _Driver:
             if not os.path.isabs(path):
                 path = os.path.join(os.path.dirname(os.path.abspath(config.path)), path)
             self.database = path
+            # Read-only, and never created: a typo in the path is an error.
+            self.uri = Path(path).as_uri() + "?mode=ro"
             self.query = compileQuery(config.passwordQuery, "?")
+            self.maxConnections: int | None = None
         else:
             try:
                 import psycopg  # noqa: F401
@@ -101,14 +129,15 @@ class _Driver:
                     f"{config.path}: driver pgsql needs psycopg: pip install 'imapreferral[pgsql]'"
                 ) from None
             self.query = compileQuery(config.passwordQuery, "%s", "CAST({} AS text)")
+            self.conninfo, self.maxConnections = dovecotConninfo(config.connect)
 
     def connect(self) -> Any:
         """A blocking DB-API connection (for the start-up check)."""
         if self.config.driver == "sqlite":
-            return sqlite3.connect(f"file:{self.database}?mode=ro", uri=True, timeout=self.timeout)
+            return sqlite3.connect(self.uri, uri=True, timeout=self.timeout)
         import psycopg
 
-        conn = psycopg.connect(self.config.connect, connect_timeout=max(1, int(self.timeout)))
+        conn = psycopg.connect(self.conninfo, connect_timeout=max(1, int(self.timeout)))
         conn.execute(f"SET statement_timeout = {int(self.timeout * 1000)}")
         return conn
 
@@ -119,7 +148,7 @@ class _Driver:
         if self.config.driver == "sqlite":
             return adbapi.ConnectionPool(
                 "sqlite3",
-                f"file:{self.database}?mode=ro",
+                self.uri,
                 uri=True,
                 timeout=self.timeout,
                 check_same_thread=False,
@@ -133,7 +162,7 @@ class _Driver:
 
         return adbapi.ConnectionPool(
             "psycopg",
-            self.config.connect,
+            self.conninfo,
             connect_timeout=max(1, int(self.timeout)),
             cp_openfun=openfun,
             **common,
@@ -221,6 +250,11 @@ class SQLPassdb(Service):
                 f"{self.config.path}: cannot open SQLite database {self._driver.database}: {e}"
             ) from None
         except Exception as e:
+            if type(e).__name__ == "ProgrammingError":  # psycopg: a bad conninfo
+                raise SQLConfigError(
+                    f"{self.config.path}: connect = {self.config.connect!r} is not usable: "
+                    f"{str(e).strip()}"
+                ) from None
             _log.warn(
                 "{path}: cannot check password_query now, database unreachable: {error}",
                 path=self.config.path,
@@ -254,7 +288,8 @@ class SQLPassdb(Service):
 
     def _ensurePool(self) -> adbapi.ConnectionPool:
         if self._pool is None:
-            self._pool = self._driver.pool(self.poolSize, self._reactor)
+            size = self._driver.maxConnections or self.poolSize
+            self._pool = self._driver.pool(size, self._reactor)
         return self._pool
 
     def lookup(self, username: str, context: LoginContext) -> Deferred[PassdbReply | None]:
@@ -289,6 +324,10 @@ class SQLPassdb(Service):
         names, rows = result
         if not rows:
             return None
+        columns = {name.lower() for name in names}
+        if not columns & {"password", "password_noscheme", "nopassword"}:
+            # Dovecot: "Password query must return a field named 'password'".
+            raise TemporaryFailure("password_query returned no password column")
         if len(rows) > 1:
             raise TemporaryFailure("password_query returned more than one row")
         try:
@@ -301,7 +340,10 @@ class SQLPassdb(Service):
         self._probing = False
         if failure.check(TemporaryFailure):
             return failure
-        problem = str(failure.value).strip() or failure.type.__name__
+        if failure.check(defer.TimeoutError, defer.CancelledError):
+            problem = f"no answer within {self.timeout:g} s"
+        else:
+            problem = str(failure.value).strip() or failure.type.__name__
         if self._problem is None:
             _log.error(
                 "SQL passdb {path} unavailable: {problem}", path=self.config.path, problem=problem

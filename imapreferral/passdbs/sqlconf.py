@@ -23,8 +23,14 @@ KNOWN_KEYS = ("driver", "connect", "password_query", "default_pass_scheme")
 DRIVERS = ("sqlite", "pgsql")
 
 #: Dovecot's short variables and their long names (Dovecot 2.3 "Variables").
-_SHORT = {"u": "user", "n": "username", "d": "domain", "r": "rip", "l": "lip", "s": "service"}
-_LONG = frozenset({"user", "username", "domain", "rip", "lip", "service", "rport", "lport"})
+_SHORT = {
+    "u": "user", "n": "username", "d": "domain", "r": "rip", "l": "lip", "s": "service",
+    "a": "lport", "b": "rport", "m": "mech", "c": "secured",
+}  # fmt: skip
+#: Long names; real_* and orig_user have no proxy or rewrite to differ from here.
+_ALIASES = {"real_rip": "rip", "real_lip": "lip", "real_rport": "rport", "real_lport": "lport",
+            "orig_user": "user", "original_user": "user"}  # fmt: skip
+_LONG = frozenset(_SHORT.values()) | frozenset(_ALIASES)
 _MODIFIERS = {"L": str.lower, "U": str.upper}
 
 #: %%, %[LU]x, %[LU]{name} or %{L:name}-less Dovecot forms we accept.
@@ -54,7 +60,9 @@ class Variable:
             "rport": "" if context.remotePort is None else str(context.remotePort),
             "lport": "" if context.localPort is None else str(context.localPort),
         }
-        text = values[self.name]
+        values["mech"] = context.mechanism
+        values["secured"] = "secured" if context.secured else ""
+        text = values[_ALIASES.get(self.name, self.name)]
         return _MODIFIERS[self.modifier](text) if self.modifier else text
 
 
@@ -107,8 +115,10 @@ class CompiledQuery:
 
 
 #: SQL tokens that matter for finding string literals: '...' with '' escapes,
-#: "..." identifiers, and everything else.
-_SQL_TOKEN = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|[^'\"]+|['\"]")
+#: "..." identifiers, -- and /* */ comments, and everything else.
+_SQL_TOKEN = re.compile(
+    r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/|[^'\"\-/]+|[-/]|['\"]", re.S
+)
 
 
 def compileQuery(query: str, placeholder: str, castText: str = "{}") -> CompiledQuery:
@@ -131,6 +141,9 @@ def compileQuery(query: str, placeholder: str, castText: str = "{}") -> Compiled
     for token in _SQL_TOKEN.findall(query):
         if token in ("'", '"'):
             raise ValueError("unterminated quoted string in password_query")
+        if token.startswith(("--", "/*")):
+            out.append(" ")  # a comment: no variables, no quotes, nothing to send
+            continue
         if token.startswith("'"):
             pieces = _parseVariables(token[1:-1].replace("''", "'"))
             if not any(isinstance(p, Variable) for p in pieces):
@@ -178,14 +191,28 @@ class SQLConfig:
     ignored: tuple[str, ...] = ()
 
 
+def _stripComment(line: str) -> str:
+    """Drop a C{#} comment outside double quotes, as Dovecot's parser does."""
+    quoted = False
+    for index, char in enumerate(line):
+        if char == '"' and (index == 0 or line[index - 1] != "\\"):
+            quoted = not quoted
+        elif char == "#" and not quoted and (index == 0 or line[index - 1].isspace()):
+            return line[:index].rstrip()
+    return line
+
+
 def _logicalLines(text: str) -> list[tuple[int, str]]:
-    """Join C{\\} continuations; drop comments and blank lines; keep line numbers."""
+    """
+    Join C{\\} continuations; drop comments and blank lines (also inside a
+    continuation, as Dovecot does); keep the first line's number.
+    """
     lines: list[tuple[int, str]] = []
     pending: list[str] = []
     start = 0
     for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not pending and (not line or line.startswith("#")):
+        line = _stripComment(raw.strip())
+        if not line:
             continue
         if not pending:
             start = number
@@ -201,8 +228,9 @@ def _logicalLines(text: str) -> list[tuple[int, str]]:
 
 
 def _unquote(value: str) -> str:
-    if len(value) >= 2 and value[0] == value[-1] == '"':
-        return value[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+        quote = value[0]
+        return value[1:-1].replace("\\" + quote, quote).replace("\\\\", "\\")
     return value
 
 
