@@ -6,6 +6,7 @@ as one immutable value the factory hands to each protocol.
 from __future__ import annotations
 
 import re
+import socket
 from typing import Any
 
 import attrs
@@ -14,11 +15,14 @@ from imapreferral.networks import LOOPBACK, NetworkList
 
 PLAINTEXT_AUTH_CHOICES = ("secure", "always")
 
+#: RFC 5092 achar and RFC 3986 reg-name characters, with %XX escapes.
+_ACHARS = r"(?:[A-Za-z0-9\-._~!$&'()*+,=]|%[0-9A-Fa-f]{2})"
+_REG_NAME = r"(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})+"
 #: RFC 2221 §4.2 greeting referrals name a server, optionally a user:
 #: imap://[user[;AUTH=mech]@]host[:port]/ (RFC 5092 iserver, empty path).
 _SERVER_URL = re.compile(
-    r"imap://(?:[A-Za-z0-9\-._~!$&'()*+,=%]*(?:;AUTH=(?:\*|[A-Za-z0-9\-._~!$&'()*+,=%]+))?@)?"
-    r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::[0-9]{1,5})?/"
+    rf"imap://(?:{_ACHARS}*(?:;AUTH=(?:\*|{_ACHARS}+))?@)?"
+    rf"(?P<host>\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|{_REG_NAME})(?::(?P<port>[0-9]{{1,5}}))?/"
 )
 
 
@@ -30,7 +34,16 @@ def validateServerURL(url: str) -> str:
 
     @raise ValueError: saying what the URL must look like.
     """
-    if not _SERVER_URL.fullmatch(url):
+    match = _SERVER_URL.fullmatch(url)
+    valid = match is not None
+    if match and match["port"] is not None:
+        valid = 0 < int(match["port"]) <= 65535
+    if match and match["ipv6"] is not None:
+        try:
+            socket.inet_pton(socket.AF_INET6, match["ipv6"])
+        except OSError:
+            valid = False
+    if not valid:
         raise ValueError(
             f"{url!r} is not an IMAP server URL such as imap://imap2.example.com/ "
             "or imap://imap2.example.com:1143/"

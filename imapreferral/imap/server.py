@@ -320,6 +320,10 @@ class ReferralIMAP4Server(IMAP4Server):
 
     def _refusePlaintext(self, tag: bytes) -> None:
         """RFC 3501 §6.2.3 wants NO here (Twisted says BAD); no password is checked."""
+        _log.info(
+            "login refused: plaintext authentication from {remote} without TLS",
+            remote=getattr(self.transport.getPeer(), "host", None),
+        )
         self.sendNegativeResponse(tag, PRIVACY_REQUIRED)
         self._countAuthFailure()
 
