@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import os
 import threading
+import warnings
 from collections.abc import Callable
 
 import argon2
@@ -112,12 +113,31 @@ _CRYPT = CryptContext(schemes=["sha512_crypt", "sha256_crypt", "md5_crypt", "des
 _BCRYPT = (b"$2a$", b"$2b$", b"$2y$")
 
 
+def _systemCrypt(value: str, password: bytes) -> bool:
+    """
+    crypt(3) of the C library, for C{$id$}s libpass lacks (yescrypt). The
+    C{crypt} module is deprecated (gone in Python 3.13): without it such
+    values are L{MalformedPassword}.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import crypt
+    except ImportError:
+        raise MalformedPassword(f"unsupported crypt(3) value {value[:4]!r}...") from None
+    result = crypt.crypt(password.decode("utf-8", "surrogateescape"), value)
+    if not result or result.startswith("*"):
+        raise MalformedPassword(f"unsupported crypt(3) value {value[:4]!r}...")
+    return hmac.compare_digest(result.encode("utf-8", "surrogateescape"), value.encode())
+
+
 def _cryptCheck(raw: bytes, password: bytes) -> bool:
     """
     Dovecot's CRYPT, DES-CRYPT, SHA256-CRYPT, SHA512-CRYPT and BLF-CRYPT all
     call crypt(3), so the value's own C{$id$} decides, not the scheme name:
     C{{SHA512-CRYPT}$2y$...} is bcrypt. We know DES, C{$1$}, C{$5$}, C{$6$}
-    and C{$2?$}; others (yescrypt) are L{MalformedPassword}.
+    and C{$2?$}; others (Debian's default yescrypt, C{$y$}) go to the
+    system's crypt(3) where Python still has it.
     """
     if b"\0" in password:  # crypt(3) takes a C string; IMAP and SASL send no NUL
         return False
@@ -127,7 +147,7 @@ def _cryptCheck(raw: bytes, password: bytes) -> bool:
             return bcrypt.checkpw(password[:72], raw)
         value = raw.decode("ascii")
         if _CRYPT.identify(value, required=False) is None:
-            raise MalformedPassword(f"unsupported crypt(3) value {value[:4]!r}...")
+            return _systemCrypt(value, password)
         return bool(_CRYPT.verify(password, value))
     except MalformedPassword:
         raise

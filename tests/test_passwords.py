@@ -322,3 +322,18 @@ async def test_givenPoolIsLeftToItsOwner() -> None:
         assert await verifier.verify(vector("SHA512-CRYPT"), PW) is True
     finally:
         pool.stop()
+
+
+YESCRYPT = "{CRYPT}$y$j9T$abcdefghijklmnop$tPZHPt2RDskBwX0BzpdM161VbNQjHixSpBm9bcbRNt7"
+
+
+@pytest.mark.parametrize(("password", "ok"), [(b"pass", True), (b"wrong", False)])
+@pytest_twisted.ensureDeferred
+async def test_yescryptThroughSystemCrypt(password, ok) -> None:
+    """Debian's default crypt(3) hash, made with crypt.crypt('pass', '$y$j9T$abcdefghijklmnop')."""
+    pytest.importorskip("crypt")
+    verifier = SchemeVerifier()
+    try:
+        assert await verifier.verify(YESCRYPT, password) is ok
+    finally:
+        await verifier.stopService()
