@@ -349,3 +349,32 @@ async def test_malformedLiteralSizeIsBadAndSwallowsNothing(client, literal):
 @pytest_twisted.ensureDeferred
 async def test_hugeLiteralIsRefused(client):
     assert (await client.command(b"a LOGIN {999999}"))[0].startswith(b"a BAD ")
+
+
+@pytest_twisted.ensureDeferred
+async def test_othersAreServedWhileHostileClientsHitEveryLimit(passdb, clock):
+    """Bad commands, wrong passwords, an over-long line and a pipelining flood at once."""
+    harness = await _serve(passdb, clock, failureDelay=0, maxLineLength=4096)
+    hostile = [await harness.connect() for _ in range(4)]
+    normal = await harness.connect()
+    try:
+        hostile[0].send(b"".join(b"x%d FROB\r\n" % n for n in range(10)))
+        hostile[1].send(b"".join(b"a%d LOGIN plain wrong\r\n" % n for n in range(5)))
+        hostile[2].send(b"a LOGIN " + b"x" * 10000 + b"\r\n")
+        hostile[3].send(b"a LOGIN plain wrong\r\n" + b"b NOOP\r\n" * 5000)
+        assert (await normal.command(b"a LOGIN refnl pass"))[0].startswith(b"a NO [REFERRAL ")
+        for client, bye in zip(
+            hostile[:3],
+            [b"* BYE Too many invalid IMAP commands.", b"* BYE Too many authentication failures.",
+             b"* BYE Too long argument."],
+            strict=True,
+        ):  # fmt: skip
+            lines = [await client.line()]
+            while lines[-1] and len(lines) < 20:
+                lines.append(await client.line())
+            assert bye in lines and lines[-1] == b""
+        assert (await normal.command(b"b LOGIN refnl pass"))[0].startswith(b"b NO [REFERRAL ")
+    finally:
+        for client in [*hostile, normal]:
+            await client.close()
+        await harness.stop()
