@@ -40,8 +40,8 @@ class ConnectionLimiter:
         key = host or "?"
         if (
             self.maxPerAddress
-            and not self.exempt.contains(host)
             and self._perAddress[key] >= self.maxPerAddress
+            and not self.exempt.contains(host)
         ):
             return "Maximum number of connections from your address reached."
         self.total += 1

@@ -6,6 +6,7 @@ IPv4-mapped IPv6 addresses (C{::ffff:127.0.0.1}) count as their IPv4 form.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 
@@ -62,5 +63,11 @@ class NetworkList:
         return cls.fromStrings(text.replace(",", " ").split())
 
     def contains(self, host: str | None) -> bool:
-        address = parseAddress(host)
-        return address is not None and any(address in n for n in self.networks)
+        return _contains(self.networks, host)
+
+
+@functools.lru_cache(maxsize=8192)
+def _contains(networks: tuple[Network, ...], host: str | None) -> bool:
+    """Cached: parsing an address costs more than the rest of a referral login."""
+    address = parseAddress(host)
+    return address is not None and any(address in n for n in networks)

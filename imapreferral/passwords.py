@@ -29,7 +29,7 @@ import attrs
 import bcrypt
 from passlib.context import CryptContext
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, fail, succeed
 from twisted.internet.interfaces import IReactorCore, IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
@@ -409,19 +409,20 @@ class SchemeVerifier(Service):
         self._pending: set[Deferred[bool]] = set()
 
     def verify(self, stored: str, password: bytes) -> Deferred[bool]:
-        result = maybeDeferred(self._verify, stored, password)
+        """Cheap schemes answer at once; slow ones queue for the pool."""
+        try:
+            scheme, raw = _parse(stored, self.defaultScheme)
+            if not scheme.slow:
+                return succeed(scheme.check(raw, password))
+        except Exception:
+            return fail()
+        result = self._semaphore.run(self._inPool, scheme.check, raw, password)
         self._pending.add(result)
         return result.addBoth(self._answered, result)
 
     def _answered(self, result: object, d: Deferred[bool]) -> object:
         self._pending.discard(d)
         return result
-
-    def _verify(self, stored: str, password: bytes) -> bool | Deferred[bool]:
-        scheme, raw = _parse(stored, self.defaultScheme)
-        if not scheme.slow:
-            return scheme.check(raw, password)
-        return self._semaphore.run(self._inPool, scheme.check, raw, password)
 
     def _inPool(
         self, check: Callable[[bytes, bytes], bool], raw: bytes, password: bytes

@@ -18,7 +18,6 @@ import binascii
 import re
 from base64 import b64decode, b64encode
 
-import attrs
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import (
     IDelayedCall,
@@ -131,6 +130,7 @@ class ReferralIMAP4Server(IMAP4Server):
         self._pausedForBacklog = False
         self._addresses: LoginContext | None = None
         self._blockedBytes = 0
+        self._fromTrusted: bool | None = None
 
     # Connection guards
 
@@ -254,9 +254,10 @@ class ReferralIMAP4Server(IMAP4Server):
         """Dovecot's C{disable_plaintext_auth}: TLS, a trusted network, or C{always}."""
         if self.policy.plaintextAuth == "always" or self._secured():
             return True
-        return self.policy.trustedNetworks.contains(
-            getattr(self.transport.getPeer(), "host", None)
-        )
+        if self._fromTrusted is None:
+            peer = getattr(self.transport.getPeer(), "host", None)
+            self._fromTrusted = self.policy.trustedNetworks.contains(peer)
+        return self._fromTrusted
 
     def do_STARTTLS(self, tag: bytes) -> None:
         """
@@ -283,9 +284,12 @@ class ReferralIMAP4Server(IMAP4Server):
         is a system call) and after PROXY-protocol parsing, which happens
         before we are connected.
         """
-        if self._addresses is None or self._addresses.secured != self._secured():
-            self._addresses = LoginContext.fromTransport(self.transport, "", self._secured())
-        return attrs.evolve(self._addresses, mechanism=mechanism)
+        if self._addresses is None:
+            self._addresses = LoginContext.fromTransport(self.transport, "")
+        a = self._addresses
+        return LoginContext(
+            a.remoteIP, a.remotePort, a.localIP, a.localPort, mechanism, self._secured()
+        )
 
     # ID (RFC 2971)
 

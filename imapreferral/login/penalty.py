@@ -66,6 +66,8 @@ class AuthPenalty:
 
     def succeeded(self, host: str | None) -> None:
         """A successful authentication (or referral) clears the address's record."""
+        if not self._failures:
+            return  # the common case, without parsing the address
         key = penaltyKey(host)
         if key is not None:
             self._failures.pop(key, None)
