@@ -6,7 +6,6 @@ and behind a real HAProxy (C{send-proxy}, C{send-proxy-v2}, TLS passthrough).
 
 from __future__ import annotations
 
-import datetime
 import socket
 import struct
 
@@ -498,43 +497,15 @@ async def test_headerTimeoutClosesSilently(proxied, clock) -> None:
 # -- TLS passthrough and a real HAProxy ----------------------------------------
 
 
-def selfSignedPEM() -> tuple[bytes, bytes]:
-    """A throwaway key and certificate for C{localhost}, as PEM."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    keyPEM = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    return keyPEM, certificate.public_bytes(serialization.Encoding.PEM)
-
-
 @pytest.fixture(scope="module")
-def tlsOptions():
+def tlsOptions(tmp_path_factory):
     """(server options, client options) for C{localhost}; needs pyOpenSSL."""
     pytest.importorskip("OpenSSL", reason="TLS tests need pyOpenSSL (twisted[tls])")
+    from tlscerts import makeCertificate
     from twisted.internet import ssl
 
-    keyPEM, certPEM = selfSignedPEM()
+    certPath, keyPath = makeCertificate(tmp_path_factory.mktemp("haproxy-tls"))
+    keyPEM, certPEM = keyPath.read_bytes(), certPath.read_bytes()
     server = ssl.PrivateCertificate.loadPEM(keyPEM + certPEM).options()
     client = ssl.optionsForClientTLS("localhost", trustRoot=ssl.Certificate.loadPEM(certPEM))
     return server, client

@@ -23,6 +23,8 @@ def makeCertificate(directory: Path, name: str = "localhost") -> tuple[Path, Pat
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=1))
         .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
     certPath, keyPath = directory / f"{name}.crt", directory / f"{name}.key"
