@@ -26,10 +26,11 @@ from twisted.internet.interfaces import (
     ISSLTransport,
 )
 from twisted.logger import Logger
-from twisted.mail.imap4 import IllegalClientResponse, IMAP4Server, parseNestedParens
+from twisted.mail.imap4 import IllegalClientResponse, IMAP4Server
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from imapreferral.imap.idcommand import formatID, parseID
 from imapreferral.imap.policy import ServerPolicy
 from imapreferral.imap.responses import UNAVAILABLE, renderOutcome, sanitiseText
 from imapreferral.limits import ConnectionLimiter
@@ -58,10 +59,6 @@ _MAX_BLOCKED_BYTES = 64 * 1024
 _LITERAL = re.compile(rb"\{[0-9]{1,10}\}")
 
 
-def _quoted(text: str) -> bytes:
-    return b'"' + text.replace("\\", "\\\\").replace('"', '\\"').encode("utf-8") + b'"'
-
-
 def _isTLS(transport: object) -> bool:
     """
     Whether the transport is TLS: C{ISSLTransport} for Twisted's C{ssl:}
@@ -70,27 +67,6 @@ def _isTLS(transport: object) -> bool:
     transport's C{ITLSTransport}.
     """
     return ISSLTransport.providedBy(transport) or INegotiated.providedBy(transport)
-
-
-def _parseID(line: bytes) -> list[tuple[str, str]]:
-    """
-    RFC 2971: C{NIL} or a parenthesised list of field/value string pairs.
-
-    @raise ValueError: for anything else.
-    """
-    text = line.strip()
-    if text.upper() == b"NIL":
-        return []
-    if not (text.startswith(b"(") and text.endswith(b")")):
-        raise ValueError("ID takes NIL or a list")
-    try:
-        items = parseNestedParens(text[1:-1])
-    except Exception as e:
-        raise ValueError(str(e)) from None
-    if len(items) % 2 or len(items) > 60 or not all(isinstance(i, bytes | None) for i in items):
-        raise ValueError("ID takes field/value pairs")
-    decoded = [(i or b"").decode("utf-8", "replace") for i in items]
-    return list(zip(decoded[::2], decoded[1::2], strict=True))
 
 
 @implementer(IHandshakeListener)
@@ -296,7 +272,7 @@ class ReferralIMAP4Server(IMAP4Server):
     def do_ID(self, tag: bytes, line: bytes | None) -> None:
         """Log what the client says about itself; say who we are."""
         try:
-            fields = _parseID(line or b"")
+            fields = parseID(line or b"")
         except ValueError:
             self.sendBadResponse(tag, b"Invalid ID parameters.")
             return
@@ -306,8 +282,7 @@ class ReferralIMAP4Server(IMAP4Server):
                 remote=getattr(self.transport.getPeer(), "host", None),
                 fields=" ".join(f"{k}={v!r}" for k, v in fields[:30]),
             )
-        ours = b" ".join(_quoted(k) + b" " + _quoted(v) for k, v in self.policy.idFields)
-        self.sendUntaggedResponse(b"ID (" + ours + b")")
+        self.sendUntaggedResponse(formatID(self.policy.idFields))
         self.sendPositiveResponse(tag, b"ID completed.")
 
     unauth_ID = (do_ID, IMAP4Server.arg_line)

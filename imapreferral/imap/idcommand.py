@@ -1,0 +1,39 @@
+"""
+The C{ID} command (RFC 2971): what the client says, and what we answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from twisted.mail.imap4 import parseNestedParens
+
+
+def parseID(line: bytes) -> list[tuple[str, str]]:
+    """
+    RFC 2971: C{NIL} or a parenthesised list of field/value string pairs.
+
+    @raise ValueError: for anything else.
+    """
+    text = line.strip()
+    if text.upper() == b"NIL":
+        return []
+    if not (text.startswith(b"(") and text.endswith(b")")):
+        raise ValueError("ID takes NIL or a list")
+    try:
+        items = parseNestedParens(text[1:-1])
+    except Exception as e:
+        raise ValueError(str(e)) from None
+    if len(items) % 2 or len(items) > 60 or not all(isinstance(i, bytes | None) for i in items):
+        raise ValueError("ID takes field/value pairs")
+    decoded = [(i or b"").decode("utf-8", "replace") for i in items]
+    return list(zip(decoded[::2], decoded[1::2], strict=True))
+
+
+def _quoted(text: str) -> bytes:
+    return b'"' + text.replace("\\", "\\\\").replace('"', '\\"').encode("utf-8") + b'"'
+
+
+def formatID(fields: Iterable[tuple[str, str]]) -> bytes:
+    """The untagged C{ID (...)} response for our own fields."""
+    return b"ID (" + b" ".join(_quoted(k) + b" " + _quoted(v) for k, v in fields) + b")"
