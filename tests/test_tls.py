@@ -196,3 +196,40 @@ def test_mismatchedKeyIsRefused(tmp_path):
 def test_missingCertificateIsRefused(tmp_path):
     with pytest.raises(TLSConfigError, match="cannot read TLS certificate"):
         loadTLS(str(tmp_path / "nope.crt"), str(tmp_path / "nope.key"))
+
+
+def _failuresOverTLS(port: int) -> list[bytes]:
+    import socket
+
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    f = raw.makefile("rb")
+    f.readline()
+    raw.sendall(b"a STARTTLS\r\n")
+    f.readline()
+    tls = _clientContext().wrap_socket(raw, server_hostname="localhost")
+    tf = tls.makefile("rb")
+    lines = []
+    for n in range(5):
+        tls.sendall(b"a%d LOGIN plain wrong\r\n" % n)
+        lines.append(tf.readline())
+    lines += [tf.readline(), tf.readline()]  # the BYE, then the end of the connection
+    tls.close()
+    return lines
+
+
+@pytest_twisted.ensureDeferred
+async def test_limitsCloseTLSConnectionsToo(passdb, clock, certificate):
+    harness = ServerHarness.forPassdbs(
+        [passdb], clock=clock, failureDelay=0,
+        tlsContext=loadTLS(str(certificate[0]), str(certificate[1])),
+    )  # fmt: skip
+    await harness.start()
+    try:
+        lines = await deferToThread(_failuresOverTLS, harness.port)
+    finally:
+        await harness.stop()
+    assert lines[4:] == [
+        b"a4 NO [AUTHENTICATIONFAILED] Authentication failed.\r\n",
+        b"* BYE Too many authentication failures.\r\n",
+        b"",
+    ]

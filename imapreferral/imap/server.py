@@ -107,6 +107,7 @@ class ReferralIMAP4Server(IMAP4Server):
         self._addresses: LoginContext | None = None
         self._blockedBytes = 0
         self._fromTrusted: bool | None = None
+        self._closing = False
 
     # Connection guards
 
@@ -155,21 +156,38 @@ class ReferralIMAP4Server(IMAP4Server):
     def _bye(self, text: bytes) -> None:
         """Say goodbye (RFC 3501 §7.1.5) and close; nothing more is read."""
         self.sendLine(b"* BYE " + text)
+        self._close()
+
+    def _close(self) -> None:
+        """
+        Close after what was written, reading nothing more. The producer goes
+        first: Twisted's TLS layer does not shut down while one is registered,
+        so the connection would stay open and keep being served.
+        """
+        self._closing = True
         self.blocked = None
         self.clearLineBuffer()
+        self._stopBackPressure()
         self.transport.loseConnection()
+
+    def timeoutConnection(self) -> None:
+        """The idle timer: Twisted's words, our way of closing."""
+        self._bye(b"Autologout; connection idle too long")
+
+    def _stopBackPressure(self) -> None:
+        if self._producing:
+            # Twisted's FETCH registers its own producer on the transport.
+            self.transport.unregisterProducer()
+            self._producing = False
+            if self.paused and not self._closing:
+                self.resumeProducing()
 
     def _leavePreauth(self) -> None:
         """Logged in: the pre-login time limit and back-pressure end."""
         if self._lifetime is not None and self._lifetime.active():
             self._lifetime.cancel()
         self._lifetime = None
-        if self._producing:
-            # Twisted's FETCH registers its own producer on the transport.
-            self.transport.unregisterProducer()
-            self._producing = False
-            if self.paused:
-                self.resumeProducing()
+        self._stopBackPressure()
 
     def _literalSizeValid(self, line: bytes) -> bool:
         """
@@ -469,6 +487,8 @@ class ReferralIMAP4Server(IMAP4Server):
         As Twisted's, but an unexpected error is logged with its traceback
         and the client gets a fixed text, not the exception's.
         """
+        if self._closing:
+            return
         if self.blocked is not None:
             self.blocked.append(line)
             self._blockedBytes += len(line)
@@ -492,7 +512,7 @@ class ReferralIMAP4Server(IMAP4Server):
     def do_LOGOUT(self, tag: bytes) -> None:
         self.sendUntaggedResponse(b"BYE Logging out")
         self.sendPositiveResponse(tag, b"Logout completed.")
-        self.transport.loseConnection()
+        self._close()
 
     unauth_LOGOUT = (do_LOGOUT,)
     auth_LOGOUT = unauth_LOGOUT
