@@ -316,3 +316,36 @@ def test_badPostgresConninfoIsRefusedAtStart(postgres, tmp_path):
     config = writeConfig(str(tmp_path / "bad.conf"), "pgsql", postgres.conninfo + " bogus=1")
     with pytest.raises(PassdbConfigError, match="is not usable"):
         passdbFromString(f"sql:{config}")
+
+
+@pytest_twisted.ensureDeferred
+async def test_nonUTF8NameIsUnknownNotAnOutage(sqlServer, clock):
+    client = await sqlServer.connect()
+    try:
+        client.send(b"a LOGIN \xff x\r\n")
+        await waitForDelay(clock, 2.0)
+        clock.advance(2.0)
+        assert await client.line() == b"a " + FAILED
+        assert (await client.command(b"b LOGIN refnl pass"))[0].startswith(b"b NO [REFERRAL ")
+    finally:
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_clientLeavingMidLookupIsNotAnOutage(sqliteDir):
+    from twisted.internet.defer import CancelledError
+
+    from imapreferral.login.context import LoginContext
+
+    config = writeConfig(str(sqliteDir / "c.conf"), "sqlite", "users.sqlite")
+    passdb = passdbFromString(f"sql:{config}")
+    passdb.startService()
+    try:
+        lookup = passdb.lookup("refnl", LoginContext())
+        lookup.cancel()  # what the server does when the client disconnects
+        with pytest.raises(CancelledError):
+            await lookup
+        assert passdb._problem is None  # not marked down...
+        assert (await passdb.lookup("refnl", LoginContext())).host == "imap2.example.com"
+    finally:
+        passdb.stopService()

@@ -18,7 +18,7 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.enterprise import adbapi
 from twisted.internet import defer
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -295,8 +295,13 @@ class SQLPassdb(Service):
     def lookup(self, username: str, context: LoginContext) -> Deferred[PassdbReply | None]:
         if self._problem is not None and self._probing:
             return fail(TemporaryFailure(f"SQL passdb unavailable: {self._problem}"))
-        self._probing = self._problem is not None
         params = self._driver.query.parameters(username, context)
+        try:
+            for value in params:
+                value.encode("utf-8")
+        except UnicodeEncodeError:
+            return succeed(None)  # a name that is not UTF-8 cannot be in the table
+        self._probing = self._problem is not None
         d = self._run(params, retry=True)
         d.addTimeout(self.timeout, self._clock)
         d.addCallbacks(self._succeeded, self._failed)
@@ -338,8 +343,8 @@ class SQLPassdb(Service):
 
     def _failed(self, failure: Failure) -> Failure:
         self._probing = False
-        if failure.check(TemporaryFailure):
-            return failure
+        if failure.check(TemporaryFailure, defer.CancelledError):
+            return failure  # the client went away: says nothing about the database
         if failure.check(defer.TimeoutError, defer.CancelledError):
             problem = f"no answer within {self.timeout:g} s"
         else:
