@@ -378,3 +378,22 @@ async def test_othersAreServedWhileHostileClientsHitEveryLimit(passdb, clock):
         for client in [*hostile, normal]:
             await client.close()
         await harness.stop()
+
+
+@pytest.mark.parametrize("tag", [b"*", b"+", b"x\xff", b"a\x01b", b"(a"])
+@pytest_twisted.ensureDeferred
+async def test_invalidTagIsNotEchoed(client, tag):
+    client.send(tag + b" NOOP\r\n")
+    assert await client.line() == b"* BAD Invalid tag."
+
+
+@pytest_twisted.ensureDeferred
+async def test_eightBitCommandIsUnsupported(client):
+    assert await client.command(b"x \xff") == [b"x BAD Unsupported command"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_noPythonReprsReachTheClient(client):
+    assert await client.command(b"a NOOP x") == [
+        b"a BAD Illegal syntax: Too many arguments for command."
+    ]

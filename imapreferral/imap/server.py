@@ -17,6 +17,7 @@ from __future__ import annotations
 import binascii
 import re
 from base64 import b64decode, b64encode
+from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import (
@@ -57,6 +58,18 @@ PRIVACY_REQUIRED = (
 _MAX_BLOCKED_LINES = 64
 _MAX_BLOCKED_BYTES = 64 * 1024
 _LITERAL = re.compile(rb"\{[0-9]{1,10}\}")
+#: RFC 3501 §9: tag = 1*<any ASTRING-CHAR except "+">.
+_TAG = re.compile(rb"[^\x00-\x20\x7f-\xff(){%*\"\\+]+")
+#: Twisted puts reprs and exception text in some replies ("...: b'x'").
+_INTERNALS = re.compile(rb"(?::\s*b['\"].*|Server error: .*)$", re.S)
+
+
+def _withoutInternals(message: bytes) -> bytes:
+    """Drop Python reprs and exception text from a reply's text."""
+    cleaned = _INTERNALS.sub(b"", message).rstrip(b": ")
+    if message.startswith(b"Server error") or (cleaned and cleaned != message):
+        cleaned = (cleaned or b"Server error").rstrip(b".") + b"."
+    return cleaned
 
 
 def _isTLS(transport: object) -> bool:
@@ -208,11 +221,20 @@ class ReferralIMAP4Server(IMAP4Server):
 
     def sendBadResponse(self, tag: bytes | None = None, message: bytes = b"") -> None:
         """Every pre-login BAD counts; Dovecot's budget is 10."""
-        super().sendBadResponse(tag, message)
+        super().sendBadResponse(tag, _withoutInternals(message))
         if self.state == "unauth" and not self._lost:
             self._badCommands += 1
             if self._badCommands >= self.policy.maxBadCommands:
                 self._bye(b"Too many invalid IMAP commands.")
+
+    def sendNegativeResponse(self, tag: bytes | None = None, message: bytes = b"") -> None:
+        super().sendNegativeResponse(tag, _withoutInternals(message))
+
+    def lookupCommand(self, cmd: bytes) -> Any:
+        """Command names are ASCII words; Twisted's lookup fails on others."""
+        if not (cmd.isascii() and cmd.isalnum()):
+            return None
+        return super().lookupCommand(cmd)
 
     # Capabilities and TLS
 
@@ -499,8 +521,14 @@ class ReferralIMAP4Server(IMAP4Server):
             return
         self._blockedBytes = 0
         self.resetTimeout()
-        if self.parseState == "command" and not self._literalSizeValid(line):
-            return
+        if self.parseState == "command":
+            tag = line.split(b" ", 1)[0]
+            if tag and not _TAG.fullmatch(tag):
+                # Echoing it would put controls, "*" or "+" where a tag goes.
+                self.sendBadResponse(None, b"Invalid tag.")
+                return
+            if not self._literalSizeValid(line):
+                return
         try:
             getattr(self, "parse_" + self.parseState)(line)
         except Exception:
