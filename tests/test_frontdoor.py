@@ -397,3 +397,30 @@ async def test_noPythonReprsReachTheClient(client):
     assert await client.command(b"a NOOP x") == [
         b"a BAD Illegal syntax: Too many arguments for command."
     ]
+
+
+def _floodBehindLogin(port: int) -> int:
+    """LOGIN that waits out the failure delay, then a stream of NOOPs (bounded)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    sock.recv(4096)
+    sock.sendall(b"a LOGIN plain wrong\r\n")
+    sent, chunk = 0, b"b NOOP\r\n" * 4096
+    sock.settimeout(0.5)
+    deadline = time.monotonic() + 10
+    try:
+        while sent < 50 * 2**20 and time.monotonic() < deadline:
+            try:
+                sent += sock.send(chunk)
+            except TimeoutError:
+                break
+    finally:
+        sock.close()
+    return sent
+
+
+@pytest_twisted.ensureDeferred
+async def test_inputBehindPendingLoginIsBounded(server, clock):
+    sent = await deferToThread(_floodBehindLogin, server.port)
+    assert sent < 10 * 2**20, f"the server kept reading behind a pending login: {sent} bytes"
+    clock.advance(2.0)  # let the held login finish before the harness closes it

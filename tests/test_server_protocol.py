@@ -342,3 +342,16 @@ async def test_cramMD5AgainstDovecotsStoredContext(clock):
     finally:
         await client.close()
         await harness.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_literalPipelinedBehindPendingLogin(client, clock):
+    client.send(b"a LOGIN nobody x\r\nb LOGIN {5}\r\nrefnl pass\r\n")
+    await waitForDelay(clock, 2.0)
+    clock.advance(2.0)
+    assert await client.line() == b"a NO [AUTHENTICATIONFAILED] Authentication failed."
+    assert await client.line() == b"+ Ready for 5 octets of text"
+    assert await client.line() == (
+        b"b NO [REFERRAL imap://refnl;AUTH=PLAIN@imap2.example.com/] Try this server instead."
+    )
+    assert await client.command(b"c NOOP") == [b"c OK NOOP No operation performed"]

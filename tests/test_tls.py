@@ -233,3 +233,36 @@ async def test_limitsCloseTLSConnectionsToo(passdb, clock, certificate):
         b"* BYE Too many authentication failures.\r\n",
         b"",
     ]
+
+
+def _starttlsBehindLogin(port: int) -> list[bytes]:
+    import socket
+
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    f = raw.makefile("rb")
+    f.readline()
+    raw.sendall(b"a LOGIN nobody x\r\nb STARTTLS\r\nc CAPABILITY\r\n")
+    lines = [f.readline(), f.readline()]
+    tls = _clientContext().wrap_socket(raw, server_hostname="localhost")
+    tls.sendall(b"d NOOP\r\n")
+    lines.append(tls.makefile("rb").readline())
+    tls.close()
+    return lines
+
+
+@pytest_twisted.ensureDeferred
+async def test_plaintextPipelinedBehindLoginAndStartTLSIsDropped(passdb, clock, certificate):
+    harness = ServerHarness.forPassdbs(
+        [passdb], clock=clock, failureDelay=0,
+        tlsContext=loadTLS(str(certificate[0]), str(certificate[1])),
+    )  # fmt: skip
+    await harness.start()
+    try:
+        lines = await deferToThread(_starttlsBehindLogin, harness.port)
+    finally:
+        await harness.stop()
+    assert lines == [
+        b"a NO [AUTHENTICATIONFAILED] Authentication failed.\r\n",
+        b"b OK Begin TLS negotiation now.\r\n",
+        b"d OK NOOP No operation performed\r\n",  # c CAPABILITY never ran
+    ]

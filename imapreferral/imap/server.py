@@ -54,10 +54,9 @@ _PLAINTEXT_MECHANISMS = frozenset({"PLAIN", "LOGIN"})
 PRIVACY_REQUIRED = (
     b"[PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure (SSL/TLS) connections."
 )
-#: Pipelined lines (and bytes) kept while a login is pending before we stop reading.
-_MAX_BLOCKED_LINES = 64
-_MAX_BLOCKED_BYTES = 64 * 1024
 _LITERAL = re.compile(rb"\{[0-9]{1,10}\}")
+#: Bytes a client may send behind a pending login before we stop reading.
+_MAX_HELD = 64 * 1024
 #: RFC 3501 §9: tag = 1*<any ASTRING-CHAR except "+">.
 _TAG = re.compile(rb"[^\x00-\x20\x7f-\xff(){%*\"\\+]+")
 #: Twisted puts reprs and exception text in some replies ("...: b'x'").
@@ -116,9 +115,11 @@ class ReferralIMAP4Server(IMAP4Server):
         self._badCommands = 0
         self._authFailures = 0
         self._producing = False
-        self._pausedForBacklog = False
+        self._waitingForLogin = False
+        self._outputPaused = False
+        self._heldTooMuch = False
+        self._readPaused = False
         self._addresses: LoginContext | None = None
-        self._blockedBytes = 0
         self._fromTrusted: bool | None = None
         self._closing = False
 
@@ -192,8 +193,8 @@ class ReferralIMAP4Server(IMAP4Server):
             # Twisted's FETCH registers its own producer on the transport.
             self.transport.unregisterProducer()
             self._producing = False
-            if self.paused and not self._closing:
-                self.resumeProducing()
+            self._outputPaused = False
+            self._applyFlow()
 
     def _leavePreauth(self) -> None:
         """Logged in: the pre-login time limit and back-pressure end."""
@@ -437,10 +438,10 @@ class ReferralIMAP4Server(IMAP4Server):
 
     def _login(self, tag: bytes, credentials: object, mechanism: str) -> None:
         """
-        Run one login. Commands pipelined behind it wait (C{self.blocked})
-        until its reply is out.
+        Run one login. Input pipelined behind it stays unread until its reply
+        is out (we stop reading; literals and STARTTLS then work as usual).
         """
-        self.blocked = []
+        self._holdInput()
         d = self.attempts.attempt(credentials, credentials.username.decode("utf-8", "replace"))  # type: ignore[attr-defined]
         self._pendingLogin = d
         d.addCallback(self._loginDone, tag, mechanism)
@@ -479,28 +480,49 @@ class ReferralIMAP4Server(IMAP4Server):
 
     def _loginFinished(self, _: object) -> None:
         self._pendingLogin = None
-        if self._lost or self.transport.disconnecting:
-            self.blocked = None
-            return
-        self._unblock()
-        if self._pausedForBacklog and self.blocked is None:
-            self._pausedForBacklog = False
-            self.resumeProducing()
+        self._waitingForLogin = self._heldTooMuch = False
+        if not self._lost:
+            self._applyFlow()
 
-    def _unblock(self) -> None:
-        """
-        Run the lines that waited for a login. If one of them started TLS,
-        the rest were sent in plaintext before it: drop them.
-        """
-        commands = self.blocked or []
-        self.blocked = None
-        tls = self.startedTLS
-        while commands and self.blocked is None and not self.transport.disconnecting:
-            self.lineReceived(commands.pop(0))
-            if self.startedTLS != tls:
-                commands = []
-        if self.blocked is not None:
-            self.blocked.extend(commands)
+    # Flow control. Lines are not processed while a login is pending (they
+    # wait in LineReceiver's buffer, so literals and STARTTLS work as usual
+    # afterwards) nor while the client does not read our output (the
+    # transport calls pauseProducing/resumeProducing, we are its producer).
+    # We stop reading the socket when output backs up, or when more than
+    # _MAX_HELD bytes wait behind a login; otherwise we keep reading, so a
+    # client that hangs up is noticed at once.
+
+    def _holdInput(self) -> None:
+        self._waitingForLogin = True
+        self._applyFlow()
+
+    def pauseProducing(self) -> None:
+        self._outputPaused = True
+        self._applyFlow()
+
+    def resumeProducing(self) -> None:
+        self._outputPaused = False
+        self._applyFlow()
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        if self._waitingForLogin and len(self._buffer) > _MAX_HELD and not self._heldTooMuch:
+            self._heldTooMuch = True
+            self._applyFlow()
+
+    def _applyFlow(self) -> None:
+        readPaused = self._outputPaused or self._heldTooMuch
+        if readPaused != self._readPaused and not self._lost:
+            self._readPaused = readPaused
+            if readPaused:
+                self.transport.pauseProducing()
+            else:
+                self.transport.resumeProducing()
+        hold = self._outputPaused or self._waitingForLogin or self._closing
+        if self.paused != hold:
+            self.paused = hold
+            if not hold:
+                self.dataReceived(b"")  # run what waited
 
     # Errors
 
@@ -511,15 +533,9 @@ class ReferralIMAP4Server(IMAP4Server):
         """
         if self._closing:
             return
-        if self.blocked is not None:
+        if self.blocked is not None:  # Twisted's own pipelining guard, after login
             self.blocked.append(line)
-            self._blockedBytes += len(line)
-            backlog = len(self.blocked) >= _MAX_BLOCKED_LINES
-            if (backlog or self._blockedBytes > _MAX_BLOCKED_BYTES) and not self.paused:
-                self._pausedForBacklog = True
-                self.pauseProducing()
             return
-        self._blockedBytes = 0
         self.resetTimeout()
         if self.parseState == "command":
             tag = line.split(b" ", 1)[0]
