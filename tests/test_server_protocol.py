@@ -355,3 +355,33 @@ async def test_literalPipelinedBehindPendingLogin(client, clock):
         b"b NO [REFERRAL imap://refnl;AUTH=PLAIN@imap2.example.com/] Try this server instead."
     )
     assert await client.command(b"c NOOP") == [b"c OK NOOP No operation performed"]
+
+
+@pytest.mark.parametrize(
+    ("command", "password"),
+    [
+        (b'a LOGIN "q" "p\\"x"', 'p"x'),
+        (b'a LOGIN "q" "pa\\\\ss"', "pa\\ss"),
+        (b'a LOGIN "q" ""', ""),
+    ],
+    ids=["escaped-quote", "escaped-backslash", "empty"],
+)
+@pytest_twisted.ensureDeferred
+async def test_quotedStringEscapes(clock, command, password):
+    passdb = MemoryPassdb.fromLines(
+        {"q": ("{PLAIN}" + password, "host=imap2.example.com nologin")}
+    )
+    harness = await ServerHarness.forPassdbs([passdb], clock=clock).start()
+    client = await harness.connect()
+    try:
+        assert (await client.command(command))[0].startswith(b"a NO [REFERRAL ")
+    finally:
+        await client.close()
+        await harness.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_unmatchedQuoteIsBad(client):
+    assert await client.command(b'a LOGIN "refnl pass') == [
+        b"a BAD Illegal syntax: Unmatched quotes or bad escape"
+    ]

@@ -55,6 +55,9 @@ PRIVACY_REQUIRED = (
     b"[PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure (SSL/TLS) connections."
 )
 _LITERAL = re.compile(rb"\{[0-9]{1,10}\}")
+#: RFC 3501 §9 quoted = DQUOTE *QUOTED-CHAR DQUOTE, with \" and \\ escapes.
+_QUOTED = re.compile(rb'"((?:[^"\\\r\n]|\\["\\])*)"(?: |$)')
+_UNESCAPE = re.compile(rb'\\(["\\])')
 #: Bytes a client may send behind a pending login before we stop reading.
 _MAX_HELD = 64 * 1024
 #: RFC 3501 §9: tag = 1*<any ASTRING-CHAR except "+">.
@@ -351,7 +354,21 @@ class ReferralIMAP4Server(IMAP4Server):
         """C{arg_astring}, but a missing argument is a plain syntax error."""
         if not line:
             raise IllegalClientResponse("Missing user name and password")
-        return IMAP4Server.arg_astring(self, line)
+        return self.arg_astring(line)
+
+    def arg_astring(self, line: bytes, final: bool = False) -> object:
+        """
+        As Twisted's, but a quoted string's C{\\"} and C{\\\\} escapes (RFC
+        3501 §9) are undone: Twisted splits at the first quote and keeps the
+        backslashes, so a password with a quote or backslash never matched.
+        """
+        stripped = (line or b"").strip()
+        if stripped.startswith(b'"'):
+            match = _QUOTED.match(stripped)
+            if match is None:
+                raise IllegalClientResponse("Unmatched quotes or bad escape")
+            return _UNESCAPE.sub(rb"\1", match.group(1)), stripped[match.end() :]
+        return IMAP4Server.arg_astring(self, line, final)
 
     unauth_LOGIN = (do_LOGIN, arg_loginUser, IMAP4Server.arg_finalastring)
 
