@@ -198,6 +198,18 @@ def test_missingCertificateIsRefused(tmp_path):
         loadTLS(str(tmp_path / "nope.crt"), str(tmp_path / "nope.key"))
 
 
+@pytest_twisted.async_yield_fixture
+async def startTLSServer(passdb, clock, certificate):
+    """STARTTLS offered, loopback trusted, failures answered at once."""
+    harness = ServerHarness.forPassdbs(
+        [passdb], clock=clock, failureDelay=0,
+        tlsContext=loadTLS(str(certificate[0]), str(certificate[1])),
+    )  # fmt: skip
+    await harness.start()
+    yield harness
+    await harness.stop()
+
+
 def _failuresOverTLS(port: int) -> list[bytes]:
     import socket
 
@@ -218,16 +230,8 @@ def _failuresOverTLS(port: int) -> list[bytes]:
 
 
 @pytest_twisted.ensureDeferred
-async def test_limitsCloseTLSConnectionsToo(passdb, clock, certificate):
-    harness = ServerHarness.forPassdbs(
-        [passdb], clock=clock, failureDelay=0,
-        tlsContext=loadTLS(str(certificate[0]), str(certificate[1])),
-    )  # fmt: skip
-    await harness.start()
-    try:
-        lines = await deferToThread(_failuresOverTLS, harness.port)
-    finally:
-        await harness.stop()
+async def test_limitsCloseTLSConnectionsToo(startTLSServer):
+    lines = await deferToThread(_failuresOverTLS, startTLSServer.port)
     assert lines[4:] == [
         b"a4 NO [AUTHENTICATIONFAILED] Authentication failed.\r\n",
         b"* BYE Too many authentication failures.\r\n",
@@ -251,16 +255,8 @@ def _starttlsBehindLogin(port: int) -> list[bytes]:
 
 
 @pytest_twisted.ensureDeferred
-async def test_plaintextPipelinedBehindLoginAndStartTLSIsDropped(passdb, clock, certificate):
-    harness = ServerHarness.forPassdbs(
-        [passdb], clock=clock, failureDelay=0,
-        tlsContext=loadTLS(str(certificate[0]), str(certificate[1])),
-    )  # fmt: skip
-    await harness.start()
-    try:
-        lines = await deferToThread(_starttlsBehindLogin, harness.port)
-    finally:
-        await harness.stop()
+async def test_plaintextPipelinedBehindLoginAndStartTLSIsDropped(startTLSServer):
+    lines = await deferToThread(_starttlsBehindLogin, startTLSServer.port)
     assert lines == [
         b"a NO [AUTHENTICATIONFAILED] Authentication failed.\r\n",
         b"b OK Begin TLS negotiation now.\r\n",
