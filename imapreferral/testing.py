@@ -9,7 +9,8 @@ Test doubles and helpers for users of imapreferral (and for our own tests).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import contextlib
+from collections.abc import AsyncIterator, Iterable, Mapping
 
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.portal import Portal
@@ -79,6 +80,20 @@ async def waitForDelay(clock: Clock, seconds: float, attempts: int = 200) -> Non
             return
         await deferLater(reactor, 0.005, lambda: None)
     raise AssertionError(f"nothing was scheduled {seconds} s ahead on the clock")
+
+
+async def answerAfterDelay(
+    client: TranscriptClient, clock: Clock, data: bytes, seconds: float
+) -> bytes:
+    """
+    Send C{data}, wait until the server has scheduled its failure delay of
+    C{seconds} on C{clock}, advance the clock by that, and return the line
+    the server then sends.
+    """
+    client.send(data)
+    await waitForDelay(clock, seconds)
+    clock.advance(seconds)
+    return await client.line()
 
 
 class _Tracked(ProtocolWrapper):
@@ -166,6 +181,22 @@ class ServerHarness:
             proto.transport.abortConnection()
         for _, done in pending:
             await done
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[TranscriptClient]:
+        """
+        C{async with harness.serving() as client:} start the server, connect
+        one client, and close both afterwards, whatever happens.
+        """
+        await self.start()
+        try:
+            client = await self.connect()
+            try:
+                yield client
+            finally:
+                await client.close()
+        finally:
+            await self.stop()
 
     async def connect(self) -> TranscriptClient:
         """Open a L{TranscriptClient} to this server and read its greeting."""

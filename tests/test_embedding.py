@@ -24,17 +24,12 @@ async def test_ownCheckerRefersThroughPublicInterface(clock):
     example = runpy.run_path(str(EXAMPLE), run_name="example")
     checker = example["MigrationChecker"]({b"alice": b"secret", b"bob": b"secret"}, {b"bob"})
     harness = ServerHarness(ReferralServerFactory(Portal(ReferralRealm(), [checker]), clock=clock))
-    await harness.start()
-    client = await harness.connect()
-    try:
+    async with harness.serving() as client:
         assert await client.command(b"a LOGIN bob secret") == [
             b"a NO [REFERRAL imap://bob;AUTH=PLAIN@imap2.example.com/] Try this server instead."
         ]
         assert (await client.command(b"b LOGIN alice secret"))[-1].startswith(b"b OK [CAPABILITY ")
         assert b"CRAM-MD5" not in client.greeting  # that checker takes no hashed credentials
-    finally:
-        await client.close()
-        await harness.stop()
 
 
 @pytest_twisted.ensureDeferred
@@ -55,16 +50,11 @@ async def test_ownCheckerAvatarIdSuggestsReferral(clock):
 
     Suggesting.credentialInterfaces = (IUsernamePassword,)
     harness = ServerHarness.forChecker(Suggesting(), clock=clock)
-    await harness.start()
-    client = await harness.connect()
-    try:
+    async with harness.serving() as client:
         assert await client.command(b"a LOGIN carol x") == [
             b"a OK [REFERRAL imap://carol;AUTH=PLAIN@imap2.example.com:993/] Please move"
         ]
         assert await client.command(b"n NAMESPACE") != []
-    finally:
-        await client.close()
-        await harness.stop()
 
 
 def test_exampleServiceBuilds():

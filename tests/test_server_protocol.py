@@ -11,7 +11,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
 
-from imapreferral.testing import MemoryPassdb, ServerHarness, waitForDelay
+from imapreferral.testing import MemoryPassdb, ServerHarness, answerAfterDelay, waitForDelay
 
 REFNL = b"NO [REFERRAL imap://refnl;AUTH=PLAIN@imap2.example.com/] Try this server instead."
 PRELOGIN_CAPS = b"IMAP4rev1 SASL-IR LOGIN-REFERRALS ID AUTH=PLAIN AUTH=LOGIN AUTH=CRAM-MD5"
@@ -177,28 +177,20 @@ async def test_disconnectDuringDelayCancelsIt(server, clock):
 
 @pytest_twisted.ensureDeferred
 async def test_zeroDelayAnswersFailuresAtOnce(passdb, clock):
-    harness = await ServerHarness.forPassdbs([passdb], clock=clock, failureDelay=0).start()
-    client = await harness.connect()
-    try:
+    async with ServerHarness.forPassdbs([passdb], clock=clock, failureDelay=0).serving() as client:
         assert await client.command(b"a LOGIN plain wrong") == [
             b"a NO [AUTHENTICATIONFAILED] Authentication failed."
         ]
-    finally:
-        await client.close()
-        await harness.stop()
 
 
 @pytest_twisted.ensureDeferred
 async def test_referralAuthStar(passdb, clock):
-    harness = await ServerHarness.forPassdbs([passdb], clock=clock, referralAuth="*").start()
-    client = await harness.connect()
-    try:
+    async with ServerHarness.forPassdbs(
+        [passdb], clock=clock, referralAuth="*"
+    ).serving() as client:
         assert await client.command(b"a LOGIN refnl pass") == [
             b"a NO [REFERRAL imap://refnl;AUTH=*@imap2.example.com/] Try this server instead."
         ]
-    finally:
-        await client.close()
-        await harness.stop()
 
 
 @pytest_twisted.ensureDeferred
@@ -221,28 +213,18 @@ async def test_passdbFailureIsTemporaryAndImmediate(passdb, clock):
 async def test_laterPassdbIsConsultedForUnknownUser(clock):
     first = MemoryPassdb.fromLines({"plain": ("pass", "")})
     second = MemoryPassdb.fromLines({"refnl": ("pass", "host=imap2.example.com nologin")})
-    harness = await ServerHarness.forPassdbs([first, second], clock=clock).start()
-    client = await harness.connect()
-    try:
+    async with ServerHarness.forPassdbs([first, second], clock=clock).serving() as client:
         assert await client.command(b"a LOGIN refnl pass") == [b"a " + REFNL]
-    finally:
-        await client.close()
-        await harness.stop()
 
 
 @pytest_twisted.ensureDeferred
 async def test_cramMD5NotAdvertisedWithoutPlaintextPasswords(clock):
     passdb = MemoryPassdb.fromLines({"x": ("{SHA512-CRYPT}$6$abc", "")})
-    harness = await ServerHarness.forPassdbs([passdb], clock=clock).start()
-    client = await harness.connect()
-    try:
+    async with ServerHarness.forPassdbs([passdb], clock=clock).serving() as client:
         assert b"CRAM-MD5" not in client.greeting
         assert await client.command(b"a AUTHENTICATE CRAM-MD5") == [
             b"a NO Unsupported authentication mechanism."
         ]
-    finally:
-        await client.close()
-        await harness.stop()
 
 
 @pytest_twisted.ensureDeferred
@@ -330,26 +312,23 @@ async def test_cramMD5AgainstDovecotsStoredContext(clock):
     import hmac
     from base64 import b64decode, b64encode
 
-    harness = await ServerHarness.forPassdbs([_hashedPassdb()], clock=clock).start()
-    client = await harness.connect()
-    try:
+    async with ServerHarness.forPassdbs([_hashedPassdb()], clock=clock).serving() as client:
         assert b"AUTH=CRAM-MD5" in client.greeting
         (challengeLine,) = await client.command(b"a AUTHENTICATE CRAM-MD5")
         digest = hmac.new(b"pass", b64decode(challengeLine[2:]), hashlib.md5).hexdigest()
         assert await client.command(b64encode(b"cram " + digest.encode()), b"a") == [
             b"a NO [REFERRAL imap://cram;AUTH=CRAM-MD5@imap2.example.com/] Try this server instead."
         ]
-    finally:
-        await client.close()
-        await harness.stop()
 
 
 @pytest_twisted.ensureDeferred
 async def test_literalPipelinedBehindPendingLogin(client, clock):
-    client.send(b"a LOGIN nobody x\r\nb LOGIN {5}\r\nrefnl pass\r\n")
-    await waitForDelay(clock, 2.0)
-    clock.advance(2.0)
-    assert await client.line() == b"a NO [AUTHENTICATIONFAILED] Authentication failed."
+    assert (
+        await answerAfterDelay(
+            client, clock, b"a LOGIN nobody x\r\nb LOGIN {5}\r\nrefnl pass\r\n", 2.0
+        )
+        == b"a NO [AUTHENTICATIONFAILED] Authentication failed."
+    )
     assert await client.line() == b"+ Ready for 5 octets of text"
     assert await client.line() == (
         b"b NO [REFERRAL imap://refnl;AUTH=PLAIN@imap2.example.com/] Try this server instead."
@@ -371,13 +350,8 @@ async def test_quotedStringEscapes(clock, command, password):
     passdb = MemoryPassdb.fromLines(
         {"q": ("{PLAIN}" + password, "host=imap2.example.com nologin")}
     )
-    harness = await ServerHarness.forPassdbs([passdb], clock=clock).start()
-    client = await harness.connect()
-    try:
+    async with ServerHarness.forPassdbs([passdb], clock=clock).serving() as client:
         assert (await client.command(command))[0].startswith(b"a NO [REFERRAL ")
-    finally:
-        await client.close()
-        await harness.stop()
 
 
 @pytest_twisted.ensureDeferred

@@ -25,7 +25,7 @@ from wiretable import FAILED, REFER, REFERRAL_ROWS, UNAVAILABLE
 
 from imapreferral.login.checker import PassdbChecker
 from imapreferral.passdbs import PassdbConfigError, passdbFromString
-from imapreferral.testing import ServerHarness, waitForDelay
+from imapreferral.testing import ServerHarness, answerAfterDelay
 
 SEED1 = """\
 driver = sqlite
@@ -112,10 +112,10 @@ async def test_referralTableThroughSQL(sqlServer, row):
 async def test_wrongPasswordThroughSQLFailsAfterDelay(sqlServer, clock, user):
     client = await sqlServer.connect()
     try:
-        client.send(b"a LOGIN " + user + b" wrong\r\n")
-        await waitForDelay(clock, 2.0)
-        clock.advance(2.0)
-        assert await client.line() == b"a " + FAILED
+        assert (
+            await answerAfterDelay(client, clock, b"a LOGIN " + user + b" wrong\r\n", 2.0)
+            == b"a " + FAILED
+        )
     finally:
         await client.close()
 
@@ -128,10 +128,10 @@ INJECTIONS = [b"\"x' OR '1'='1\"", b'"x\\\\\'; DROP TABLE users; --"', b'"%u\' O
 async def test_sqlInjectionFindsNobody(sqlServer, clock, user):
     client = await sqlServer.connect()
     try:
-        client.send(b"a LOGIN " + user + b" pass\r\n")
-        await waitForDelay(clock, 2.0)
-        clock.advance(2.0)
-        assert await client.line() == b"a " + FAILED
+        assert (
+            await answerAfterDelay(client, clock, b"a LOGIN " + user + b" pass\r\n", 2.0)
+            == b"a " + FAILED
+        )
         assert await client.command(b"b LOGIN refnl pass") == [
             b"b NO [REFERRAL imap://refnl;AUTH=PLAIN@imap2.example.com/] " + REFER
         ]  # the table is still there
@@ -153,10 +153,10 @@ async def test_seedQueryOneVerbatim(sqliteDir, clock):
         assert await client.command(b"b LOGIN plain pass") == [
             b"b NO [CONTACTADMIN] Login disabled for this user"  # NULL host, as Dovecot
         ]
-        client.send(b"c LOGIN refnl wrong\r\n")
-        await waitForDelay(clock, 2.0)
-        clock.advance(2.0)
-        assert await client.line() == b"c " + FAILED
+        assert (
+            await answerAfterDelay(client, clock, b"c LOGIN refnl wrong\r\n", 2.0)
+            == b"c " + FAILED
+        )
     finally:
         await client.close()
         await _stop(harness, passdb)
@@ -322,10 +322,7 @@ def test_badPostgresConninfoIsRefusedAtStart(postgres, tmp_path):
 async def test_nonUTF8NameIsUnknownNotAnOutage(sqlServer, clock):
     client = await sqlServer.connect()
     try:
-        client.send(b"a LOGIN \xff x\r\n")
-        await waitForDelay(clock, 2.0)
-        clock.advance(2.0)
-        assert await client.line() == b"a " + FAILED
+        assert await answerAfterDelay(client, clock, b"a LOGIN \xff x\r\n", 2.0) == b"a " + FAILED
         assert (await client.command(b"b LOGIN refnl pass"))[0].startswith(b"b NO [REFERRAL ")
     finally:
         await client.close()

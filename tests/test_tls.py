@@ -177,13 +177,8 @@ async def test_plaintextAlwaysLiftsThePolicy(passdb, clock):
     harness = ServerHarness.forPassdbs(
         [passdb], clock=clock, trustedNetworks=NetworkList(), plaintextAuth="always"
     )
-    await harness.start()
-    client = await harness.connect()
-    try:
+    async with harness.serving() as client:
         assert (await client.command(b"a LOGIN refnl pass"))[-1].startswith(b"a NO [REFERRAL ")
-    finally:
-        await client.close()
-        await harness.stop()
 
 
 def test_mismatchedKeyIsRefused(tmp_path):
