@@ -359,3 +359,36 @@ async def test_unmatchedQuoteIsBad(client):
     assert await client.command(b'a LOGIN "refnl pass') == [
         b"a BAD Illegal syntax: Unmatched quotes or bad escape"
     ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_bareLineFeedEndsACommand(client):
+    """As Dovecot: C{printf 'a CAPABILITY\\n' | nc} gets its answer, in CRLF lines."""
+    client.send(b"c CAPABILITY\n")
+    assert await client.until(b"c") == [
+        b"* CAPABILITY " + PRELOGIN_CAPS,
+        b"c OK CAPABILITY completed",
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_bareLineFeedLoginAndLogout(client):
+    client.send(b"a LOGIN refnl pass\nz LOGOUT\n")
+    assert await client.until(b"a") == [b"a " + REFNL]
+    assert await client.until(b"z") == [b"* BYE Logging out", b"z OK Logout completed."]
+
+
+@pytest_twisted.ensureDeferred
+async def test_bareLineFeedAroundALiteral(client):
+    client.send(b"a LOGIN {5}\n")
+    assert await client.until(b"a") == [b"+ Ready for 5 octets of text"]
+    client.send(b"refnl pass\n")
+    assert await client.until(b"a") == [b"a " + REFNL]
+
+
+@pytest_twisted.ensureDeferred
+async def test_carriageReturnInsideALineIsKept(client):
+    """Only the CR right before the LF belongs to the line end."""
+    assert await client.command(b'a LOGIN "ref\rnl" pass') == [
+        b"a BAD Illegal syntax: Unmatched quotes or bad escape"
+    ]

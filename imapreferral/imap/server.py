@@ -94,6 +94,11 @@ class ReferralIMAP4Server(IMAP4Server):
     @ivar limiter: Counts connections across the listener, or L{None}.
     """
 
+    #: Lines end at LF; a CR before it is dropped in L{lineReceived}. RFC 3501
+    #: says CRLF, but Dovecot (and C{nc} users typing by hand) accept a bare
+    #: LF. What we send still ends in CRLF (L{sendLine}).
+    delimiter = b"\n"
+
     def __init__(
         self,
         attempts: LoginAttempts,
@@ -543,6 +548,10 @@ class ReferralIMAP4Server(IMAP4Server):
 
     # Errors
 
+    def sendLine(self, line: bytes) -> None:
+        """Every line we send ends in CRLF, whatever ends the client's lines."""
+        self.transport.writeSequence((line, b"\r\n"))
+
     def lineReceived(self, line: bytes) -> None:
         """
         As Twisted's, but an unexpected error is logged with its traceback
@@ -550,6 +559,8 @@ class ReferralIMAP4Server(IMAP4Server):
         """
         if self._closing:
             return
+        if line.endswith(b"\r"):
+            line = line[:-1]
         if self.blocked is not None:  # Twisted's own pipelining guard, after login
             self.blocked.append(line)
             return
