@@ -2,27 +2,15 @@
 The per-address authentication penalty, like Dovecot's anvil: each failed
 authentication from an address makes that address's next failure wait
 longer (doubling, up to a cap). Successes and referrals do not count;
-trusted networks are exempt; IPv6 addresses count per /48, since one
-client easily holds a whole prefix.
+trusted networks are exempt; addresses count as L{accountingKey} says
+(IPv6 per /48), as for the connection limits.
 """
 
 from __future__ import annotations
 
-import ipaddress
-
 from twisted.internet.interfaces import IReactorTime
 
-from imapreferral.networks import NetworkList, parseAddress
-
-
-def penaltyKey(host: str | None) -> str | None:
-    """The address, or its /48 for IPv6; L{None} when there is none."""
-    address = parseAddress(host)
-    if address is None:
-        return None
-    if isinstance(address, ipaddress.IPv6Address):
-        return str(ipaddress.IPv6Network((address, 48), strict=False))
-    return str(address)
+from imapreferral.networks import NetworkList, accountingKey
 
 
 class AuthPenalty:
@@ -52,7 +40,7 @@ class AuthPenalty:
         How long to hold back this failure from C{host}, then count it.
         The first failure waits C{base}; each further one twice as long.
         """
-        key = penaltyKey(host)
+        key = accountingKey(host)
         if key is None or self.exempt.contains(host) or base <= 0:
             return base
         now = self.clock.seconds()
@@ -68,7 +56,7 @@ class AuthPenalty:
         """A successful authentication (or referral) clears the address's record."""
         if not self._failures:
             return  # the common case, without parsing the address
-        key = penaltyKey(host)
+        key = accountingKey(host)
         if key is not None:
             self._failures.pop(key, None)
 
