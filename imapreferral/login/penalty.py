@@ -12,6 +12,11 @@ from twisted.internet.interfaces import IReactorTime
 
 from imapreferral.networks import NetworkList, accountingKey
 
+#: Failures counted per address at most: the delay reaches any sensible cap
+#: long before (2 s doubled 32 times is 272 years), and C{base * 2**count}
+#: stays a float (it overflowed after 1,024 failures).
+MAX_COUNT = 32
+
 
 class AuthPenalty:
     """
@@ -49,8 +54,8 @@ class AuthPenalty:
             count = 0
         if len(self._failures) >= self.maxEntries and key not in self._failures:
             self._prune(now)
-        self._failures[key] = (count + 1, now)
-        return min(self.cap, base * 2**count) if count else base
+        self._failures[key] = (min(count + 1, MAX_COUNT), now)
+        return min(self.cap, base * 2.0**count) if count else base
 
     def succeeded(self, host: str | None) -> None:
         """A successful authentication (or referral) clears the address's record."""
