@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from twisted.cred.portal import Portal
 from twisted.internet import task
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import LogLevel, capturedLogs
 from twisted.mail.imap4 import IAccount
+from zope.interface import implementer
 
 from imapreferral.imap.account import ReferralRealm
+from imapreferral.interfaces import IPassdb
 from imapreferral.login.attempt import LoginAttempts
 from imapreferral.login.checker import PassdbChecker
 from imapreferral.login.context import LoginContext
@@ -55,3 +58,50 @@ def test_penaltyStaysAtCapAfterThousandsOfFailures():
             clock.advance(0.001)
             assert outcomes == [Reject()], f"failure {n}: {outcomes}"
     assert not [e for e in events if e["log_level"] >= LogLevel.error]
+
+
+@implementer(IPassdb)
+class HangingPassdb:
+    """A passdb whose lookups never answer; records whether they were cancelled."""
+
+    def __init__(self) -> None:
+        self.cancelled = 0
+
+    def lookup(self, username, context):
+        def cancel(d):
+            self.cancelled += 1
+
+        return Deferred(cancel)
+
+    def canProvidePlaintext(self):
+        return True
+
+
+def _credentials(user=b"bob", password=b"pw", remote="127.0.0.1"):
+    return PasswordCredentials(user, password, LoginContext(remoteIP=remote))
+
+
+def test_checkerCancelledMidLookupAsksNoFurtherPassdb():
+    hanging = HangingPassdb()
+    second = MemoryPassdb.fromLines({"bob": ("{PLAIN}pw", "host=imap2.example.com nologin")})
+    d = PassdbChecker([hanging, second]).requestAvatarId(_credentials())
+    failures = []
+    d.addErrback(failures.append)
+    d.cancel()
+    assert hanging.cancelled == 1
+    assert second.lookups == []
+    assert [f.type for f in failures] == [CancelledError]
+
+
+def test_loginCancelledMidLookupLogsNothing():
+    """Not a false "temporary failure", nor "referred" for a client that is gone."""
+    hanging = HangingPassdb()
+    second = MemoryPassdb.fromLines({"bob": ("{PLAIN}pw", "host=imap2.example.com nologin")})
+    attempts = _attempts(task.Clock(), [hanging, second])
+    with capturedLogs() as events:
+        d = attempts.attempt(_credentials(), "bob")
+        failures = []
+        d.addErrback(failures.append)
+        d.cancel()
+    assert [f.type for f in failures] == [CancelledError]
+    assert events == []

@@ -16,7 +16,7 @@ from typing import Any
 
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.cred.portal import Portal
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -45,11 +45,15 @@ def _referralOf(thing: object) -> Any:
     return None if carrier is None else carrier.referral
 
 
-def outcomeOfFailure(failure: Failure) -> Outcome:
+def outcomeOfFailure(failure: Failure) -> Outcome | Failure:
     """
     Map a failed C{portal.login} to an outcome. Any C{UnauthorizedLogin}
-    providing L{IReferralCarrier} refers, whoever's checker raised it.
+    providing L{IReferralCarrier} refers, whoever's checker raised it. A
+    cancelled login (the client went away) has no outcome: its
+    C{CancelledError} passes through, so nothing is logged for it.
     """
+    if failure.check(CancelledError):
+        return failure
     error = failure.value
     if isinstance(error, UnauthorizedLogin):
         referral = _referralOf(error)
@@ -143,8 +147,11 @@ class LoginAttempts:
 
     def attempt(self, credentials: object, username: str) -> Deferred[Outcome]:
         """
-        Log in with C{credentials}. The Deferred never fails; cancelling it
-        (the client went away) cancels a pending failure delay.
+        Log in with C{credentials}. The Deferred never fails unless it is
+        cancelled (the client went away): that cancels what is pending (the
+        check, or the failure delay) and fails it with C{CancelledError}. A
+        login cancelled before its outcome was known is not logged: no
+        password check was completed, so there is nothing true to say.
 
         @param username: The login name, for the L{LoggedIn} outcome when the
             avatar id does not say.

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -66,7 +66,9 @@ class PassdbChecker:
     The avatar id is an L{AvatarId} (with the referral for the
     log-in-anyway case); C{nologin} fails with L{LoginReferral} or
     L{LoginDisabled}; a wrong password with L{AuthenticationFailed}; a
-    broken passdb with L{TemporaryFailure}.
+    broken passdb with L{TemporaryFailure}. Cancelling the Deferred (the
+    client went away) cancels the pending lookup or verification and fails
+    with C{CancelledError}: no further passdb is asked.
 
     @ivar passdbs: The L{IPassdb}s, in order.
     @ivar verifier: Checks stored passwords; see L{IPasswordVerifier}.
@@ -102,6 +104,8 @@ class PassdbChecker:
         for passdb in self.passdbs:
             try:
                 reply = await passdb.lookup(username, context)
+            except CancelledError:
+                raise  # the client went away: no outcome, no next passdb
             except Exception as e:
                 # The passdb logs its own outages once; the login line says the rest.
                 tempfail = f"passdb {passdb!r} failed: {e}"
@@ -129,6 +133,8 @@ class PassdbChecker:
                 )
             plaintext = self.verifier.plaintext(reply.password)
             return plaintext is not None and bool(credentials.checkPassword(plaintext))  # type: ignore[attr-defined]
+        except CancelledError:
+            raise
         except Exception as e:
             raise TemporaryFailure(f"cannot verify the stored password: {e}") from e
 
