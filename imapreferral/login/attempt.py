@@ -1,12 +1,17 @@
 """
 One login attempt: C{portal.login} in, an L{Outcome} value out.
 
-Here live the rules that are not about passdb fields: every authentication
-is logged once, as soon as its outcome is known (so a client that hangs up
-during the delay is still logged), never with the password; and a
-failed authentication is answered only after the failure delay (on the
-injected clock, so nobody else waits and tests do not sleep), and a referral,
-being a successful authentication, is never delayed.
+Here live the rules that are not about passdb fields, all on the injected
+clock (so nobody else waits and tests do not sleep):
+
+  - A failed authentication is answered the failure delay (lengthened by
+    the penalty, L{AuthPenalty}) after its check began, not after it ended:
+    how long the passdb and the hash took (a known user with a slow hash,
+    an unknown user with none) does not show. C{nodelay} answers at once; a
+    referral, being a successful authentication, is never delayed.
+  - Every authentication is logged once, as soon as its outcome is known (so
+    a client that hangs up during the delay is still logged), never with the
+    password.
 """
 
 from __future__ import annotations
@@ -125,8 +130,10 @@ class LoginAttempts:
 
     @ivar portal: The C{twisted.cred} portal (checker + realm).
     @ivar interface: The avatar interface to ask the realm for.
-    @ivar clock: Time source for the failure delay.
-    @ivar failureDelay: Seconds before a failure is answered; 0 disables.
+    @ivar clock: Time source for the failure delay and the penalty.
+    @ivar failureDelay: Seconds from the start of a check to the answer to a
+        failure; 0 disables.
+    @ivar penalty: The per-address penalty, or L{None} for none.
     """
 
     def __init__(
@@ -156,10 +163,12 @@ class LoginAttempts:
         @param username: The login name, for the L{LoggedIn} outcome when the
             avatar id does not say.
         """
+        remote = getattr(getattr(credentials, "context", None), "remoteIP", None)
+        started = self.clock.seconds()
         d = self.portal.login(credentials, None, self.interface)
         d.addCallbacks(self._loggedIn, outcomeOfFailure, callbackArgs=(username,))
         d.addCallback(self._logged, credentials)
-        d.addCallback(self._delayFailure, getattr(credentials, "context", None))
+        d.addCallback(self._delayFailure, remote, started)
         return d
 
     def _logged(self, outcome: Outcome, credentials: object) -> Outcome:
@@ -175,8 +184,10 @@ class LoginAttempts:
             referral=_referralOf(avatar),
         )
 
-    def _delayFailure(self, outcome: Outcome, context: Any) -> Outcome | Deferred[Outcome]:
-        remote = getattr(context, "remoteIP", None)
+    def _delayFailure(
+        self, outcome: Outcome, remote: str | None, started: float
+    ) -> Outcome | Deferred[Outcome]:
+        """Answer a failure C{failureDelay} (or the penalty) after its check C{started}."""
         if not isinstance(outcome, Reject):
             proven = isinstance(outcome, LoggedIn) or (
                 isinstance(outcome, Refer) and outcome.verified
@@ -189,4 +200,7 @@ class LoginAttempts:
         delay = self.failureDelay
         if self.penalty is not None:
             delay = self.penalty.failureDelay(remote, delay)
-        return deferLater(self.clock, delay, lambda: outcome)
+        remaining = started + delay - self.clock.seconds()
+        if remaining <= 0:
+            return outcome
+        return deferLater(self.clock, remaining, lambda: outcome)
