@@ -7,9 +7,11 @@ injected clock without sockets.
 from __future__ import annotations
 
 import pytest
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.portal import Portal
 from twisted.internet import task
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.task import deferLater
 from twisted.logger import LogLevel, capturedLogs
 from twisted.mail.imap4 import IAccount
@@ -21,6 +23,7 @@ from imapreferral.login.attempt import LoginAttempts
 from imapreferral.login.checker import PassdbChecker
 from imapreferral.login.context import LoginContext
 from imapreferral.login.credentials import PasswordCredentials
+from imapreferral.login.errors import AuthenticationFailed
 from imapreferral.login.outcome import Reject
 from imapreferral.login.penalty import AuthPenalty
 from imapreferral.networks import NetworkList
@@ -34,8 +37,31 @@ CAP = 15.0
 TICK = 0.25
 
 
+@implementer(ICredentialsChecker)
+class WrongPasswords:
+    """A checker that fails every login at once, counting its checks."""
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(self, clock=None, nodelay=False) -> None:
+        self.clock = clock
+        self.nodelay = nodelay
+        self.checks = 0
+        self.checkedAt = []
+
+    def requestAvatarId(self, credentials):
+        self.checks += 1
+        if self.clock is not None:
+            self.checkedAt.append(self.clock.seconds())
+        return fail(AuthenticationFailed(nodelay=self.nodelay))
+
+
 def _attempts(clock, passdbs, **kwargs):
-    portal = Portal(ReferralRealm(), [PassdbChecker(passdbs)])
+    return _attemptsFor(clock, PassdbChecker(passdbs), **kwargs)
+
+
+def _attemptsFor(clock, checker, **kwargs):
+    portal = Portal(ReferralRealm(), [checker])
     penalty = AuthPenalty(clock, NetworkList(), cap=CAP)
     return LoginAttempts(portal, IAccount, clock, DELAY, penalty=penalty, **kwargs)
 
@@ -55,21 +81,36 @@ def _login(attempts, user, password, remote=ATTACKER):
     return outcomes
 
 
+def _penaltyWait(failures):
+    """The wait before the check for an address with C{failures} failures."""
+    return 0.0 if not failures else min(CAP, DELAY * 2.0 ** min(failures, 10))
+
+
 def test_penaltyStaysAtCapAfterThousandsOfFailures():
     """
     2 s doubled 1,024 times overflowed a float: from then on every wrong
     password was answered at once, UNAVAILABLE, with a critical traceback.
+    Here one failure, then 5,000 in concurrent batches of 10: each attempt
+    waits what the failures before its arrival earned, soon the cap.
     """
     clock = task.Clock()
-    passdb = MemoryPassdb.fromLines({"alice": ("{PLAIN}secret", "")})
-    attempts = _attempts(clock, [passdb])
+    checker = WrongPasswords()
+    attempts = _attemptsFor(clock, checker)
     with capturedLogs() as events:
-        for n in range(5000):
-            outcomes = _login(attempts, b"alice", b"guess%d" % n)
-            clock.advance(CAP - 0.001)
-            assert n < 3 or not outcomes, f"failure {n} answered before the cap"
-            clock.advance(0.001)
-            assert outcomes == [Reject()], f"failure {n}: {outcomes}"
+        for batch, size in enumerate([1] + [10] * 500):
+            failures = checker.checks
+            outcomes = [_login(attempts, b"alice", b"guess%d" % n) for n in range(size)]
+            wait = _penaltyWait(failures)
+            if wait:
+                clock.advance(wait - TICK)
+                assert checker.checks == failures, f"batch {batch} checked before {wait} s"
+                clock.advance(TICK)
+            assert checker.checks == failures + size, f"batch {batch} not checked after {wait} s"
+            clock.advance(DELAY - TICK)
+            assert outcomes == [[]] * size, f"batch {batch} answered early"
+            clock.advance(TICK)
+            assert outcomes == [[Reject()]] * size, f"batch {batch}: {outcomes[0]}"
+    assert wait == CAP and checker.checks == 5001
     assert not [e for e in events if e["log_level"] >= LogLevel.error]
 
 
@@ -118,6 +159,81 @@ def test_loginCancelledMidLookupLogsNothing():
         d.cancel()
     assert [f.type for f in failures] == [CancelledError]
     assert events == []
+
+
+@pytest.mark.parametrize(
+    ("earlier", "checkedAt", "answeredAt"),
+    [
+        (0, 0.0, 2.0),  # a fresh address: exactly the failure delay
+        (1, 4.0, 6.0),  # the penalty (4, 8, 15 s) comes before the check...
+        (2, 8.0, 10.0),
+        (3, 15.0, 17.0),  # ...at most the cap...
+        (40, 15.0, 17.0),
+        # ...and the failure delay after it: never sooner than before (4, 8, 15 s).
+    ],
+    ids=lambda v: str(v),
+)
+def test_penaltyWaitsBeforeTheCheck(earlier, checkedAt, answeredAt):
+    clock = task.Clock()
+    checker = WrongPasswords(clock)
+    attempts = _attemptsFor(clock, checker)
+    for _ in range(earlier):
+        attempts.penalty.failed(ATTACKER)
+    assert _answeredAt(clock, _login(attempts, b"alice", b"guess")) == answeredAt
+    assert checker.checkedAt == [checkedAt]
+
+
+def test_clientLeavingDuringPenaltyGetsNothingChecked():
+    clock = task.Clock()
+    checker = WrongPasswords(clock)
+    attempts = _attemptsFor(clock, checker)
+    attempts.penalty.failed(ATTACKER)
+    with capturedLogs() as events:
+        d = attempts.attempt(_credentials(remote=ATTACKER), "bob")
+        clock.advance(3.0)
+        failures = []
+        d.addErrback(failures.append)
+        d.cancel()
+        clock.advance(60.0)
+    assert [f.type for f in failures] == [CancelledError]
+    assert checker.checks == 0
+    assert clock.getDelayedCalls() == []
+    assert events == []
+
+
+def test_rightPasswordFromPenalisedAddressWaitsToo():
+    """As in Dovecot: the wait is before the check, whose outcome it cannot know."""
+    clock = task.Clock()
+    passdb = MemoryPassdb.fromLines({"alice": ("{PLAIN}secret", "")})
+    attempts = _attempts(clock, [passdb])
+    for _ in range(2):
+        attempts.penalty.failed(ATTACKER)
+    outcomes = _login(attempts, b"alice", b"secret")
+    assert _answeredAt(clock, outcomes) == 8.0
+    assert outcomes[0].user == "alice"
+    assert attempts.penalty.checkDelay(ATTACKER, DELAY) == 0  # and it cleared the record
+
+
+def test_trustedAddressNeverWaits():
+    clock = task.Clock()
+    checker = WrongPasswords(clock)
+    portal = Portal(ReferralRealm(), [checker])
+    penalty = AuthPenalty(clock, NetworkList.fromStrings(["192.0.2.0/24"]), cap=CAP)
+    attempts = LoginAttempts(portal, IAccount, clock, DELAY, penalty=penalty)
+    answers = []
+    for _ in range(5):
+        start = clock.seconds()
+        answers.append(_answeredAt(clock, _login(attempts, b"alice", b"guess")) - start)
+    assert answers == [DELAY] * 5
+
+
+def test_nodelayFailuresCountTowardThePenalty():
+    """A nodelay user's wrong password is answered at once, but it is a guess like any."""
+    clock = task.Clock()
+    checker = WrongPasswords(clock, nodelay=True)
+    attempts = _attemptsFor(clock, checker)
+    assert _login(attempts, b"fwd", b"guess") == [Reject(nodelay=True)]
+    assert _answeredAt(clock, _login(attempts, b"fwd", b"guess")) == 4.0
 
 
 @implementer(IPasswordVerifier)

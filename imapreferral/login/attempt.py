@@ -4,11 +4,14 @@ One login attempt: C{portal.login} in, an L{Outcome} value out.
 Here live the rules that are not about passdb fields, all on the injected
 clock (so nobody else waits and tests do not sleep):
 
-  - A failed authentication is answered the failure delay (lengthened by
-    the penalty, L{AuthPenalty}) after its check began, not after it ended:
-    how long the passdb and the hash took (a known user with a slow hash,
-    an unknown user with none) does not show. C{nodelay} answers at once; a
-    referral, being a successful authentication, is never delayed.
+  - An address with recent failures waits out its penalty (L{AuthPenalty})
+    before its credentials are checked, whatever the outcome will be.
+  - A failed authentication is answered the failure delay after its check
+    began, not after it ended: how long the passdb and the hash took (a
+    known user with a slow hash, an unknown user with none) does not show.
+    So a failure waits penalty + delay from arrival, and the first failure
+    from an address exactly the delay. C{nodelay} answers at once after the
+    check; a referral, being a successful authentication, is never delayed.
   - Every authentication is logged once, as soon as its outcome is known (so
     a client that hangs up during the delay is still logged), never with the
     password.
@@ -132,7 +135,7 @@ class LoginAttempts:
     @ivar interface: The avatar interface to ask the realm for.
     @ivar clock: Time source for the failure delay and the penalty.
     @ivar failureDelay: Seconds from the start of a check to the answer to a
-        failure; 0 disables.
+        failure; 0 disables, and then the penalty (which doubles it) too.
     @ivar penalty: The per-address penalty, or L{None} for none.
     """
 
@@ -164,6 +167,14 @@ class LoginAttempts:
             avatar id does not say.
         """
         remote = getattr(getattr(credentials, "context", None), "remoteIP", None)
+        wait = 0.0
+        if self.penalty is not None:
+            wait = self.penalty.checkDelay(remote, self.failureDelay)
+        if wait > 0:
+            return deferLater(self.clock, wait, self._check, credentials, username, remote)
+        return self._check(credentials, username, remote)
+
+    def _check(self, credentials: object, username: str, remote: str | None) -> Deferred[Outcome]:
         started = self.clock.seconds()
         d = self.portal.login(credentials, None, self.interface)
         d.addCallbacks(self._loggedIn, outcomeOfFailure, callbackArgs=(username,))
@@ -187,7 +198,11 @@ class LoginAttempts:
     def _delayFailure(
         self, outcome: Outcome, remote: str | None, started: float
     ) -> Outcome | Deferred[Outcome]:
-        """Answer a failure C{failureDelay} (or the penalty) after its check C{started}."""
+        """
+        Count the outcome in the penalty; answer a failure C{failureDelay}
+        after its check C{started}. A C{nodelay} failure counts too: it is a
+        guess like any other, only answered at once.
+        """
         if not isinstance(outcome, Reject):
             proven = isinstance(outcome, LoggedIn) or (
                 isinstance(outcome, Refer) and outcome.verified
@@ -195,12 +210,9 @@ class LoginAttempts:
             if self.penalty is not None and proven:
                 self.penalty.succeeded(remote)
             return outcome
-        if outcome.nodelay or self.failureDelay <= 0:
-            return outcome
-        delay = self.failureDelay
         if self.penalty is not None:
-            delay = self.penalty.failureDelay(remote, delay)
-        remaining = started + delay - self.clock.seconds()
-        if remaining <= 0:
+            self.penalty.failed(remote)
+        remaining = started + self.failureDelay - self.clock.seconds()
+        if outcome.nodelay or remaining <= 0:
             return outcome
         return deferLater(self.clock, remaining, lambda: outcome)
