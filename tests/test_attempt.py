@@ -7,6 +7,7 @@ injected clock without sockets.
 from __future__ import annotations
 
 import pytest
+import pytest_twisted
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.portal import Portal
@@ -269,3 +270,47 @@ def test_failureAnsweredDelayAfterArrivalWhateverTheHashTook(user):
     portal = Portal(ReferralRealm(), [PassdbChecker([passdb], SlowVerifier(clock, 0.75))])
     attempts = LoginAttempts(portal, IAccount, clock, DELAY)
     assert _answeredAt(clock, _login(attempts, user, b"guess")) == DELAY
+
+
+class RecordingVerifier(SchemeVerifier):
+    """The real verifier, noting what it is asked to check and the decoys it makes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.verified = []
+        self.decoys = []
+
+    def verify(self, stored, password):
+        self.verified.append((stored, password))
+        return super().verify(stored, password)
+
+    def decoyLike(self, stored):
+        d = super().decoyLike(stored)
+        self.decoys.append(d)
+        return d
+
+
+ALICE = "{BLF-CRYPT}$2y$05$2vH27rDQYTDdIvkbKBklAelmG9VFy.qAHCPLTUgDwOu6FW09Vkw6."
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknownUserIsCheckedAgainstADecoyWhenTheDelayIsZero():
+    """
+    Without a failure delay the answer's speed is the hashing time: an
+    unknown user's password is hashed too, against a decoy of the scheme and
+    cost the passdb uses, made once in the hashing pool.
+    """
+    verifier = RecordingVerifier()
+    passdb = MemoryPassdb.fromLines({"alice": (ALICE, "")})
+    portal = Portal(ReferralRealm(), [PassdbChecker([passdb], verifier)])
+    attempts = LoginAttempts(portal, IAccount, task.Clock(), failureDelay=0)
+    try:
+        assert await attempts.attempt(_credentials(b"alice", b"guess"), "alice") == Reject()
+        [made] = verifier.decoys  # made in the pool, once
+        await made
+        assert await attempts.attempt(_credentials(b"nobody", b"guess"), "nobody") == Reject()
+    finally:
+        await verifier.stopService()
+    assert [password for _, password in verifier.verified] == [b"guess", b"guess"]
+    decoy = verifier.verified[1][0]
+    assert decoy != ALICE and decoy.startswith("{BLF-CRYPT}$2y$05$")

@@ -20,6 +20,7 @@ from imapreferral.interfaces import IPassdb, IPasswordVerifier
 from imapreferral.login.context import LoginContext
 from imapreferral.login.credentials import CramMD5Credentials
 from imapreferral.login.decision import decide
+from imapreferral.login.decoy import Decoys
 from imapreferral.login.errors import (
     AuthenticationFailed,
     LoginDisabled,
@@ -61,7 +62,9 @@ class PassdbChecker:
     """
     Consults passdbs in order, like Dovecot's C{passdb} blocks with their
     defaults: an unknown user or a wrong password goes on to the next passdb;
-    the first that accepts the password (or says C{nopassword}) decides.
+    the first that accepts the password (or says C{nopassword}) decides. A
+    user no passdb knows has their password checked against a decoy
+    (L{Decoys}), so that they cost the hashing a known user does.
 
     The avatar id is an L{AvatarId} (with the referral for the
     log-in-anyway case); C{nologin} fails with L{LoginReferral} or
@@ -88,6 +91,7 @@ class PassdbChecker:
         self.passdbs = tuple(passdbs)
         self.verifier = verifier if verifier is not None else SchemeVerifier()
         self.lowercaseUsernames = lowercaseUsernames
+        self._decoys = Decoys(self.verifier)
 
     def canProvidePlaintext(self) -> bool:
         """Whether CRAM-MD5 can ever work: a passdb may hold plaintext or {CRAM-MD5}."""
@@ -101,6 +105,7 @@ class PassdbChecker:
         context = getattr(credentials, "context", None) or LoginContext()
         decision: Decision = Reject()
         tempfail: str | None = None
+        checked = False
         for passdb in self.passdbs:
             try:
                 reply = await passdb.lookup(username, context)
@@ -112,12 +117,18 @@ class PassdbChecker:
                 continue
             if reply is None:
                 continue
+            if reply.password is not None:
+                self._decoys.saw(reply.password)
+                checked = checked or not reply.nopassword
             passwordOk = await self._passwordMatches(reply, credentials)
             decision = decide(reply, passwordOk, username)
             if not isinstance(decision, Reject):
                 break
         if isinstance(decision, Reject) and tempfail is not None:
             decision = Unavailable(tempfail)
+        elif isinstance(decision, Reject) and not checked:
+            if IUsernamePassword.providedBy(credentials):
+                await self._decoys.check(credentials.password)  # type: ignore[attr-defined]
         return self._conclude(decision)
 
     async def _passwordMatches(self, reply: PassdbReply, credentials: object) -> bool:
