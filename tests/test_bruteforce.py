@@ -60,7 +60,8 @@ class HangUpAttack:
     def _connect(self) -> None:
         client = _HangUpClient(self)
         self.clients.add(client)
-        self.endpoint.connect(Factory.forProtocol(lambda: client))
+        connecting = self.endpoint.connect(Factory.forProtocol(lambda: client))
+        connecting.addErrback(lambda _: self.clients.discard(client))
 
     def lost(self, client: _HangUpClient) -> None:
         self.clients.discard(client)
