@@ -1,5 +1,6 @@
 """
-Address lists: C{--trusted-networks} and C{--haproxy-trusted-networks}.
+Address lists (C{--trusted-networks}, C{--haproxy-trusted-networks}) and
+the one rule for counting clients by address (L{accountingKey}).
 
 IPv4-mapped IPv6 addresses (C{::ffff:127.0.0.1}) count as their IPv4 form.
 """
@@ -16,6 +17,10 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 LOOPBACK = ("127.0.0.0/8", "::1/128")
+
+#: One IPv6 client easily holds a whole site prefix (RFC 6177 suggests a /48
+#: per site), so per-address limits count IPv6 clients per /48.
+IPV6_ACCOUNTING_PREFIX = 48
 
 
 def parseAddress(text: str | None) -> Address | None:
@@ -71,3 +76,22 @@ def _contains(networks: tuple[Network, ...], host: str | None) -> bool:
     """Cached: parsing an address costs more than the rest of a referral login."""
     address = parseAddress(host)
     return address is not None and any(address in n for n in networks)
+
+
+@functools.lru_cache(maxsize=8192)
+def accountingKey(host: str | None) -> str | None:
+    """
+    Who a client counts as, for every per-address limit (connections per
+    address, the authentication penalty): the IPv4 address (IPv4-mapped IPv6
+    unwrapped), or the IPv6 /48 (zone id dropped), as text; L{None} when
+    C{host} is not an address. One rule, so an IPv6 client cannot escape one
+    limit by changing addresses within its prefix, nor a dual-stack client
+    by switching between C{::ffff:a.b.c.d} and C{a.b.c.d}.
+
+    Cached like L{NetworkList.contains}: it runs on every connection.
+    """
+    address = parseAddress(host)
+    if isinstance(address, ipaddress.IPv6Address):
+        prefix = ipaddress.IPv6Network((address, IPV6_ACCOUNTING_PREFIX), strict=False)
+        return str(prefix)
+    return None if address is None else str(address)

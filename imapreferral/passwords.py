@@ -20,9 +20,11 @@ import enum
 import hashlib
 import hmac
 import os
+import secrets
 import threading
 import warnings
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 import argon2
 import attrs
@@ -73,6 +75,10 @@ class _Scheme:
     @ivar slow: Deliberately expensive: run in the thread pool.
     @ivar plaintext: The raw value is the password.
     @ivar cram: The raw value is the HMAC-MD5 context CRAM-MD5 needs.
+    @ivar decoy: For slow schemes, makes from a raw value the value of a
+        stored password with the same cost for a random password (see
+        L{decoyLike}); L{None} (or a L{None} answer) when checking costs
+        next to nothing anyway.
     """
 
     check: Callable[[bytes, bytes], bool]
@@ -81,6 +87,7 @@ class _Scheme:
     slow: bool = False
     plaintext: bool = False
     cram: bool = False
+    decoy: Callable[[bytes], str | None] | None = None
 
 
 def _plainCheck(raw: bytes, password: bytes) -> bool:
@@ -113,7 +120,7 @@ _CRYPT = CryptContext(schemes=["sha512_crypt", "sha256_crypt", "md5_crypt", "des
 _BCRYPT = (b"$2a$", b"$2b$", b"$2y$")
 
 
-def _systemCrypt(value: str, password: bytes) -> bool:
+def _systemCryptOf(password: bytes, setting: str) -> str:
     """
     crypt(3) of the C library, for C{$id$}s libpass lacks (yescrypt). The
     C{crypt} module is deprecated (gone in Python 3.13): without it such
@@ -124,10 +131,15 @@ def _systemCrypt(value: str, password: bytes) -> bool:
             warnings.simplefilter("ignore", DeprecationWarning)
             import crypt
     except ImportError:
-        raise MalformedPassword(f"unsupported crypt(3) value {value[:4]!r}...") from None
-    result = crypt.crypt(password.decode("utf-8", "surrogateescape"), value)
+        raise MalformedPassword(f"unsupported crypt(3) value {setting[:4]!r}...") from None
+    result = crypt.crypt(password.decode("utf-8", "surrogateescape"), setting)
     if not result or result.startswith("*"):
-        raise MalformedPassword(f"unsupported crypt(3) value {value[:4]!r}...")
+        raise MalformedPassword(f"unsupported crypt(3) value {setting[:4]!r}...")
+    return result
+
+
+def _systemCrypt(value: str, password: bytes) -> bool:
+    result = _systemCryptOf(password, value)
     return hmac.compare_digest(result.encode("utf-8", "surrogateescape"), value.encode())
 
 
@@ -202,14 +214,61 @@ def _pbkdf2Check(raw: bytes, password: bytes) -> bool:
     return hmac.compare_digest(digest, expected)
 
 
+def _secret() -> bytes:
+    """A password nobody knows."""
+    return secrets.token_urlsafe(24).encode("ascii")
+
+
+def _cryptDecoy(raw: bytes) -> str:
+    """
+    The same crypt(3) method and cost: bcrypt's variant and cost with a new
+    salt, C{rounds=} of the SHA crypts, the parameters of a system crypt(3)
+    value (whose salt it reuses: crypt(3) takes them as one setting).
+    """
+    if raw.startswith(_BCRYPT):
+        salt = raw[:7] + bcrypt.gensalt()[7:]  # "$2y$05$" + 22 new salt characters
+        return bcrypt.hashpw(_secret(), salt).decode("ascii")
+    value = raw.decode("ascii")
+    name = _CRYPT.identify(value, required=False)
+    if name is None:
+        return _systemCryptOf(_secret(), value)
+    handler = _CRYPT.handler(name)
+    rounds = getattr(handler.from_string(value), "rounds", None)
+    if rounds is not None:
+        handler = handler.using(rounds=rounds)
+    return str(handler.hash(_secret()))
+
+
+def _md5Decoy(raw: bytes) -> str | None:
+    return _cryptDecoy(raw) if raw.startswith(b"$1$") else None
+
+
+def _argon2Decoy(raw: bytes) -> str:
+    try:
+        parameters = argon2.extract_parameters(raw.decode("ascii"))
+    except (argon2.exceptions.InvalidHashError, UnicodeDecodeError) as e:
+        raise MalformedPassword(f"invalid argon2 value: {e!r}") from e
+    return argon2.PasswordHasher.from_parameters(parameters).hash(_secret())
+
+
+def _pbkdf2Decoy(raw: bytes) -> str:
+    fields = raw.split(b"$")
+    if len(fields) != 5 or not fields[3].isdigit():
+        raise MalformedPassword("PBKDF2 value is not $1$salt$rounds$hash")
+    rounds = int(fields[3])
+    salt = secrets.token_urlsafe(12).encode("ascii")
+    digest = hashlib.pbkdf2_hmac("sha1", _secret(), salt, rounds)
+    return f"$1${salt.decode()}${rounds}${digest.hex()}"
+
+
 def _cramCheck(raw: bytes, password: bytes) -> bool:
     return hmac.compare_digest(cramContext(password), raw)
 
 
 _PLAIN = _Scheme(_plainCheck, plaintext=True)
 _CRAM = _Scheme(_cramCheck, _Encoding.HEX, 32, cram=True)
-_CRYPTED = _Scheme(_cryptCheck, slow=True)
-_ARGON = _Scheme(_argon2Check, slow=True)
+_CRYPTED = _Scheme(_cryptCheck, slow=True, decoy=_cryptDecoy)
+_ARGON = _Scheme(_argon2Check, slow=True, decoy=_argon2Decoy)
 
 _SCHEMES: dict[str, _Scheme] = {
     "PLAIN": _PLAIN,
@@ -230,11 +289,11 @@ _SCHEMES: dict[str, _Scheme] = {
     "SHA256-CRYPT": _CRYPTED,
     "SHA512-CRYPT": _CRYPTED,
     "BLF-CRYPT": _CRYPTED,
-    "MD5-CRYPT": _Scheme(_md5CryptCheck, slow=True),
-    "MD5": _Scheme(_md5Check, slow=True),
+    "MD5-CRYPT": _Scheme(_md5CryptCheck, slow=True, decoy=_cryptDecoy),
+    "MD5": _Scheme(_md5Check, slow=True, decoy=_md5Decoy),
     "ARGON2I": _ARGON,
     "ARGON2ID": _ARGON,
-    "PBKDF2": _Scheme(_pbkdf2Check, slow=True),
+    "PBKDF2": _Scheme(_pbkdf2Check, slow=True, decoy=_pbkdf2Decoy),
     "CRAM-MD5": _CRAM,
     "HMAC-MD5": _CRAM,
 }
@@ -299,6 +358,25 @@ def splitScheme(stored: str, default: str = "PLAIN") -> tuple[str, str]:
     return default.upper(), stored
 
 
+def decoyLike(stored: str, default: str = "PLAIN") -> str:
+    """
+    A stored password of C{stored}'s scheme and cost (bcrypt cost, rounds,
+    argon2 parameters) for a random password nobody knows: an unknown user
+    is checked against it, so that they cost the hashing a known one does.
+    Cheap schemes get a C{{PLAIN}} decoy: checking them costs next to nothing.
+    For slow schemes this hashes once: call it off the reactor thread.
+
+    @raise UnknownScheme: For a scheme we lack.
+    @raise MalformedPassword: For a stored value that does not decode.
+    """
+    name, _ = splitScheme(stored, default)
+    scheme, raw = _parse(stored, default)
+    value = scheme.decoy(raw) if scheme.decoy is not None else None
+    if value is None:
+        return "{PLAIN}" + _secret().decode("ascii")
+    return "{" + name.partition(".")[0] + "}" + value
+
+
 def _schemeOf(stored: str, default: str) -> _Scheme | None:
     try:
         return _lookup(splitScheme(stored, default)[0])[0]
@@ -343,15 +421,17 @@ def verifyCramMD5(stored: str, challenge: bytes, response: bytes, default: str =
     return hmac.compare_digest(expected, response)
 
 
+_T = TypeVar("_T")
+
 _hashingThread = threading.local()
 
 #: How much lower the hashing threads' CPU priority is (Linux nice levels).
 HASHING_NICENESS = 10
 
 
-def _atLowPriority(check: Callable[[bytes, bytes], bool], raw: bytes, password: bytes) -> bool:
+def _atLowPriority(f: Callable[..., _T], *args: object) -> _T:
     """
-    Run C{check} in a pool thread whose CPU priority is lowered once. On
+    Run C{f(*args)} in a pool thread whose CPU priority is lowered once. On
     Linux nice is per thread, and the threads argon2 starts for its lanes
     inherit it: with every core busy hashing, the reactor thread still gets
     the CPU when a cheap login arrives.
@@ -362,7 +442,7 @@ def _atLowPriority(check: Callable[[bytes, bytes], bool], raw: bytes, password: 
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASHING_NICENESS)
         except (OSError, AttributeError):
             pass  # not Linux, or not allowed: plain priority then
-    return check(raw, password)
+    return f(*args)
 
 
 @implementer(IPasswordVerifier)
@@ -406,7 +486,7 @@ class SchemeVerifier(Service):
         self._maxConcurrent = maxConcurrent
         self._semaphore = DeferredSemaphore(maxConcurrent)
         self._shutdownTrigger: object = None
-        self._pending: set[Deferred[bool]] = set()
+        self._pending: set[Deferred[Any]] = set()
 
     def verify(self, stored: str, password: bytes) -> Deferred[bool]:
         """Cheap schemes answer at once; slow ones queue for the pool."""
@@ -416,20 +496,33 @@ class SchemeVerifier(Service):
                 return succeed(scheme.check(raw, password))
         except Exception:
             return fail()
-        result = self._semaphore.run(self._inPool, scheme.check, raw, password)
-        self._pending.add(result)
+        return self._queue(scheme.check, raw, password)
+
+    def decoyLike(self, stored: str) -> Deferred[str]:
+        """
+        L{imapreferral.passwords.decoyLike}: slow schemes hash in the pool,
+        like a check.
+        """
+        try:
+            scheme, _ = _parse(stored, self.defaultScheme)
+            if not scheme.slow:
+                return succeed(decoyLike(stored, self.defaultScheme))
+        except Exception:
+            return fail()
+        return self._queue(decoyLike, stored, self.defaultScheme)
+
+    def _queue(self, f: Callable[..., _T], *args: object) -> Deferred[_T]:
+        """Run C{f(*args)} in the pool, at most C{maxConcurrent} at once."""
+        result: Deferred[_T] = self._semaphore.run(self._inPool, f, *args)
+        self._pending.add(result)  # type: ignore[arg-type]
         return result.addBoth(self._answered, result)
 
-    def _answered(self, result: object, d: Deferred[bool]) -> object:
+    def _answered(self, result: object, d: Deferred[Any]) -> object:
         self._pending.discard(d)
         return result
 
-    def _inPool(
-        self, check: Callable[[bytes, bytes], bool], raw: bytes, password: bytes
-    ) -> Deferred[bool]:
-        return deferToThreadPool(
-            self._getReactor(), self._pool(), _atLowPriority, check, raw, password
-        )
+    def _inPool(self, f: Callable[..., _T], *args: object) -> Deferred[_T]:
+        return deferToThreadPool(self._getReactor(), self._pool(), _atLowPriority, f, *args)
 
     def plaintext(self, stored: str) -> bytes | None:
         scheme, raw = _parse(stored, self.defaultScheme)

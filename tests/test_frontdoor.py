@@ -14,7 +14,7 @@ from twisted.internet import reactor, task
 from twisted.internet.threads import deferToThread
 
 from imapreferral.imap.policy import validateServerURL
-from imapreferral.login.penalty import AuthPenalty, penaltyKey
+from imapreferral.login.penalty import AuthPenalty
 from imapreferral.networks import LOOPBACK, NetworkList
 from imapreferral.testing import ServerHarness, answerAfterDelay, waitForDelay
 
@@ -270,49 +270,66 @@ async def test_clientThatNeverReadsIsThrottled(client, server, passdb, clock):
 def test_penaltyDoublesAndCaps():
     clock = task.Clock()
     penalty = AuthPenalty(clock, NetworkList.fromStrings(LOOPBACK), cap=15)
-    delays = [penalty.failureDelay("192.0.2.1", 2) for _ in range(6)]
-    assert delays == [2, 4, 8, 15, 15, 15]
-    assert penalty.failureDelay("192.0.2.2", 2) == 2  # another address is not penalised
+    waits = []
+    for _ in range(6):
+        waits.append(penalty.checkDelay("192.0.2.1", 2))
+        penalty.failed("192.0.2.1")
+    assert waits == [0, 4, 8, 15, 15, 15]
+    assert penalty.checkDelay("192.0.2.2", 2) == 0  # another address is not penalised
 
 
 def test_penaltyExemptsTrustedAndForgets():
     clock = task.Clock()
     penalty = AuthPenalty(clock, NetworkList.fromStrings(LOOPBACK), forget=600)
-    assert [penalty.failureDelay("127.0.0.1", 2) for _ in range(3)] == [2, 2, 2]
-    penalty.failureDelay("192.0.2.1", 2)
+    for _ in range(3):
+        penalty.failed("127.0.0.1")
+    assert penalty.checkDelay("127.0.0.1", 2) == 0
+    penalty.failed("192.0.2.1")
+    assert penalty.checkDelay("192.0.2.1", 2) == 4
     clock.advance(601)
-    assert penalty.failureDelay("192.0.2.1", 2) == 2
+    assert penalty.checkDelay("192.0.2.1", 2) == 0
 
 
 def test_penaltyResetBySuccess():
     penalty = AuthPenalty(task.Clock(), NetworkList())
-    penalty.failureDelay("192.0.2.1", 2)
+    penalty.failed("192.0.2.1")
     penalty.succeeded("192.0.2.1")
-    assert penalty.failureDelay("192.0.2.1", 2) == 2
+    assert penalty.checkDelay("192.0.2.1", 2) == 0
 
 
 def test_penaltyCountsIPv6Per48():
-    assert penaltyKey("2001:db8:1:2::5") == penaltyKey("2001:db8:1:ffff::9") == "2001:db8:1::/48"
     penalty = AuthPenalty(task.Clock(), NetworkList())
-    penalty.failureDelay("2001:db8:1:2::5", 2)
-    assert penalty.failureDelay("2001:db8:1:3::7", 2) == 4
+    penalty.failed("2001:db8:1:2::5")
+    assert penalty.checkDelay("2001:db8:1:3::7", 2) == 4
+
+
+async def _answerAfterPenalty(client, clock, data, wait, delay=2.0):
+    """Send C{data}; wait out the penalty before the check, then the failure delay."""
+    client.send(data)
+    await waitForDelay(clock, wait)
+    clock.advance(wait)
+    await waitForDelay(clock, delay)
+    clock.advance(delay)
+    return await client.line()
 
 
 @pytest_twisted.ensureDeferred
-async def test_penaltyLengthensDelayForUntrustedAddress(passdb, clock):
+async def test_penaltyWaitsBeforeCheckForUntrustedAddress(passdb, clock):
     harness = await _serve(passdb, clock, trustedNetworks=NetworkList(), plaintextAuth="always")
     client = await harness.connect()
     try:
-        for expected in (2.0, 4.0, 8.0):
-            assert (
-                await answerAfterDelay(client, clock, b"a LOGIN plain wrong\r\n", expected)
-                == b"a " + FAILED
-            )
-        assert (await client.command(b"b LOGIN refnl pass"))[0].startswith(b"b NO [REFERRAL ")
-        client.send(b"c LOGIN plain wrong\r\n")  # the referral reset the penalty
-        await waitForDelay(clock, 2.0)
-        clock.advance(2.0)
-        assert await client.line() == b"c " + FAILED
+        wrong = b"a LOGIN plain wrong\r\n"
+        assert await answerAfterDelay(client, clock, wrong, 2.0) == b"a " + FAILED
+        for wait in (4.0, 8.0):
+            assert await _answerAfterPenalty(client, clock, wrong, wait) == b"a " + FAILED
+        client.send(b"b LOGIN refnl pass\r\n")  # a right password waits too
+        await waitForDelay(clock, 15.0)
+        clock.advance(15.0)
+        assert (await client.line()).startswith(b"b NO [REFERRAL ")
+        # The referral reset the penalty.
+        assert await answerAfterDelay(client, clock, b"c LOGIN plain wrong\r\n", 2.0) == (
+            b"c " + FAILED
+        )
     finally:
         await client.close()
         await harness.stop()
@@ -323,16 +340,17 @@ async def test_nopasswordReferralDoesNotResetPenalty(passdb, clock):
     harness = await _serve(passdb, clock, trustedNetworks=NetworkList(), plaintextAuth="always")
     client = await harness.connect()
     try:
-        for expected in (2.0, 4.0):
-            assert (
-                await answerAfterDelay(client, clock, b"a LOGIN plain wrong\r\n", expected)
-                == b"a " + FAILED
-            )
-        assert (await client.command(b"b LOGIN fwd anything"))[0].startswith(b"b NO [REFERRAL ")
-        client.send(b"c LOGIN plain wrong\r\n")  # still penalised: fwd needs no password
+        wrong = b"a LOGIN plain wrong\r\n"
+        assert await answerAfterDelay(client, clock, wrong, 2.0) == b"a " + FAILED
+        assert await _answerAfterPenalty(client, clock, wrong, 4.0) == b"a " + FAILED
+        client.send(b"b LOGIN fwd anything\r\n")
         await waitForDelay(clock, 8.0)
         clock.advance(8.0)
-        assert await client.line() == b"c " + FAILED
+        assert (await client.line()).startswith(b"b NO [REFERRAL ")
+        # Still penalised: fwd needs no password.
+        assert await _answerAfterPenalty(client, clock, b"c LOGIN plain wrong\r\n", 8.0) == (
+            b"c " + FAILED
+        )
     finally:
         await client.close()
         await harness.stop()

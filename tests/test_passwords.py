@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import importlib.util
 import threading
 import time
 from pathlib import Path
@@ -337,3 +338,75 @@ async def test_yescryptThroughSystemCrypt(password, ok) -> None:
         assert await verifier.verify(YESCRYPT, password) is ok
     finally:
         await verifier.stopService()
+
+
+def _cost(stored: str) -> object:
+    """What makes checking C{stored} slow: bcrypt cost, crypt rounds, argon2 parameters."""
+    import argon2
+    from passlib.hash import sha256_crypt, sha512_crypt
+
+    value = stored.split("}", 1)[1]
+    if value.startswith("$2"):
+        return value[:7]
+    if value.startswith(("$5$", "$6$")):
+        handler = sha256_crypt if value.startswith("$5$") else sha512_crypt
+        return value[:3], handler.from_string(value).rounds
+    if value.startswith("$argon2"):
+        return argon2.extract_parameters(value)
+    if value.startswith("$y$"):
+        return value.split("$")[2]  # yescrypt's parameters
+    if stored.startswith("{PBKDF2}"):
+        return int(value.split("$")[3])
+    return value[:3] if value.startswith("$1$") else len(value)  # MD5-crypt, DES: fixed
+
+
+def _cheapArgon2(scheme: str) -> str:
+    """An argon2 value with small parameters (doveadm's take ~0.3 s a check)."""
+    import argon2
+
+    kind = argon2.Type.I if scheme == "ARGON2I" else argon2.Type.ID
+    hasher = argon2.PasswordHasher(time_cost=1, memory_cost=256, parallelism=1, type=kind)
+    return "{" + scheme + "}" + hasher.hash("x")
+
+
+SLOW_MODELS = [
+    *(
+        pytest.param(stored, id=s)
+        for s, stored in {
+            s: stored
+            for s, _, stored in ALL_VECTORS
+            if passwords._SCHEMES[s.split(".")[0]].slow and not s.startswith("ARGON2")
+        }.items()
+    ),
+    pytest.param(_cheapArgon2("ARGON2I"), id="ARGON2I"),
+    pytest.param(_cheapArgon2("ARGON2ID"), id="ARGON2ID"),
+    pytest.param("{SHA512-CRYPT}$6$rounds=20000$abcdefgh$" + "x" * 86, id="SHA512-CRYPT-rounds"),
+    pytest.param("{PBKDF2}$1$salt$20000$" + "0" * 40, id="PBKDF2-rounds"),
+    pytest.param(
+        YESCRYPT,  # through the system's crypt(3)
+        id="yescrypt",
+        marks=pytest.mark.skipif(
+            importlib.util.find_spec("crypt") is None, reason="no crypt module"
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize("model", SLOW_MODELS)
+@pytest_twisted.ensureDeferred
+async def test_decoyHasTheSchemeAndCostOfItsModel(verifier: SchemeVerifier, model: str) -> None:
+    decoy = await verifier.decoyLike(model)
+    assert decoy.split("}")[0] == model.split("}")[0]
+    assert _cost(decoy) == _cost(model)
+    assert decoy != model
+    assert await verifier.verify(decoy, PW) is False
+
+
+@pytest.mark.parametrize(
+    "model",
+    ["{PLAIN}pw", "{SHA256.HEX}" + "0" * 64, "pw"],
+    ids=["PLAIN", "SHA256.HEX", "no-prefix"],
+)
+def test_decoyOfACheapSchemeIsPlain(model: str) -> None:
+    decoy = passwords.decoyLike(model)
+    assert decoy.startswith("{PLAIN}") and decoy != "{PLAIN}pw"

@@ -52,10 +52,11 @@ class ReferralServerFactory(ServerFactory):
     @param mechanisms: SASL mechanisms to offer; see L{defaultMechanisms}.
     @param greeting: The text after C{* OK [CAPABILITY ...]}.
     @param maxConnections: Most connections at once (0: no limit).
-    @param maxConnectionsPerAddress: Most from one client address, trusted
-        networks exempt (0: no limit).
-    @param authPenaltyCap: Longest delay repeated failures from one address
-        grow to (0 disables the penalty).
+    @param maxConnectionsPerAddress: Most from one client address (IPv6: one
+        /48), trusted networks exempt (0: no limit).
+    @param authPenaltyCap: Longest wait before the credentials of an address
+        with recent failures are checked (0 disables the penalty); see
+        L{AuthPenalty}.
     @param policyFields: Any other L{ServerPolicy} field (C{tlsContext},
         C{trustedNetworks}, C{plaintextAuth}, C{greetingReferral}, ...).
     """

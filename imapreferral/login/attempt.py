@@ -1,12 +1,20 @@
 """
 One login attempt: C{portal.login} in, an L{Outcome} value out.
 
-Here live the rules that are not about passdb fields: every authentication
-is logged once, as soon as its outcome is known (so a client that hangs up
-during the delay is still logged), never with the password; and a
-failed authentication is answered only after the failure delay (on the
-injected clock, so nobody else waits and tests do not sleep), and a referral,
-being a successful authentication, is never delayed.
+Here live the rules that are not about passdb fields, all on the injected
+clock (so nobody else waits and tests do not sleep):
+
+  - An address with recent failures waits out its penalty (L{AuthPenalty})
+    before its credentials are checked, whatever the outcome will be.
+  - A failed authentication is answered the failure delay after its check
+    began, not after it ended: how long the passdb and the hash took (a
+    known user with a slow hash, an unknown user with none) does not show.
+    So a failure waits penalty + delay from arrival, and the first failure
+    from an address exactly the delay. C{nodelay} answers at once after the
+    check; a referral, being a successful authentication, is never delayed.
+  - Every authentication is logged once, as soon as its outcome is known (so
+    a client that hangs up during the delay is still logged), never with the
+    password.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from typing import Any
 
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.cred.portal import Portal
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -45,11 +53,15 @@ def _referralOf(thing: object) -> Any:
     return None if carrier is None else carrier.referral
 
 
-def outcomeOfFailure(failure: Failure) -> Outcome:
+def outcomeOfFailure(failure: Failure) -> Outcome | Failure:
     """
     Map a failed C{portal.login} to an outcome. Any C{UnauthorizedLogin}
-    providing L{IReferralCarrier} refers, whoever's checker raised it.
+    providing L{IReferralCarrier} refers, whoever's checker raised it. A
+    cancelled login (the client went away) has no outcome: its
+    C{CancelledError} passes through, so nothing is logged for it.
     """
+    if failure.check(CancelledError):
+        return failure
     error = failure.value
     if isinstance(error, UnauthorizedLogin):
         referral = _referralOf(error)
@@ -121,8 +133,10 @@ class LoginAttempts:
 
     @ivar portal: The C{twisted.cred} portal (checker + realm).
     @ivar interface: The avatar interface to ask the realm for.
-    @ivar clock: Time source for the failure delay.
-    @ivar failureDelay: Seconds before a failure is answered; 0 disables.
+    @ivar clock: Time source for the failure delay and the penalty.
+    @ivar failureDelay: Seconds from the start of a check to the answer to a
+        failure; 0 disables, and then the penalty (which doubles it) too.
+    @ivar penalty: The per-address penalty, or L{None} for none.
     """
 
     def __init__(
@@ -143,16 +157,29 @@ class LoginAttempts:
 
     def attempt(self, credentials: object, username: str) -> Deferred[Outcome]:
         """
-        Log in with C{credentials}. The Deferred never fails; cancelling it
-        (the client went away) cancels a pending failure delay.
+        Log in with C{credentials}. The Deferred never fails unless it is
+        cancelled (the client went away): that cancels what is pending (the
+        check, or the failure delay) and fails it with C{CancelledError}. A
+        login cancelled before its outcome was known is not logged: no
+        password check was completed, so there is nothing true to say.
 
         @param username: The login name, for the L{LoggedIn} outcome when the
             avatar id does not say.
         """
+        remote = getattr(getattr(credentials, "context", None), "remoteIP", None)
+        wait = 0.0
+        if self.penalty is not None:
+            wait = self.penalty.checkDelay(remote, self.failureDelay)
+        if wait > 0:
+            return deferLater(self.clock, wait, self._check, credentials, username, remote)
+        return self._check(credentials, username, remote)
+
+    def _check(self, credentials: object, username: str, remote: str | None) -> Deferred[Outcome]:
+        started = self.clock.seconds()
         d = self.portal.login(credentials, None, self.interface)
         d.addCallbacks(self._loggedIn, outcomeOfFailure, callbackArgs=(username,))
         d.addCallback(self._logged, credentials)
-        d.addCallback(self._delayFailure, getattr(credentials, "context", None))
+        d.addCallback(self._delayFailure, remote, started)
         return d
 
     def _logged(self, outcome: Outcome, credentials: object) -> Outcome:
@@ -168,8 +195,14 @@ class LoginAttempts:
             referral=_referralOf(avatar),
         )
 
-    def _delayFailure(self, outcome: Outcome, context: Any) -> Outcome | Deferred[Outcome]:
-        remote = getattr(context, "remoteIP", None)
+    def _delayFailure(
+        self, outcome: Outcome, remote: str | None, started: float
+    ) -> Outcome | Deferred[Outcome]:
+        """
+        Count the outcome in the penalty; answer a failure C{failureDelay}
+        after its check C{started}. A C{nodelay} failure counts too: it is a
+        guess like any other, only answered at once.
+        """
         if not isinstance(outcome, Reject):
             proven = isinstance(outcome, LoggedIn) or (
                 isinstance(outcome, Refer) and outcome.verified
@@ -177,9 +210,9 @@ class LoginAttempts:
             if self.penalty is not None and proven:
                 self.penalty.succeeded(remote)
             return outcome
-        if outcome.nodelay or self.failureDelay <= 0:
-            return outcome
-        delay = self.failureDelay
         if self.penalty is not None:
-            delay = self.penalty.failureDelay(remote, delay)
-        return deferLater(self.clock, delay, lambda: outcome)
+            self.penalty.failed(remote)
+        remaining = started + self.failureDelay - self.clock.seconds()
+        if outcome.nodelay or remaining <= 0:
+            return outcome
+        return deferLater(self.clock, remaining, lambda: outcome)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -20,6 +20,7 @@ from imapreferral.interfaces import IPassdb, IPasswordVerifier
 from imapreferral.login.context import LoginContext
 from imapreferral.login.credentials import CramMD5Credentials
 from imapreferral.login.decision import decide
+from imapreferral.login.decoy import Decoys
 from imapreferral.login.errors import (
     AuthenticationFailed,
     LoginDisabled,
@@ -61,12 +62,16 @@ class PassdbChecker:
     """
     Consults passdbs in order, like Dovecot's C{passdb} blocks with their
     defaults: an unknown user or a wrong password goes on to the next passdb;
-    the first that accepts the password (or says C{nopassword}) decides.
+    the first that accepts the password (or says C{nopassword}) decides. A
+    user no passdb knows has their password checked against a decoy
+    (L{Decoys}), so that they cost the hashing a known user does.
 
     The avatar id is an L{AvatarId} (with the referral for the
     log-in-anyway case); C{nologin} fails with L{LoginReferral} or
     L{LoginDisabled}; a wrong password with L{AuthenticationFailed}; a
-    broken passdb with L{TemporaryFailure}.
+    broken passdb with L{TemporaryFailure}. Cancelling the Deferred (the
+    client went away) cancels the pending lookup or verification and fails
+    with C{CancelledError}: no further passdb is asked.
 
     @ivar passdbs: The L{IPassdb}s, in order.
     @ivar verifier: Checks stored passwords; see L{IPasswordVerifier}.
@@ -86,6 +91,7 @@ class PassdbChecker:
         self.passdbs = tuple(passdbs)
         self.verifier = verifier if verifier is not None else SchemeVerifier()
         self.lowercaseUsernames = lowercaseUsernames
+        self._decoys = Decoys(self.verifier)
 
     def canProvidePlaintext(self) -> bool:
         """Whether CRAM-MD5 can ever work: a passdb may hold plaintext or {CRAM-MD5}."""
@@ -99,21 +105,30 @@ class PassdbChecker:
         context = getattr(credentials, "context", None) or LoginContext()
         decision: Decision = Reject()
         tempfail: str | None = None
+        checked = False
         for passdb in self.passdbs:
             try:
                 reply = await passdb.lookup(username, context)
+            except CancelledError:
+                raise  # the client went away: no outcome, no next passdb
             except Exception as e:
                 # The passdb logs its own outages once; the login line says the rest.
                 tempfail = f"passdb {passdb!r} failed: {e}"
                 continue
             if reply is None:
                 continue
+            if reply.password is not None:
+                self._decoys.saw(reply.password)
+                checked = checked or not reply.nopassword
             passwordOk = await self._passwordMatches(reply, credentials)
             decision = decide(reply, passwordOk, username)
             if not isinstance(decision, Reject):
                 break
         if isinstance(decision, Reject) and tempfail is not None:
             decision = Unavailable(tempfail)
+        elif isinstance(decision, Reject) and not checked:
+            if IUsernamePassword.providedBy(credentials):
+                await self._decoys.check(credentials.password)  # type: ignore[attr-defined]
         return self._conclude(decision)
 
     async def _passwordMatches(self, reply: PassdbReply, credentials: object) -> bool:
@@ -129,6 +144,8 @@ class PassdbChecker:
                 )
             plaintext = self.verifier.plaintext(reply.password)
             return plaintext is not None and bool(credentials.checkPassword(plaintext))  # type: ignore[attr-defined]
+        except CancelledError:
+            raise
         except Exception as e:
             raise TemporaryFailure(f"cannot verify the stored password: {e}") from e
 

@@ -1,34 +1,32 @@
 """
-The per-address authentication penalty, like Dovecot's anvil: each failed
-authentication from an address makes that address's next failure wait
-longer (doubling, up to a cap). Successes and referrals do not count;
-trusted networks are exempt; IPv6 addresses count per /48, since one
-client easily holds a whole prefix.
+The per-address authentication penalty, like Dovecot's anvil: after a failed
+authentication from an address, that address's next attempts wait before
+their credentials are checked, twice as long per failure, up to a cap.
+
+Waiting I{before} the check (Dovecot applies its penalty before the passdb
+lookup) is what bounds guessing: a client that hangs up during the wait gets
+nothing checked, so one address makes at most one guess per connection per
+penalty period, however fast it reconnects. Successes and password-checked
+referrals clear the record; trusted networks are exempt; addresses count as
+L{accountingKey} says (IPv6 per /48), as for the connection limits.
 """
 
 from __future__ import annotations
 
-import ipaddress
-
 from twisted.internet.interfaces import IReactorTime
 
-from imapreferral.networks import NetworkList, parseAddress
+from imapreferral.networks import NetworkList, accountingKey
 
-
-def penaltyKey(host: str | None) -> str | None:
-    """The address, or its /48 for IPv6; L{None} when there is none."""
-    address = parseAddress(host)
-    if address is None:
-        return None
-    if isinstance(address, ipaddress.IPv6Address):
-        return str(ipaddress.IPv6Network((address, 48), strict=False))
-    return str(address)
+#: Failures counted per address at most: the wait reaches any sensible cap
+#: long before (2 s doubled 32 times is 272 years), and C{base * 2.0**count}
+#: stays a float (C{2**count} overflowed one after 1,024 failures).
+MAX_COUNT = 32
 
 
 class AuthPenalty:
     """
     @ivar exempt: Addresses that are never penalised.
-    @ivar cap: The longest failure delay, in seconds.
+    @ivar cap: The longest wait before a check, in seconds.
     @ivar forget: Seconds without failures after which an address is forgiven.
     """
 
@@ -47,28 +45,38 @@ class AuthPenalty:
         self.maxEntries = maxEntries
         self._failures: dict[str, tuple[int, float]] = {}
 
-    def failureDelay(self, host: str | None, base: float) -> float:
+    def checkDelay(self, host: str | None, base: float) -> float:
         """
-        How long to hold back this failure from C{host}, then count it.
-        The first failure waits C{base}; each further one twice as long.
+        How long an attempt from C{host} waits before its credentials are
+        checked: nothing after no (recent) failure, else C{base} doubled once
+        per failure (2 s: 4, 8, 15 s with the default cap), at most L{cap}.
         """
-        key = penaltyKey(host)
-        if key is None or self.exempt.contains(host) or base <= 0:
-            return base
+        if not self._failures or base <= 0:
+            return 0.0  # the common case, without parsing the address
+        key = accountingKey(host)
+        count, last = self._failures.get(key, (0, 0.0)) if key is not None else (0, 0.0)
+        if not count or self.clock.seconds() - last > self.forget:
+            return 0.0
+        return min(self.cap, base * 2.0**count)
+
+    def failed(self, host: str | None) -> None:
+        """Count a failed authentication from C{host} (unless it is exempt)."""
+        key = accountingKey(host)
+        if key is None or self.exempt.contains(host):
+            return
         now = self.clock.seconds()
         count, last = self._failures.get(key, (0, now))
         if now - last > self.forget:
             count = 0
         if len(self._failures) >= self.maxEntries and key not in self._failures:
             self._prune(now)
-        self._failures[key] = (count + 1, now)
-        return min(self.cap, base * 2**count) if count else base
+        self._failures[key] = (min(count + 1, MAX_COUNT), now)
 
     def succeeded(self, host: str | None) -> None:
         """A successful authentication (or referral) clears the address's record."""
         if not self._failures:
             return  # the common case, without parsing the address
-        key = penaltyKey(host)
+        key = accountingKey(host)
         if key is not None:
             self._failures.pop(key, None)
 
