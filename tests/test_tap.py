@@ -209,13 +209,17 @@ def test_twistdServesReferralsAndLogsNoPassword(tmp_path):
     assert "pass" not in out.replace("passwd", "").replace("passdb", "")
 
 
-def test_twistdRefusesMalformedPasswdFileWithFileAndLine(tmp_path):
+def test_twistdRefusesAPasswdLineThatLostAColon(tmp_path):
+    """Else the fields land in the uid column and the user logs in here, unreferred."""
     bad = tmp_path / "bad.passwd"
-    bad.write_text("good:p\nbroken:p::::::port=http\n")
-    proc = _twistd("--passdb", f"passwd-file:{bad}", cwd=str(tmp_path))
-    out = proc.communicate(timeout=30)[0].decode()
-    assert proc.returncode != 0
-    assert out == f"imapreferral: {bad}:2: port='http' is not a port number (0-65535)\n"
+    bad.write_text("good:p\nshort:{PLAIN}pw:host=10.0.0.1 nologin\n")
+    status, out, err = _twistdRefusal("--passdb", f"passwd-file:{bad}", cwd=str(tmp_path))
+    assert (status, out) == (1, "")
+    assert err.startswith(
+        f"imapreferral: {bad}:2: uid 'host=10.0.0.1 nologin' holds extra fields: "
+        "is a ':' missing? (user:password:uid:gid:gecos:home:shell:extra_fields)"
+    )
+    assert err.count("\n") == 1
 
 
 def test_haproxyListenerWrapsWithOurProxyProtocol():

@@ -19,6 +19,12 @@ _FALSE = frozenset({"n", "no", "0", "false"})
 
 _FLAGS = ("nologin", "nopassword", "nodelay", "proxy")
 
+#: The flags, and every field name a passdb reply gives meaning to. Text
+#: holding these outside the extra-fields column of a passwd-file is a line
+#: that lost a colon (L{imapreferral.passdbs.passwdfile}).
+FLAG_FIELDS = frozenset(_FLAGS)
+KNOWN_FIELDS = FLAG_FIELDS | {"host", "port", "destuser", "reason", "user", "password"}
+
 
 class FieldError(ValueError):
     """
