@@ -67,10 +67,12 @@ _delay = _secondsFor("auth-failure-delay", 0)
 _seconds = _secondsFor("passdb-timeout", 0.1)
 
 
-def _count(option: str) -> Any:
+def _count(option: str, low: int = 0) -> Any:
     def parse(value: str) -> int:
         if not value.isascii() or not value.isdigit():
             raise usage.UsageError(f"{_shown(option, value)}: not a whole number")
+        if int(value) < low:
+            raise usage.UsageError(f"{_shown(option, value)}: must be at least {low}")
         return int(value)
 
     return parse
@@ -129,9 +131,7 @@ class Options(usage.Options):
          "Peers that may send PROXY protocol headers to haproxy: listeners (CIDR list)."],
         ["workers", None, 1,
          "Server processes sharing the listeners (one Python process uses one core).",
-         _count("workers")],
-        ["adopt-listeners", None, 0, "Internal: a worker adopting N inherited sockets.",
-         _count("adopt-listeners")],
+         _count("workers", low=1)],
         ["id-name", None, "imapreferral", "The name we give in answer to ID (RFC 2971)."],
         ["id-version", None, __version__, "The version we give in answer to ID; '' for none."],
     ]  # fmt: skip
@@ -215,6 +215,11 @@ class Options(usage.Options):
             )
         if not self["listeners"]:
             self._listener("listen", DEFAULT_LISTEN)
+        try:
+            # A worker (--workers) adopts its first process's sockets.
+            self["adopt-listeners"] = workers.adoptedListenerCount(os.environ)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
         self["tls"] = self._loadTLS()
         descriptions = self["passdb"] or list(DEFAULT_PASSDBS)
         try:

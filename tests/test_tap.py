@@ -73,6 +73,12 @@ def _refusal(args: list[str]) -> str:
         ("--listen tcp:99999", "--listen tcp:99999: port 99999 out of range"),
         ("--max-connections abc", "--max-connections abc: not a whole number"),
         ("--max-connections ²", "--max-connections '²': not a whole number"),
+        ("--workers 0", "--workers 0: must be at least 1"),
+        ("--passdb static:", "--passdb static: needs fields, e.g. "),
+        (
+            "--passdb static:host=imap2",
+            "--passdb static:host=imap2: needs password= or nopassword",
+        ),
         ("--bogus", "option --bogus not recognized"),
         ("--listen", "option --listen requires argument"),
         ("--listen-tls tcp:0", "--listen-tls needs --tls-cert"),
@@ -99,6 +105,23 @@ def test_helpStillPrintsTheHelp(capsys):
         tap.Options().parseOptions(["--help"])
     assert e.value.code == 0
     assert "--max-connections=" in capsys.readouterr().out
+
+
+def test_helpDoesNotShowWorkerPlumbing(capsys):
+    """Workers learn what to adopt from the environment, not from an option."""
+    with pytest.raises(SystemExit):
+        tap.Options().parseOptions(["--help"])
+    assert "adopt" not in capsys.readouterr().out
+    assert _refusal(["--adopt-listeners=1"]) == (
+        "imapreferral: option --adopt-listeners not recognized"
+    )
+
+
+def test_workerAdoptsAsManySocketsAsItsEnvironmentSays(monkeypatch):
+    monkeypatch.setenv("IMAPREFERRAL_ADOPT_LISTENERS", "2")
+    options = tap.Options()
+    options.parseOptions(["--listen", "tcp:0", "--listen", "tcp:0"])
+    assert options["adopt-listeners"] == 2
 
 
 def test_badCertificateStopsWithOneLine(tmp_path):
@@ -247,9 +270,14 @@ def test_haproxyListenerWrapsWithOurProxyProtocol():
 def test_workerArguments(argv):
     from imapreferral.workers import workerArguments
 
-    assert workerArguments(argv, 2)[3:] == [
-        "-n", "--pidfile=", "-n", "imapreferral", "--adopt-listeners=2", "--listen", "tcp:1",
-    ]  # fmt: skip
+    assert workerArguments(argv)[3:] == [
+        "-n",
+        "--pidfile=",
+        "-n",
+        "imapreferral",
+        "--listen",
+        "tcp:1",
+    ]
 
 
 def _children(pid: int) -> list[int]:

@@ -46,6 +46,11 @@ def passdbFromString(description: str, timeout: float = DEFAULT_TIMEOUT) -> IPas
             if not argument:
                 raise PassdbConfigError("--passdb sql: needs a config file path")
             return SQLPassdb.fromFile(argument, timeout=timeout)
+        if not argument.strip():
+            raise PassdbConfigError(
+                "--passdb static: needs fields, e.g. 'static:nopassword host=imap2.example.com "
+                "nologin'"
+            )
         return StaticPassdb.fromString(argument)
     except (PasswdFileError, SQLConfigError) as e:
         raise PassdbConfigError(str(e)) from None
