@@ -181,15 +181,31 @@ def busyPort():
             "--listen-tls tcp:{busy}:interface=127.0.0.1 --tls-cert {cert} --tls-key {key}",
             "--listen-tls tcp:{busy}:interface=127.0.0.1: address already in use",
         ),
+        (
+            "--passdb sql:{sqlconf}",
+            "{sqlconf}: connect = 'host=127.0.0.1 port=1 password=*** ***' is not usable: "
+            'missing "=" after "***" in connection info string',
+        ),
     ],
-    ids=["bad value", "port out of range", "haproxy port in use, workers", "TLS port in use"],
+    ids=[
+        "bad value",
+        "port out of range",
+        "haproxy port in use, workers",
+        "TLS port in use",
+        "SQL password never shown",
+    ],
 )
 def test_twistdStartupErrorIsOneLineOnStderr(tmp_path, busyPort, args, message):
     """No usage text, no traceback: one line naming the option, exit status 1."""
     from tlscerts import makeCertificate
 
     cert, key = makeCertificate(tmp_path)
-    values = dict(free=_freePort(), busy=busyPort, cert=cert, key=key)
+    sqlconf = tmp_path / "sql.conf"
+    sqlconf.write_text(
+        "driver = pgsql\nconnect = host=127.0.0.1 port=1 password=my secret\n"
+        "password_query = SELECT password FROM users WHERE userid = '%u'\n"
+    )
+    values = dict(free=_freePort(), busy=busyPort, cert=cert, key=key, sqlconf=sqlconf)
     args = args.format(**values).split()
     status, out, err = _twistdRefusal(*args, cwd=str(tmp_path))
     assert (status, out, err) == (1, "", f"imapreferral: {message.format(**values)}\n")
