@@ -25,6 +25,7 @@ from imapreferral.imap.policy import PLAINTEXT_AUTH_CHOICES, ServerPolicy, valid
 from imapreferral.listeners import (
     ListenerError,
     ListenerService,
+    isLoopbackOnly,
     parseListener,
     probeListeners,
 )
@@ -83,7 +84,8 @@ class Options(usage.Options):
     longdesc = (
         "An IMAP4 server that answers logins with RFC 2221 login referrals from "
         "Dovecot-style passdbs. With no options it serves the bundled example "
-        f"passwd-file and SQLite passdb on {DEFAULT_LISTEN}."
+        f"passwd-file and SQLite passdb on {DEFAULT_LISTEN}; listeners that "
+        "other hosts can reach need --passdb."
     )
     optFlags = [
         [
@@ -215,6 +217,7 @@ class Options(usage.Options):
             )
         if not self["listeners"]:
             self._listener("listen", DEFAULT_LISTEN)
+        self._refuseExampleUsersInPublic()
         try:
             # A worker (--workers) adopts its first process's sockets.
             self["adopt-listeners"] = workers.adoptedListenerCount(os.environ)
@@ -236,6 +239,21 @@ class Options(usage.Options):
                 probeListeners(self["listeners"])
             except ListenerError as e:
                 raise usage.UsageError(str(e)) from None
+
+    def _refuseExampleUsersInPublic(self) -> None:
+        """
+        Without C{--passdb} we serve the bundled example users, whose
+        password is C{pass}: fine for trying us on loopback, not for a
+        listener others can reach (a greeting referral consults no passdb).
+        """
+        if self["passdb"] or self["greeting-referral"] is not None:
+            return
+        for listener in self["listeners"]:
+            if not isLoopbackOnly(listener):
+                raise usage.UsageError(
+                    f"{listener.shown} is reachable from other hosts: give --passdb (without it "
+                    "the bundled example users, password 'pass', are served, on loopback only)"
+                )
 
     def _loadTLS(self) -> Any:
         cert, key = self["tls-cert"], self["tls-key"]

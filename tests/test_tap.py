@@ -81,7 +81,7 @@ def _refusal(args: list[str]) -> str:
         ),
         ("--bogus", "option --bogus not recognized"),
         ("--listen", "option --listen requires argument"),
-        ("--listen-tls tcp:0", "--listen-tls needs --tls-cert"),
+        ("--listen-tls tcp:0:interface=127.0.0.1", "--listen-tls needs --tls-cert"),
         ("--tls-cert x.pem", "--tls-cert and --tls-key go together"),
         ("--plaintext-auth never", "--plaintext-auth never: use 'secure' or 'always'"),
         ("--trusted-networks 10.0.0.0/99", "--trusted-networks: "),
@@ -98,6 +98,42 @@ def _refusal(args: list[str]) -> str:
 )
 def test_badOptionStopsWithOneLine(args, message):
     assert _refusal(args.split()).startswith(f"imapreferral: {message}")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        "--listen tcp:1143",
+        "--listen tcp:1143:interface=0.0.0.0",
+        "--listen tcp6:1143:interface=\\:\\:",
+        "--listen tcp:1143:interface=192.0.2.1",
+        "--listen tcp:1143:interface=127.0.0.1 --listen-tls tcp:993",
+        "--listen haproxy:tcp:1143:interface=127.0.0.1 --haproxy-trusted-networks 127.0.0.1",
+    ],
+)
+def test_exampleUsersAreNotServedToOtherHosts(args):
+    """Their password is 'pass'. A haproxy: listener is reached through the proxy."""
+    message = _refusal(args.split())
+    assert message.startswith("imapreferral: --listen")
+    assert message.endswith(
+        " is reachable from other hosts: give --passdb (without it the "
+        "bundled example users, password 'pass', are served, on loopback only)"
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        "",
+        "--listen tcp6:0:interface=\\:\\:1",
+        "--listen unix:imapreferral.sock",
+        "--listen tcp:0 --passdb passwd-file:" + tap.EXAMPLE_PASSWD,
+        "--listen tcp:0 --greeting-referral imap://imap2.example.com/",
+    ],
+    ids=["the demo", "IPv6 loopback", "UNIX socket", "own passdb", "greeting referral"],
+)
+def test_exampleUsersOnLoopbackOrAPassdbOfOurOwnStart(args):
+    tap.Options().parseOptions(args.split())
 
 
 def test_helpStillPrintsTheHelp(capsys):
@@ -120,7 +156,7 @@ def test_helpDoesNotShowWorkerPlumbing(capsys):
 def test_workerAdoptsAsManySocketsAsItsEnvironmentSays(monkeypatch):
     monkeypatch.setenv("IMAPREFERRAL_ADOPT_LISTENERS", "2")
     options = tap.Options()
-    options.parseOptions(["--listen", "tcp:0", "--listen", "tcp:0"])
+    options.parseOptions(["--listen", "unix:a.sock", "--listen", "unix:b.sock"])
     assert options["adopt-listeners"] == 2
 
 
@@ -174,12 +210,17 @@ def busyPort():
         ("--listen tcp:99999", "--listen tcp:99999: port 99999 out of range (0-65535)"),
         (
             "--listen tcp:{free}:interface=127.0.0.1 --listen haproxy:tcp:{busy}:interface=127.0.0.1"
-            " --haproxy-trusted-networks 127.0.0.1 --workers 2",
+            " --haproxy-trusted-networks 127.0.0.1 --workers 2 --passdb passwd-file:{passwd}",
             "--listen haproxy:tcp:{busy}:interface=127.0.0.1: address already in use",
         ),
         (
             "--listen-tls tcp:{busy}:interface=127.0.0.1 --tls-cert {cert} --tls-key {key}",
             "--listen-tls tcp:{busy}:interface=127.0.0.1: address already in use",
+        ),
+        (
+            "--listen tcp:{free}",
+            "--listen tcp:{free} is reachable from other hosts: give --passdb (without it the "
+            "bundled example users, password 'pass', are served, on loopback only)",
         ),
         (
             "--passdb sql:{sqlconf}",
@@ -192,6 +233,7 @@ def busyPort():
         "port out of range",
         "haproxy port in use, workers",
         "TLS port in use",
+        "example users on all addresses",
         "SQL password never shown",
     ],
 )
@@ -205,7 +247,14 @@ def test_twistdStartupErrorIsOneLineOnStderr(tmp_path, busyPort, args, message):
         "driver = pgsql\nconnect = host=127.0.0.1 port=1 password=my secret\n"
         "password_query = SELECT password FROM users WHERE userid = '%u'\n"
     )
-    values = dict(free=_freePort(), busy=busyPort, cert=cert, key=key, sqlconf=sqlconf)
+    values = dict(
+        free=_freePort(),
+        busy=busyPort,
+        cert=cert,
+        key=key,
+        sqlconf=sqlconf,
+        passwd=tap.EXAMPLE_PASSWD,
+    )
     args = args.format(**values).split()
     status, out, err = _twistdRefusal(*args, cwd=str(tmp_path))
     assert (status, out, err) == (1, "", f"imapreferral: {message.format(**values)}\n")
@@ -269,6 +318,8 @@ def test_haproxyListenerWrapsWithOurProxyProtocol():
             "haproxy:tcp:0:interface=127.0.0.1",
             "--haproxy-trusted-networks",
             "127.0.0.1",
+            "--passdb",
+            f"passwd-file:{tap.EXAMPLE_PASSWD}",
         ]
     )
     service = tap.makeService(options)
