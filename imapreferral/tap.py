@@ -17,11 +17,12 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
-from imapreferral import __version__, workers
+from imapreferral import __version__, descriptors, workers
 from imapreferral.haproxy import proxyProtocolFactory
 from imapreferral.imap.account import ReferralRealm
 from imapreferral.imap.factory import REFERRAL_AUTH_CHOICES, ReferralServerFactory
 from imapreferral.imap.policy import PLAINTEXT_AUTH_CHOICES, ServerPolicy, validateServerURL
+from imapreferral.limits import ConnectionLimiter
 from imapreferral.listeners import (
     ListenerError,
     ListenerService,
@@ -270,11 +271,33 @@ class Options(usage.Options):
 
 
 class ReferralService(MultiService):
-    """The listeners, and one log line at start saying what is served."""
+    """
+    The listeners, and one log line at start saying what is served.
 
-    def __init__(self, description: str) -> None:
+    @ivar limiter: The connection limits, lowered at start when the
+        descriptors this process may open cannot hold them.
+    """
+
+    def __init__(self, description: str, limiter: ConnectionLimiter) -> None:
         super().__init__()
         self.description = description
+        self.limiter = limiter
+
+    def privilegedStartService(self) -> None:
+        limit = descriptors.raiseDescriptorLimit()
+        wanted = self.limiter.maxTotal
+        fitting = descriptors.connectionsThatFit(wanted, limit)
+        if fitting != wanted:
+            self.limiter.maxTotal = fitting
+            _log.warn(
+                "--max-connections {wanted} does not fit in {limit} file descriptors "
+                "(RLIMIT_NOFILE hard limit): serving at most {fitting} connections; raise the "
+                "limit (ulimit -n, systemd LimitNOFILE=) to serve more",
+                wanted=wanted or "0 (no limit)",
+                limit=limit,
+                fitting=fitting,
+            )
+        super().privilegedStartService()
 
     def startService(self) -> None:
         _log.info("imapreferral serving {description}", description=self.description)
@@ -310,7 +333,8 @@ def makeService(config: Any) -> IService:
     )
     listeners = [*config["listen"], *(f"{d} (TLS)" for d in config["listen-tls"])]
     service = ReferralService(
-        f"{', '.join(listeners)} with passdbs " + ", ".join(repr(p) for p in config["passdb"])
+        f"{', '.join(listeners)} with passdbs " + ", ".join(repr(p) for p in config["passdb"]),
+        factory.limiter,
     )
     verifier.setServiceParent(service)
     for passdb in config["passdb"]:

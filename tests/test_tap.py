@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import resource
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from twisted.application.service import IServiceMaker
@@ -176,12 +178,25 @@ def _freePort() -> int:
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
-def _twistd(*args: str, cwd: str) -> subprocess.Popen:
+def _twistd(*args: str, cwd: str, preexec_fn: Any = None) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent))
     return subprocess.Popen(
         [*TWISTD, "-n", "--pidfile=", "imapreferral", *args],
         cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        preexec_fn=preexec_fn,
     )  # fmt: skip
+
+
+def _connectWhenListening(proc: subprocess.Popen, port: int) -> socket.socket:
+    """A connection to the twistd in C{proc}, once it listens."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            return socket.create_connection(("127.0.0.1", port), timeout=5)
+        except OSError:
+            assert time.monotonic() < deadline, "twistd did not start listening"
+            assert proc.poll() is None, proc.stdout.read().decode()
+            time.sleep(0.1)
 
 
 def _twistdRefusal(*args: str, cwd: str) -> tuple[int, str, str]:
@@ -260,20 +275,48 @@ def test_twistdStartupErrorIsOneLineOnStderr(tmp_path, busyPort, args, message):
     assert (status, out, err) == (1, "", f"imapreferral: {message.format(**values)}\n")
 
 
+def _lowDescriptorLimit() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+
+
+def test_twistdFitsConnectionsToItsDescriptorsAndRefusesTheRestWithBye(tmp_path):
+    """
+    Under ulimit -n 128, 2000 connections cannot be held: 64 are (64
+    descriptors stay for the rest), and the next client is told so instead
+    of being dropped with an EMFILE in the log.
+    """
+    port = _freePort()
+    proc = _twistd(
+        "--listen", f"tcp:{port}:interface=127.0.0.1", cwd=str(tmp_path),
+        preexec_fn=_lowDescriptorLimit,
+    )  # fmt: skip
+    held: list[socket.socket] = []
+    try:
+        held.append(_connectWhenListening(proc, port))
+        held.extend(socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(63))
+        for sock in held:
+            assert sock.makefile("rb").readline().startswith(b"* OK ")
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as extra:
+            assert extra.makefile("rb").readline() == (
+                b"* BYE [UNAVAILABLE] Maximum number of connections reached.\r\n"
+            )
+    finally:
+        for sock in held:
+            sock.close()
+        proc.terminate()
+        out = proc.communicate(timeout=20)[0].decode()
+    assert (
+        "--max-connections 2000 does not fit in 128 file descriptors (RLIMIT_NOFILE hard limit): "
+        "serving at most 64 connections" in out
+    )
+    assert "EMFILE" not in out and "Traceback" not in out
+
+
 def test_twistdServesReferralsAndLogsNoPassword(tmp_path):
     port = _freePort()
     proc = _twistd("--listen", f"tcp:{port}:interface=127.0.0.1", cwd=str(tmp_path))
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "twistd did not start listening"
-                assert proc.poll() is None, proc.stdout.read().decode()
-                time.sleep(0.1)
-        with sock:
+        with _connectWhenListening(proc, port) as sock:
             f = sock.makefile("rb")
             assert f.readline().startswith(b"* OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS")
             sock.sendall(b"a LOGIN refnl pass\r\n")
