@@ -32,6 +32,7 @@ from imapreferral.listeners import (
 )
 from imapreferral.login.attempt import DEFAULT_FAILURE_DELAY
 from imapreferral.login.checker import PassdbChecker
+from imapreferral.login.sasl import MECHANISMS
 from imapreferral.networks import NetworkList
 from imapreferral.passdbs import PassdbConfigError, passdbFromString
 from imapreferral.passdbs.sql import DEFAULT_TIMEOUT
@@ -78,6 +79,17 @@ def _count(option: str, low: int = 0) -> Any:
         return int(value)
 
     return parse
+
+
+def _mechanisms(value: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(value.replace(",", " ").upper().split()))
+    unknown = [name for name in names if name not in MECHANISMS]
+    if unknown or not names:
+        problem = f"unknown mechanism {unknown[0]}" if unknown else "no mechanism named"
+        raise usage.UsageError(
+            f"{_shown('auth-mechanisms', value)}: {problem} (use {', '.join(MECHANISMS)})"
+        )
+    return names
 
 
 class Options(usage.Options):
@@ -135,6 +147,9 @@ class Options(usage.Options):
         ["workers", None, 1,
          "Server processes sharing the listeners (one Python process uses one core).",
          _count("workers", low=1)],
+        ["auth-mechanisms", None, None,
+         "SASL mechanisms to offer and accept, e.g. PLAIN,LOGIN (default: PLAIN LOGIN, and "
+         "CRAM-MD5 when a passdb may hold plaintext passwords).", _mechanisms],
         ["id-name", None, "imapreferral", "The name we give in answer to ID (RFC 2971)."],
         ["id-version", None, __version__, "The version we give in answer to ID; '' for none."],
     ]  # fmt: skip
@@ -232,6 +247,13 @@ class Options(usage.Options):
             ]
         except PassdbConfigError as e:
             raise usage.UsageError(str(e)) from None
+        if "CRAM-MD5" in (self["auth-mechanisms"] or ()) and not any(
+            passdb.canProvidePlaintext() for passdb in self["passdb"]
+        ):
+            raise usage.UsageError(
+                "--auth-mechanisms: CRAM-MD5 needs plaintext or {CRAM-MD5} passwords, "
+                "and no passdb may hold them"
+            )
         if self.parent is not None and not self["adopt-listeners"]:
             # Starting under twistd: bind now, before logging and daemonising,
             # so a port in use is this one line on stderr. Parsing alone
@@ -316,6 +338,7 @@ def makeService(config: Any) -> IService:
         Portal(ReferralRealm(), [checker]),
         failureDelay=config["auth-failure-delay"],
         referralAuth=config["referral-auth"],
+        mechanisms=config["auth-mechanisms"],
         greeting=config["greeting"],
         maxConnections=config["max-connections"],
         maxConnectionsPerAddress=config["max-connections-per-ip"],

@@ -12,10 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_twisted
 from twisted.application.service import IServiceMaker
 from twisted.plugin import getPlugins
 
 from imapreferral import tap
+from imapreferral.listeners import ListenerService
+from imapreferral.testing import TranscriptClient
 
 
 def test_pluginIsDiscoverable():
@@ -160,6 +163,63 @@ def test_workerAdoptsAsManySocketsAsItsEnvironmentSays(monkeypatch):
     options = tap.Options()
     options.parseOptions(["--listen", "unix:a.sock", "--listen", "unix:b.sock"])
     assert options["adopt-listeners"] == 2
+
+
+@pytest.mark.parametrize(
+    ("mechanisms", "offered", "cramReply"),
+    [
+        ([], b"AUTH=PLAIN AUTH=LOGIN AUTH=CRAM-MD5", b"+ "),
+        (["--auth-mechanisms", "PLAIN,LOGIN"], b"AUTH=PLAIN AUTH=LOGIN]", b"a NO "),
+        (["--auth-mechanisms", "plain"], b"AUTH=PLAIN]", b"a NO "),
+    ],
+    ids=["default", "without CRAM-MD5", "PLAIN only"],
+)
+@pytest_twisted.ensureDeferred
+async def test_authMechanismsChooseWhatIsOfferedAndAccepted(
+    tmp_path, mechanisms, offered, cramReply
+):
+    """Alpine tries each advertised mechanism three times before it follows a referral."""
+    from twisted.internet import reactor
+
+    passwd = tmp_path / "u.passwd"
+    passwd.write_text("u:{PLAIN}pass::::::host=imap2.example.com nologin\n")
+    options = tap.Options()
+    options.parseOptions(
+        ["--listen", "tcp:0:interface=127.0.0.1", "--passdb", f"passwd-file:{passwd}", *mechanisms]
+    )
+    service = tap.makeService(options)
+    service.privilegedStartService()
+    service.startService()
+    try:
+        (listener,) = [s for s in service if isinstance(s, ListenerService)]
+        port = (await listener._waitingForPort).getHost().port
+        client = await TranscriptClient.connect(reactor, "127.0.0.1", port)
+        try:
+            assert offered in client.greeting
+            assert (await client.command(b"a AUTHENTICATE CRAM-MD5"))[-1].startswith(cramReply)
+        finally:
+            await client.close()
+    finally:
+        await service.stopService()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            "--auth-mechanisms PLAIN,XOAUTH2",
+            "unknown mechanism XOAUTH2 (use PLAIN, LOGIN, CRAM-MD5)",
+        ),
+        ("--auth-mechanisms ,", "no mechanism named (use PLAIN, LOGIN, CRAM-MD5)"),
+        (
+            "--auth-mechanisms CRAM-MD5 --passdb static:nopassword",
+            "CRAM-MD5 needs plaintext or {CRAM-MD5} passwords, and no passdb may hold them",
+        ),
+    ],
+    ids=["unknown", "empty", "CRAM-MD5 without plaintext"],
+)
+def test_badAuthMechanismsStopWithOneLine(args, message):
+    assert _refusal(args.split()).endswith(message)
 
 
 def test_badCertificateStopsWithOneLine(tmp_path):
