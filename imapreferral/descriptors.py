@@ -12,6 +12,16 @@ gets C{* BYE [UNAVAILABLE]} instead of nothing.
 from __future__ import annotations
 
 import resource
+from typing import Protocol
+
+from twisted.logger import Logger
+
+_log = Logger()
+
+
+class _Limited(Protocol):
+    maxTotal: int
+
 
 #: Descriptors one client session holds: its socket. Proxying will add the
 #: backend connection, making it 2.
@@ -58,3 +68,24 @@ def raiseDescriptorLimit() -> int | None:
         except (ValueError, OSError):
             pass  # e.g. an unlimited hard limit the kernel caps lower (macOS)
     return None if soft == resource.RLIM_INFINITY else soft
+
+
+def fitConnectionLimit(limiter: _Limited) -> None:
+    """
+    Raise the descriptor limit, then lower C{limiter.maxTotal} (the
+    C{--max-connections} of a L{imapreferral.limits.ConnectionLimiter}) to
+    what fits, with one warning saying so. Run once, at start-up.
+    """
+    limit = raiseDescriptorLimit()
+    wanted = limiter.maxTotal
+    fitting = connectionsThatFit(wanted, limit)
+    if fitting != wanted:
+        limiter.maxTotal = fitting
+        _log.warn(
+            "--max-connections {wanted} does not fit in {limit} file descriptors "
+            "(RLIMIT_NOFILE hard limit): serving at most {fitting} connections; raise the "
+            "limit (ulimit -n, systemd LimitNOFILE=) to serve more",
+            wanted=wanted or "0 (no limit)",
+            limit=limit,
+            fitting=fitting,
+        )

@@ -210,27 +210,12 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"{_shown('plaintext-auth', self['plaintext-auth'])}: use 'secure' or 'always'"
             )
-        try:
-            self["trusted-networks"] = NetworkList.fromOption(self["trusted-networks"])
-        except ValueError as e:
-            raise usage.UsageError(f"--trusted-networks: {e}") from None
         if self["greeting-referral"] is not None:
             try:
                 validateServerURL(self["greeting-referral"])
             except ValueError as e:
                 raise usage.UsageError(f"--greeting-referral: {e}") from None
-        try:
-            self["haproxy-trusted-networks"] = NetworkList.fromOption(
-                self["haproxy-trusted-networks"]
-            )
-        except ValueError as e:
-            raise usage.UsageError(f"--haproxy-trusted-networks: {e}") from None
-        proxied = [listener for listener in self["listeners"] if listener.proxied]
-        if proxied and not self["haproxy-trusted-networks"].networks:
-            raise usage.UsageError(
-                f"{proxied[0].shown} expects PROXY headers: say who may send them with "
-                "--haproxy-trusted-networks"
-            )
+        self._parseNetworks()
         if not self["listeners"]:
             self._listener("listen", DEFAULT_LISTEN)
         self._refuseExampleUsersInPublic()
@@ -247,13 +232,7 @@ class Options(usage.Options):
             ]
         except PassdbConfigError as e:
             raise usage.UsageError(str(e)) from None
-        if "CRAM-MD5" in (self["auth-mechanisms"] or ()) and not any(
-            passdb.canProvidePlaintext() for passdb in self["passdb"]
-        ):
-            raise usage.UsageError(
-                "--auth-mechanisms: CRAM-MD5 needs plaintext or {CRAM-MD5} passwords, "
-                "and no passdb may hold them"
-            )
+        self._checkMechanisms()
         if self.parent is not None and not self["adopt-listeners"]:
             # Starting under twistd: bind now, before logging and daemonising,
             # so a port in use is this one line on stderr. Parsing alone
@@ -262,6 +241,28 @@ class Options(usage.Options):
                 probeListeners(self["listeners"])
             except ListenerError as e:
                 raise usage.UsageError(str(e)) from None
+
+    def _parseNetworks(self) -> None:
+        for option in ("trusted-networks", "haproxy-trusted-networks"):
+            try:
+                self[option] = NetworkList.fromOption(self[option])
+            except ValueError as e:
+                raise usage.UsageError(f"--{option}: {e}") from None
+        proxied = [listener for listener in self["listeners"] if listener.proxied]
+        if proxied and not self["haproxy-trusted-networks"].networks:
+            raise usage.UsageError(
+                f"{proxied[0].shown} expects PROXY headers: say who may send them with "
+                "--haproxy-trusted-networks"
+            )
+
+    def _checkMechanisms(self) -> None:
+        """CRAM-MD5 needs a stored plaintext (or {CRAM-MD5}) password to check against."""
+        chosen = self["auth-mechanisms"] or ()
+        if "CRAM-MD5" in chosen and not any(p.canProvidePlaintext() for p in self["passdb"]):
+            raise usage.UsageError(
+                f"{_shown('auth-mechanisms', ','.join(chosen))}: CRAM-MD5 needs plaintext or "
+                "{CRAM-MD5} passwords, and no passdb may hold them"
+            )
 
     def _refuseExampleUsersInPublic(self) -> None:
         """
@@ -306,19 +307,7 @@ class ReferralService(MultiService):
         self.limiter = limiter
 
     def privilegedStartService(self) -> None:
-        limit = descriptors.raiseDescriptorLimit()
-        wanted = self.limiter.maxTotal
-        fitting = descriptors.connectionsThatFit(wanted, limit)
-        if fitting != wanted:
-            self.limiter.maxTotal = fitting
-            _log.warn(
-                "--max-connections {wanted} does not fit in {limit} file descriptors "
-                "(RLIMIT_NOFILE hard limit): serving at most {fitting} connections; raise the "
-                "limit (ulimit -n, systemd LimitNOFILE=) to serve more",
-                wanted=wanted or "0 (no limit)",
-                limit=limit,
-                fitting=fitting,
-            )
+        descriptors.fitConnectionLimit(self.limiter)
         super().privilegedStartService()
 
     def startService(self) -> None:
