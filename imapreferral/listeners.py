@@ -82,7 +82,10 @@ def parseListener(option: str, description: str, reactor: Any) -> Listener:
     try:
         parsed = endpoints.serverFromString(reactor, endpoint)
     except Exception as e:
-        raise ListenerError(f"{shown}: {e}") from None
+        problem = str(e)
+        if problem.startswith("invalid literal for int()"):
+            problem = "a port or backlog that is not a number"
+        raise ListenerError(f"{shown}: {problem}") from None
     listener = Listener(option, description, endpoint, proxied)
     if isinstance(parsed, endpoints.UNIXServerEndpoint):
         return attrs.evolve(listener, local=True)

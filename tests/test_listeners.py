@@ -28,7 +28,11 @@ def listener(description: str, option: str = "listen"):
         ("tcp:-1", "--listen tcp:-1: port -1 out of range (0-65535)"),
         ("haproxy:tcp:70000", "--listen haproxy:tcp:70000: port 70000 out of range (0-65535)"),
         ("nonsense:1", "--listen nonsense:1: Unknown endpoint type: 'nonsense'"),
-        ("tcp:x", "--listen tcp:x: invalid literal for int() with base 10: 'x'"),
+        ("tcp:x", "--listen tcp:x: a port or backlog that is not a number"),
+        (
+            "tcp:1:backlog=many",
+            "--listen tcp:1:backlog=many: a port or backlog that is not a number",
+        ),
     ],
 )
 def test_unusableDescriptionIsRefused(description, message):
