@@ -5,10 +5,10 @@ C{twistd imapreferral}: command-line strings to objects, no rules.
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from typing import Any
 
-from twisted.application import strports
 from twisted.application.service import IService, MultiService, Service
 from twisted.cred.portal import Portal
 from twisted.internet import endpoints
@@ -17,13 +17,22 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
-from imapreferral import __version__, workers
+from imapreferral import __version__, descriptors, workers
 from imapreferral.haproxy import proxyProtocolFactory
 from imapreferral.imap.account import ReferralRealm
 from imapreferral.imap.factory import REFERRAL_AUTH_CHOICES, ReferralServerFactory
 from imapreferral.imap.policy import PLAINTEXT_AUTH_CHOICES, ServerPolicy, validateServerURL
+from imapreferral.limits import ConnectionLimiter
+from imapreferral.listeners import (
+    ListenerError,
+    ListenerService,
+    isLoopbackOnly,
+    parseListener,
+    probeListeners,
+)
 from imapreferral.login.attempt import DEFAULT_FAILURE_DELAY
 from imapreferral.login.checker import PassdbChecker
+from imapreferral.login.sasl import MECHANISMS
 from imapreferral.networks import NetworkList
 from imapreferral.passdbs import PassdbConfigError, passdbFromString
 from imapreferral.passdbs.sql import DEFAULT_TIMEOUT
@@ -39,14 +48,19 @@ DEFAULT_PASSDBS = ("passwd-file:" + EXAMPLE_PASSWD, "sql:" + EXAMPLE_SQL)
 DEFAULT_LISTEN = "tcp:1143:interface=127.0.0.1:backlog=512"
 
 
+def _shown(option: str, value: str) -> str:
+    """C{--option value} as the user would type it, for messages."""
+    return f"--{option} {shlex.quote(value)}"
+
+
 def _secondsFor(option: str, low: float) -> Any:
     def parse(value: str) -> float:
         try:
             seconds = float(value)
         except ValueError:
-            raise usage.UsageError(f"--{option} {value!r}: not a number") from None
+            raise usage.UsageError(f"{_shown(option, value)}: not a number") from None
         if not low <= seconds <= 3600:
-            raise usage.UsageError(f"--{option} {value!r}: must be {low:g}..3600 seconds")
+            raise usage.UsageError(f"{_shown(option, value)}: must be {low:g}..3600 seconds")
         return seconds
 
     return parse
@@ -56,24 +70,26 @@ _delay = _secondsFor("auth-failure-delay", 0)
 _seconds = _secondsFor("passdb-timeout", 0.1)
 
 
-def _count(option: str) -> Any:
+def _count(option: str, low: int = 0) -> Any:
     def parse(value: str) -> int:
-        if not value.isdigit():
-            raise usage.UsageError(f"--{option} {value!r}: not a whole number")
+        if not value.isascii() or not value.isdigit():
+            raise usage.UsageError(f"{_shown(option, value)}: not a whole number")
+        if int(value) < low:
+            raise usage.UsageError(f"{_shown(option, value)}: must be at least {low}")
         return int(value)
 
     return parse
 
 
-def _withoutProxyPrefix(description: str) -> tuple[str, bool]:
-    """
-    C{haproxy:tcp:...} names a listener behind HAProxy. We parse the prefix
-    ourselves: Twisted's own C{haproxy:} endpoint trusts every peer and lets
-    the greeting out before the header.
-    """
-    if description.startswith("haproxy:"):
-        return description[len("haproxy:") :], True
-    return description, False
+def _mechanisms(value: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(value.replace(",", " ").upper().split()))
+    unknown = [name for name in names if name not in MECHANISMS]
+    if unknown or not names:
+        problem = f"unknown mechanism {unknown[0]}" if unknown else "no mechanism named"
+        raise usage.UsageError(
+            f"{_shown('auth-mechanisms', value)}: {problem} (use {', '.join(MECHANISMS)})"
+        )
+    return names
 
 
 class Options(usage.Options):
@@ -81,7 +97,8 @@ class Options(usage.Options):
     longdesc = (
         "An IMAP4 server that answers logins with RFC 2221 login referrals from "
         "Dovecot-style passdbs. With no options it serves the bundled example "
-        f"passwd-file and SQLite passdb on {DEFAULT_LISTEN}."
+        f"passwd-file and SQLite passdb on {DEFAULT_LISTEN}; listeners that "
+        "other hosts can reach need --passdb."
     )
     optFlags = [
         [
@@ -129,9 +146,10 @@ class Options(usage.Options):
          "Peers that may send PROXY protocol headers to haproxy: listeners (CIDR list)."],
         ["workers", None, 1,
          "Server processes sharing the listeners (one Python process uses one core).",
-         _count("workers")],
-        ["adopt-listeners", None, 0, "Internal: a worker adopting N inherited sockets.",
-         _count("adopt-listeners")],
+         _count("workers", low=1)],
+        ["auth-mechanisms", None, None,
+         "SASL mechanisms to offer and accept, e.g. PLAIN,LOGIN (default: PLAIN LOGIN, and "
+         "CRAM-MD5 when a passdb may hold plaintext passwords).", _mechanisms],
         ["id-name", None, "imapreferral", "The name we give in answer to ID (RFC 2971)."],
         ["id-version", None, __version__, "The version we give in answer to ID; '' for none."],
     ]  # fmt: skip
@@ -140,15 +158,27 @@ class Options(usage.Options):
         super().__init__()
         self["listen"] = []
         self["listen-tls"] = []
+        self["listeners"] = []
         self["passdb"] = []
 
-    def _endpoint(self, option: str, description: str) -> None:
+    def parseOptions(self, options: Any = None) -> None:
+        """
+        As C{usage.Options}, but a bad option is one line on stderr and exit
+        status 1: twistd prints the whole usage text (70 lines) before a
+        subcommand's C{UsageError}. C{--help} still prints the help.
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            raise SystemExit(f"imapreferral: {e}") from None
+
+    def _listener(self, option: str, description: str) -> None:
         from twisted.internet import reactor
 
         try:
-            endpoints.serverFromString(reactor, _withoutProxyPrefix(description)[0])
-        except Exception as e:
-            raise usage.UsageError(f"--{option} {description!r}: {e}") from None
+            self["listeners"].append(parseListener(option, description, reactor))
+        except ListenerError as e:
+            raise usage.UsageError(str(e)) from None
         self[option].append(description)
 
     def opt_listen(self, description: str) -> None:
@@ -158,11 +188,11 @@ class Options(usage.Options):
         Prefix haproxy: to expect PROXY protocol headers (see
         --haproxy-trusted-networks).
         """
-        self._endpoint("listen", description)
+        self._listener("listen", description)
 
     def opt_listen_tls(self, description: str) -> None:
         """Listen for implicit TLS (imaps), e.g. tcp:993 (repeatable); needs --tls-cert."""
-        self._endpoint("listen-tls", description)
+        self._listener("listen-tls", description)
 
     def opt_passdb(self, description: str) -> None:
         """
@@ -173,34 +203,27 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         if self["referral-auth"] not in REFERRAL_AUTH_CHOICES:
-            raise usage.UsageError(f"--referral-auth {self['referral-auth']!r}: use 'mech' or '*'")
+            raise usage.UsageError(
+                f"{_shown('referral-auth', self['referral-auth'])}: use 'mech' or '*'"
+            )
         if self["plaintext-auth"] not in PLAINTEXT_AUTH_CHOICES:
             raise usage.UsageError(
-                f"--plaintext-auth {self['plaintext-auth']!r}: use 'secure' or 'always'"
+                f"{_shown('plaintext-auth', self['plaintext-auth'])}: use 'secure' or 'always'"
             )
-        try:
-            self["trusted-networks"] = NetworkList.fromOption(self["trusted-networks"])
-        except ValueError as e:
-            raise usage.UsageError(f"--trusted-networks: {e}") from None
         if self["greeting-referral"] is not None:
             try:
                 validateServerURL(self["greeting-referral"])
             except ValueError as e:
                 raise usage.UsageError(f"--greeting-referral: {e}") from None
+        self._parseNetworks()
+        if not self["listeners"]:
+            self._listener("listen", DEFAULT_LISTEN)
+        self._refuseExampleUsersInPublic()
         try:
-            self["haproxy-trusted-networks"] = NetworkList.fromOption(
-                self["haproxy-trusted-networks"]
-            )
+            # A worker (--workers) adopts its first process's sockets.
+            self["adopt-listeners"] = workers.adoptedListenerCount(os.environ)
         except ValueError as e:
-            raise usage.UsageError(f"--haproxy-trusted-networks: {e}") from None
-        proxied = [d for d in self["listen"] + self["listen-tls"] if _withoutProxyPrefix(d)[1]]
-        if proxied and not self["haproxy-trusted-networks"].networks:
-            raise usage.UsageError(
-                f"{proxied[0]!r} expects PROXY headers: say who may send them with "
-                "--haproxy-trusted-networks"
-            )
-        if not self["listen"] and not self["listen-tls"]:
-            self["listen"] = [DEFAULT_LISTEN]
+            raise usage.UsageError(str(e)) from None
         self["tls"] = self._loadTLS()
         descriptions = self["passdb"] or list(DEFAULT_PASSDBS)
         try:
@@ -208,8 +231,53 @@ class Options(usage.Options):
                 passdbFromString(d, timeout=self["passdb-timeout"]) for d in descriptions
             ]
         except PassdbConfigError as e:
-            # One clear line, not the usage text: the option is fine, the file is not.
-            raise SystemExit(f"imapreferral: {e}") from None
+            raise usage.UsageError(str(e)) from None
+        self._checkMechanisms()
+        if self.parent is not None and not self["adopt-listeners"]:
+            # Starting under twistd: bind now, before logging and daemonising,
+            # so a port in use is this one line on stderr. Parsing alone
+            # (tests, embedding) binds nothing; workers adopt the sockets.
+            try:
+                probeListeners(self["listeners"])
+            except ListenerError as e:
+                raise usage.UsageError(str(e)) from None
+
+    def _parseNetworks(self) -> None:
+        for option in ("trusted-networks", "haproxy-trusted-networks"):
+            try:
+                self[option] = NetworkList.fromOption(self[option])
+            except ValueError as e:
+                raise usage.UsageError(f"--{option}: {e}") from None
+        proxied = [listener for listener in self["listeners"] if listener.proxied]
+        if proxied and not self["haproxy-trusted-networks"].networks:
+            raise usage.UsageError(
+                f"{proxied[0].shown} expects PROXY headers: say who may send them with "
+                "--haproxy-trusted-networks"
+            )
+
+    def _checkMechanisms(self) -> None:
+        """CRAM-MD5 needs a stored plaintext (or {CRAM-MD5}) password to check against."""
+        chosen = self["auth-mechanisms"] or ()
+        if "CRAM-MD5" in chosen and not any(p.canProvidePlaintext() for p in self["passdb"]):
+            raise usage.UsageError(
+                f"{_shown('auth-mechanisms', ','.join(chosen))}: CRAM-MD5 needs plaintext or "
+                "{CRAM-MD5} passwords, and no passdb may hold them"
+            )
+
+    def _refuseExampleUsersInPublic(self) -> None:
+        """
+        Without C{--passdb} we serve the bundled example users, whose
+        password is C{pass}: fine for trying us on loopback, not for a
+        listener others can reach (a greeting referral consults no passdb).
+        """
+        if self["passdb"] or self["greeting-referral"] is not None:
+            return
+        for listener in self["listeners"]:
+            if not isLoopbackOnly(listener):
+                raise usage.UsageError(
+                    f"{listener.shown} is reachable from other hosts: give --passdb (without it "
+                    "the bundled example users, password 'pass', are served, on loopback only)"
+                )
 
     def _loadTLS(self) -> Any:
         cert, key = self["tls-cert"], self["tls-key"]
@@ -222,15 +290,25 @@ class Options(usage.Options):
         try:
             return loadTLS(cert, key)
         except TLSConfigError as e:
-            raise SystemExit(f"imapreferral: {e}") from None
+            raise usage.UsageError(str(e)) from None
 
 
 class ReferralService(MultiService):
-    """The listeners, and one log line at start saying what is served."""
+    """
+    The listeners, and one log line at start saying what is served.
 
-    def __init__(self, description: str) -> None:
+    @ivar limiter: The connection limits, lowered at start when the
+        descriptors this process may open cannot hold them.
+    """
+
+    def __init__(self, description: str, limiter: ConnectionLimiter) -> None:
         super().__init__()
         self.description = description
+        self.limiter = limiter
+
+    def privilegedStartService(self) -> None:
+        descriptors.fitConnectionLimit(self.limiter)
+        super().privilegedStartService()
 
     def startService(self) -> None:
         _log.info("imapreferral serving {description}", description=self.description)
@@ -249,6 +327,7 @@ def makeService(config: Any) -> IService:
         Portal(ReferralRealm(), [checker]),
         failureDelay=config["auth-failure-delay"],
         referralAuth=config["referral-auth"],
+        mechanisms=config["auth-mechanisms"],
         greeting=config["greeting"],
         maxConnections=config["max-connections"],
         maxConnectionsPerAddress=config["max-connections-per-ip"],
@@ -266,35 +345,36 @@ def makeService(config: Any) -> IService:
     )
     listeners = [*config["listen"], *(f"{d} (TLS)" for d in config["listen-tls"])]
     service = ReferralService(
-        f"{', '.join(listeners)} with passdbs " + ", ".join(repr(p) for p in config["passdb"])
+        f"{', '.join(listeners)} with passdbs " + ", ".join(repr(p) for p in config["passdb"]),
+        factory.limiter,
     )
     verifier.setServiceParent(service)
     for passdb in config["passdb"]:
         if IService.providedBy(passdb):  # e.g. SQL: a connection pool to start and stop
             passdb.setServiceParent(service)
-    listeners = [(d, factory) for d in config["listen"]] + [
-        (d, TLSMemoryBIOFactory(config["tls"], False, factory)) for d in config["listen-tls"]
-    ]
     factories = []
-    for description, listening in listeners:
-        endpoint, proxied = _withoutProxyPrefix(description)
-        if proxied:
+    for listener in config["listeners"]:
+        listening: Any = factory
+        if listener.option == "listen-tls":
+            listening = TLSMemoryBIOFactory(config["tls"], False, factory)
+        if listener.proxied:
             # The PROXY header comes first, before any TLS: HAProxy's
             # send-proxy in front of a TLS passthrough.
             listening = proxyProtocolFactory(listening, config["haproxy-trusted-networks"])
-        factories.append((endpoint, listening))
+        factories.append((listener, listening))
     if config["adopt-listeners"]:
         workers.dieWithParent()
         _AdoptedListeners([f for _, f in factories]).setServiceParent(service)
         return service
-    ports = []
-    for endpoint, listening in factories:
-        listener = strports.service(endpoint, listening)
-        listener.setServiceParent(service)
-        ports.append(listener)
-    if config["workers"] > 1:
-        from twisted.internet import reactor
+    from twisted.internet import reactor
 
+    ports = []
+    for listener, listening in factories:
+        endpoint = endpoints.serverFromString(reactor, listener.endpoint)
+        port = ListenerService(listener, endpoint, listening)
+        port.setServiceParent(service)
+        ports.append(port)
+    if config["workers"] > 1:
         workers.WorkerProcesses(reactor, config["workers"], ports, sys.argv).setServiceParent(
             service
         )

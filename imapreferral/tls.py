@@ -14,6 +14,19 @@ class TLSConfigError(ValueError):
     """Unusable certificate or key; the message names the file."""
 
 
+def _reason(error: Exception) -> str:
+    """
+    OpenSSL's reasons as words (C{key values mismatch}): pyOpenSSL's
+    message is the repr of a list of C{(library, function, reason)} tuples.
+    """
+    reasons: list[str] = []
+    for entry in error.args[0] if error.args and isinstance(error.args[0], list) else ():
+        reason = entry[-1] if isinstance(entry, tuple) and entry else None
+        if isinstance(reason, str) and reason and reason not in reasons:
+            reasons.append(reason)
+    return "; ".join(reasons) or type(error).__name__
+
+
 def _read(path: str, what: str) -> bytes:
     try:
         with open(path, "rb") as f:
@@ -31,7 +44,7 @@ def _certificates(path: str, data: bytes) -> list[crypto.X509]:
     try:
         return [crypto.load_certificate(crypto.FILETYPE_PEM, block) for block in blocks]
     except crypto.Error as e:
-        raise TLSConfigError(f"{path}: not a valid PEM certificate: {e}") from None
+        raise TLSConfigError(f"{path}: not a valid PEM certificate: {_reason(e)}") from None
 
 
 def loadTLS(certPath: str, keyPath: str) -> CertificateOptions:
@@ -47,7 +60,9 @@ def loadTLS(certPath: str, keyPath: str) -> CertificateOptions:
     try:
         key = crypto.load_privatekey(crypto.FILETYPE_PEM, keyData)
     except crypto.Error as e:
-        raise TLSConfigError(f"{keyPath}: not a valid unencrypted PEM private key: {e}") from None
+        raise TLSConfigError(
+            f"{keyPath}: not a valid unencrypted PEM private key: {_reason(e)}"
+        ) from None
     options = CertificateOptions(
         privateKey=key.to_cryptography_key(),
         certificate=certs[0].to_cryptography(),
@@ -57,6 +72,6 @@ def loadTLS(certPath: str, keyPath: str) -> CertificateOptions:
         options.getContext()
     except SSL.Error as e:
         raise TLSConfigError(
-            f"{keyPath}: the key does not match the certificate {certPath}: {e}"
+            f"{keyPath}: the key does not match the certificate {certPath}: {_reason(e)}"
         ) from None
     return options

@@ -4,7 +4,7 @@ Several server processes on the same listening sockets (C{--workers N}).
 One Python process runs on one core; Dovecot runs several imap-login
 processes. The first process listens, then starts N-1 copies of itself
 that adopt the same sockets (C{reactor.adoptStreamPort}) and accept from
-the same queues. Each worker keeps its own connection counts and
+the same queues (told how many by L{ADOPT_VARIABLE}). Each worker keeps its own connection counts and
 authentication penalty, so per-IP limits apply per worker. Workers stop
 with the first process, and die with it if it is killed (Linux
 C{PR_SET_PDEATHSIG}).
@@ -17,7 +17,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from twisted.application.service import Service
@@ -30,6 +30,23 @@ _log = Logger()
 
 #: The first inherited socket's descriptor in a worker.
 FIRST_FD = 3
+
+#: Tells a worker how many sockets it inherits. An environment variable, not
+#: an option: it is internal, and options show in C{--help}.
+ADOPT_VARIABLE = "IMAPREFERRAL_ADOPT_LISTENERS"
+
+
+def adoptedListenerCount(environ: Mapping[str, str]) -> int:
+    """
+    How many listening sockets this process inherits from the first one (0:
+    it is the first, and listens itself).
+
+    @raise ValueError: for a value that is not a whole number.
+    """
+    value = environ.get(ADOPT_VARIABLE, "0")
+    if not value.isascii() or not value.isdigit():
+        raise ValueError(f"{ADOPT_VARIABLE}={value!r} is not a whole number")
+    return int(value)
 
 
 def dieWithParent() -> None:
@@ -52,10 +69,10 @@ def adoptListeners(reactor: Any, factories: Sequence[Any]) -> list[IListeningPor
     return ports
 
 
-def workerArguments(argv: Sequence[str], count: int) -> list[str]:
+def workerArguments(argv: Sequence[str]) -> list[str]:
     """
     The command line of a worker: this twistd's own, not daemonised, with
-    no pid file, and told to adopt C{count} sockets instead of listening.
+    no pid file and no C{--workers}.
     """
     cleaned: list[str] = []
     skip = False
@@ -66,11 +83,9 @@ def workerArguments(argv: Sequence[str], count: int) -> list[str]:
             skip = True
         elif not a.startswith("--workers="):
             cleaned.append(a)
-    plugin = cleaned.index("imapreferral")
     return [
         sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-        "-n", "--pidfile=", *cleaned[: plugin + 1],
-        f"--adopt-listeners={count}", *cleaned[plugin + 1 :],
+        "-n", "--pidfile=", *cleaned,
     ]  # fmt: skip
 
 
@@ -115,11 +130,12 @@ class WorkerProcesses(Service):
         childFDs: dict[int, Any] = {0: "w", 1: 1, 2: 2}
         for offset, fd in enumerate(fds):
             childFDs[FIRST_FD + offset] = fd
-        args = workerArguments(self.argv, len(fds))
+        args = workerArguments(self.argv)
+        env = dict(os.environ, **{ADOPT_VARIABLE: str(len(fds))})
         for _ in range(self.count - 1):
             worker = _Worker()
             process = self.reactor.spawnProcess(
-                worker, sys.executable, args, env=os.environ.copy(), childFDs=childFDs
+                worker, sys.executable, args, env=env, childFDs=childFDs
             )
             self._workers.append((process, worker))
         _log.info("started {n} more worker processes", n=self.count - 1)

@@ -58,3 +58,14 @@ def test_nullValuedFieldIsAbsent():
 
 def test_emptyHostIsKept():
     assert reply("host=").host == ""
+
+
+@pytest.mark.parametrize(
+    ("password", "shown"),
+    [("{BLF-CRYPT}$2y$05$abcdef", "password='{BLF-CRYPT}***'"), ("pass", "password='***'"),
+     (None, "password=None")],
+    ids=["with scheme", "plaintext", "none"],
+)  # fmt: skip
+def test_replyReprShowsTheSchemeNeverThePassword(password, shown):
+    text = repr(PassdbReply(password=password, host="imap2.example.com"))
+    assert shown in text and "abcdef" not in text and "pass'" not in text

@@ -56,6 +56,73 @@ def test_shortLineHasNoFields():
     assert parsePasswdLine("u:p") == ("u", PassdbReply(password="p"))
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        "u:p:1000:1000:Jane Doe:/home/u:/bin/sh::host=imap2 nologin",
+        "u:p:vmail:mail::/var/mail/u",  # names, as Dovecot's userdb resolves them
+        "proxy:x:13:13:proxy:/bin:/usr/sbin/nologin",  # Debian's /etc/passwd line
+        "u:{SSHA}X03MO1qnZdYdgyfeuILPmQ==::::",  # '=' in a hash
+        "u:p:::Proxy user::",
+        "u:",
+    ],
+    ids=[
+        "full line",
+        "uid and gid names",
+        "etc passwd",
+        "base64 hash",
+        "gecos words",
+        "no password",
+    ],
+)
+def test_lineWithEveryColumnInPlaceIsAccepted(line):
+    assert parsePasswdLine(line) is not None
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("bad line without colons", "no ':' in the line"),
+        (
+            "short:{PLAIN}pw:host=10.0.0.1 nologin",
+            "uid 'host=10.0.0.1 nologin' holds extra fields",
+        ),
+        ("u:pw:nologin", "uid 'nologin' holds extra fields"),
+        ("u:pw:1000:proxy", "gid 'proxy' holds extra fields"),
+        ("u:pw:1000:x y", "gid 'x y' is not a number or a group name"),
+        ("u:pw:-1", "uid '-1' is not a number or a user name"),
+        ("u:pw::::host=imap2 nologin", "home 'host=imap2 nologin' holds extra fields"),
+        ("u:pw:::::nologin", "shell 'nologin' holds extra fields"),
+        ("u:pw:::x userdb_mail=y", "gecos 'x userdb_mail=y' holds extra fields"),
+        ("fwd:nopassword host=imap2 nologin", "the password column holds extra fields (host=...)"),
+        ("fwd:nopassword", "the password column holds extra fields (nopassword...)"),
+    ],
+    ids=[
+        "no colon",
+        "fields in uid",
+        "flag in uid",
+        "flag in gid",
+        "gid with a space",
+        "negative uid",
+        "fields in home",
+        "flag in shell",
+        "userdb field in gecos",
+        "fields for a password",
+        "flag for a password",
+    ],
+)
+def test_lineThatLostAColonIsRefused(line, message):
+    with pytest.raises(ValueError) as e:
+        parsePasswdLine(line)
+    assert str(e.value).startswith(message)
+
+
+def test_refusalNeverShowsThePassword():
+    with pytest.raises(ValueError) as e:
+        parsePasswdLine("u:s3cret host=imap2")
+    assert "s3cret" not in str(e.value)
+
+
 @pytest.mark.parametrize("line", ["", "   ", "# comment", "  # indented comment"])
 def test_blankAndCommentLinesSkipped(line):
     assert parsePasswdLine(line) is None

@@ -346,3 +346,17 @@ async def test_clientLeavingMidLookupIsNotAnOutage(sqliteDir):
         assert (await passdb.lookup("refnl", LoginContext())).host == "imap2.example.com"
     finally:
         passdb.stopService()
+
+
+@pytest.mark.parametrize(
+    "connect",
+    ["host=127.0.0.1 port=1 password=secret bogus", "host=127.0.0.1 port=1 password=my secret"],
+    ids=["bad conninfo", "libpq echoes the password"],
+)
+def test_badPostgresConninfoNeverShowsThePassword(tmp_path, connect):
+    pytest.importorskip("psycopg")
+    config = writeConfig(str(tmp_path / "bad.conf"), "pgsql", connect)
+    with pytest.raises(PassdbConfigError) as e:
+        passdbFromString(f"sql:{config}")
+    assert "is not usable" in str(e.value) and "password=***" in str(e.value)
+    assert "secret" not in str(e.value)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from imapreferral.login.context import LoginContext
-from imapreferral.passdbs.sqlconf import SQLConfigError, compileQuery, parseSQLConfig
+from imapreferral.passdbs.sqlconf import (
+    SQLConfigError,
+    compileQuery,
+    parseSQLConfig,
+    redactConninfo,
+    redactSecrets,
+)
 
 CTX = LoginContext(remoteIP="192.0.2.7", remotePort=5555, localIP="127.0.0.1", localPort=143)
 
@@ -152,3 +158,47 @@ def test_dovecotConninfo():
         "host=db1,db2 dbname=mail user=imap",
         7,
     )
+
+
+@pytest.mark.parametrize(
+    ("connect", "shown"),
+    [
+        ("host=db password=secret dbname=mail", "host=db password=*** dbname=mail"),
+        ("host=db password = secret", "host=db password = ***"),
+        ("password='se cr\\'et' host=db", "password=*** host=db"),
+        ("password='unterminated", "password=***"),
+        # libpq reads 'word' as a stray key and echoes it: both words are hidden.
+        ("password=two words dbname=mail", "password=*** *** dbname=mail"),
+        ("user=password host=db", "user=password host=db"),
+        ("sslkey=k.pem sslpassword=secret", "sslkey=k.pem sslpassword=***"),
+        ("postgresql://u:secret@db/mail", "postgresql://u:***@db/mail"),
+        ("postgres://u@db/mail?sslmode=require&password=secret", "postgres://u@db/mail?sslmode=require&password=***"),
+        ("users.sqlite", "users.sqlite"),
+    ],
+    ids=[
+        "key=value", "spaces around =", "quoted", "unterminated quote", "stray word",
+        "'password' as a value", "client key password", "URI user info", "URI query", "SQLite path",
+    ],
+)  # fmt: skip
+def test_redactConninfo(connect, shown):
+    assert redactConninfo(connect) == shown
+
+
+def test_redactSecretsHidesEchoedPieces():
+    connect = "host=db password=two words"
+    error = 'missing "=" after "words" in connection info string'
+    assert redactSecrets(error, connect) == 'missing "=" after "***" in connection info string'
+
+
+def test_configReprHidesThePassword():
+    config = parseSQLConfig(
+        "x.conf",
+        "driver = pgsql\nconnect = host=db password=secret\npassword_query = SELECT 1\n",
+    )
+    assert "secret" not in repr(config) and "password=***" in repr(config)
+
+
+def test_malformedLineIsShownWithoutItsPassword():
+    with pytest.raises(SQLConfigError) as e:
+        parseSQLConfig("x.conf", "connect: host=db password=secret\n")
+    assert "secret" not in str(e.value)

@@ -181,11 +181,35 @@ async def test_plaintextAlwaysLiftsThePolicy(passdb, clock):
         assert (await client.command(b"a LOGIN refnl pass"))[-1].startswith(b"a NO [REFERRAL ")
 
 
-def test_mismatchedKeyIsRefused(tmp_path):
+def test_mismatchedKeyIsRefusedInWords(tmp_path):
+    """OpenSSL's reason, not the repr of pyOpenSSL's error list."""
     cert, _ = makeCertificate(tmp_path, "one")
     _, otherKey = makeCertificate(tmp_path, "two")
-    with pytest.raises(TLSConfigError, match="does not match the certificate"):
+    with pytest.raises(TLSConfigError) as e:
         loadTLS(str(cert), str(otherKey))
+    assert str(e.value) == (
+        f"{otherKey}: the key does not match the certificate {cert}: key values mismatch"
+    )
+
+
+@pytest.mark.parametrize(
+    ("cert", "key", "message"),
+    [
+        ("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", None,
+         "bad: not a valid PEM certificate: "),
+        (None, "junk", "bad: not a valid unencrypted PEM private key: "),
+    ],
+    ids=["certificate", "key"],
+)  # fmt: skip
+def test_unreadablePEMIsRefusedInWords(tmp_path, cert, key, message):
+    goodCert, goodKey = makeCertificate(tmp_path)
+    bad = tmp_path / "bad"
+    bad.write_text(cert or key)
+    with pytest.raises(TLSConfigError) as e:
+        loadTLS(str(bad if cert else goodCert), str(bad if key else goodKey))
+    text = str(e.value)
+    assert text.startswith(f"{tmp_path}/{message}")
+    assert "[(" not in text and "'" not in text  # OpenSSL's reasons, in words
 
 
 def test_missingCertificateIsRefused(tmp_path):

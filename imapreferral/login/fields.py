@@ -19,6 +19,12 @@ _FALSE = frozenset({"n", "no", "0", "false"})
 
 _FLAGS = ("nologin", "nopassword", "nodelay", "proxy")
 
+#: The flags, and every field name a passdb reply gives meaning to. Text
+#: holding these outside the extra-fields column of a passwd-file is a line
+#: that lost a colon (L{imapreferral.passdbs.passwdfile}).
+FLAG_FIELDS = frozenset(_FLAGS)
+KNOWN_FIELDS = FLAG_FIELDS | {"host", "port", "destuser", "reason", "user", "password"}
+
 
 class FieldError(ValueError):
     """
@@ -72,13 +78,22 @@ def splitExtraFields(text: str) -> list[tuple[str, str | None]]:
     return fields
 
 
+def _redactedPassword(password: str | None) -> str:
+    """A stored password in a repr: the scheme, never the value."""
+    if password is None:
+        return "None"
+    scheme, brace, _ = password.partition("}")
+    return repr((scheme + brace if password.startswith("{") and brace else "") + "***")
+
+
 @attrs.frozen
 class PassdbReply:
     """
     One passdb's answer for one user, with Dovecot's fields given meaning.
 
     @ivar password: The stored password, possibly with a C{{SCHEME}} prefix,
-        or L{None} when the passdb holds none.
+        or L{None} when the passdb holds none. Its repr shows only the scheme
+        (C{'{BLF-CRYPT}***'}): replies end up in logs and tracebacks.
     @ivar user: A rewritten user name (Dovecot's C{user} field), or L{None}.
     @ivar host: The referral or proxy destination; C{""} when the passdb
         returned an empty C{host=}, L{None} when it returned none.
@@ -89,7 +104,7 @@ class PassdbReply:
     @ivar extra: Every other field, in order, C{(key, value-or-None)}.
     """
 
-    password: str | None = None
+    password: str | None = attrs.field(default=None, repr=_redactedPassword)
     user: str | None = None
     host: str | None = None
     port: int | None = None

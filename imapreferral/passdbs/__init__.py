@@ -5,6 +5,8 @@ C{twisted.cred.strcred}'s C{--auth file:/path}).
 
 from __future__ import annotations
 
+import shlex
+
 from imapreferral.interfaces import IPassdb
 from imapreferral.login.fields import FieldError
 from imapreferral.passdbs.passwdfile import PasswdFileError, PasswdFilePassdb
@@ -29,11 +31,11 @@ def passdbFromString(description: str, timeout: float = DEFAULT_TIMEOUT) -> IPas
 
     @raise PassdbConfigError: naming the description, file and line.
     """
+    shown = f"--passdb {shlex.quote(description)}"
     kind, sep, argument = description.partition(":")
     if not sep or kind not in PASSDB_TYPES:
         raise PassdbConfigError(
-            f"--passdb {description!r}: expected TYPE:ARGUMENT with TYPE one of "
-            + ", ".join(PASSDB_TYPES)
+            f"{shown}: expected TYPE:ARGUMENT with TYPE one of " + ", ".join(PASSDB_TYPES)
         )
     try:
         if kind == "passwd-file":
@@ -44,11 +46,16 @@ def passdbFromString(description: str, timeout: float = DEFAULT_TIMEOUT) -> IPas
             if not argument:
                 raise PassdbConfigError("--passdb sql: needs a config file path")
             return SQLPassdb.fromFile(argument, timeout=timeout)
+        if not argument.strip():
+            raise PassdbConfigError(
+                "--passdb static: needs fields, e.g. 'static:nopassword host=imap2.example.com "
+                "nologin'"
+            )
         return StaticPassdb.fromString(argument)
     except (PasswdFileError, SQLConfigError) as e:
         raise PassdbConfigError(str(e)) from None
     except FieldError as e:
-        raise PassdbConfigError(f"--passdb {description!r}: {e}") from None
+        raise PassdbConfigError(f"{shown}: {e}") from None
 
 
 __all__ = [

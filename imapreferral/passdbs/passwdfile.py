@@ -6,11 +6,19 @@ Only the user, the password and the extra fields matter for login; the
 extra fields are the rest of the line after the seventh colon, so values
 with colons (C{host=2001:db8::1}) work. The file is re-read when it
 changes on disk; a broken new version is logged and the last good one kept.
+
+Stricter than Dovecot, which reads a line without C{:} as a user without a
+password and, as a passdb, never looks at uid or gid: a line that lost a
+colon (C{u:{PLAIN}pw:host=h nologin}) then logs the user in here with no
+referral. We refuse such lines at start-up, naming file and line (see
+L{_checkColumns}). uid and gid may still be names, which Dovecot's userdb
+resolves with C{getpwnam}, so a file shared with Dovecot keeps working.
 """
 
 from __future__ import annotations
 
 import os
+import re
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -19,7 +27,13 @@ from zope.interface import implementer
 
 from imapreferral.interfaces import IPassdb
 from imapreferral.login.context import LoginContext
-from imapreferral.login.fields import FieldError, PassdbReply, splitExtraFields
+from imapreferral.login.fields import (
+    FLAG_FIELDS,
+    KNOWN_FIELDS,
+    FieldError,
+    PassdbReply,
+    splitExtraFields,
+)
 from imapreferral.passwords import allowsCramMD5
 
 _log = Logger()
@@ -27,6 +41,66 @@ _log = Logger()
 
 class PasswdFileError(ValueError):
     """A passwd-file that cannot be used; the message names file and line."""
+
+
+#: A system user or group name, as Dovecot's userdb accepts for uid and gid
+#: (C{getpwnam}/C{getgrnam}); shadow-utils' rule, without the trailing C{$}
+#: of machine accounts.
+_ACCOUNT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9._-]*\Z")
+
+_LAYOUT = "user:password:uid:gid:gecos:home:shell:extra_fields"
+
+
+def _extraFieldIn(text: str, flags: bool) -> str | None:
+    """
+    The first thing in C{text} that is a passdb extra field we act on
+    (C{host=...}, C{userdb_...=}; with C{flags}, also text made only of
+    flags such as C{nologin}), or L{None}.
+    """
+    tokens = text.split()
+    for token in tokens:
+        key, sep, _ = token.partition("=")
+        key = key.lower()
+        if sep and (key in KNOWN_FIELDS or key.startswith("userdb_")):
+            return key + "="
+    if flags and tokens and all(token.lower() in FLAG_FIELDS for token in tokens):
+        return tokens[0]
+    return None
+
+
+def _checkColumns(parts: list[str]) -> None:
+    """
+    Refuse a line whose columns are not what they seem: extra fields land in
+    the wrong column when colons are missing (C{u:{PLAIN}pw:host=h nologin}
+    puts them in uid, and the user would log in here with no referral).
+
+      - password (without C{{SCHEME}}): not extra fields or flags;
+      - uid, gid: empty, a number, or a user/group name that is no flag;
+      - gecos: free text, but no C{key=value} field we act on;
+      - home, shell: paths, neither fields nor flags.
+
+    @raise ValueError: naming the column (never the password's value).
+    """
+    password = parts[1] if len(parts) > 1 else ""
+    if not password.startswith("{"):
+        found = _extraFieldIn(password, flags=True)
+        if found is not None:
+            raise ValueError(
+                f"the password column holds extra fields ({found}...): "
+                f"is a ':' missing? ({_LAYOUT})"
+            )
+    for column, value in zip(("uid", "gid", "gecos", "home", "shell"), parts[2:7], strict=False):
+        if _extraFieldIn(value, flags=column != "gecos") is not None:
+            raise ValueError(
+                f"{column} {value!r} holds extra fields: is a ':' missing? ({_LAYOUT})"
+            )
+        if column in ("uid", "gid") and value and not _isAccount(value):
+            owner = "user" if column == "uid" else "group"
+            raise ValueError(f"{column} {value!r} is not a number or a {owner} name")
+
+
+def _isAccount(value: str) -> bool:
+    return (value.isascii() and value.isdigit()) or _ACCOUNT_NAME.match(value) is not None
 
 
 def parsePasswdLine(line: str) -> tuple[str, PassdbReply] | None:
@@ -39,11 +113,14 @@ def parsePasswdLine(line: str) -> tuple[str, PassdbReply] | None:
     text = line.strip("\r\n")
     if not text.strip() or text.lstrip().startswith("#"):
         return None
+    if ":" not in text:
+        raise ValueError(f"no ':' in the line ({_LAYOUT})")
     parts = text.split(":", 7)
     user = parts[0]
     if not user:
         raise ValueError("empty user name")
-    password = parts[1] if len(parts) > 1 and parts[1] != "" else None
+    _checkColumns(parts)
+    password = parts[1] if parts[1] != "" else None
     extra = parts[7] if len(parts) == 8 else ""
     try:
         return user, PassdbReply.fromFields(splitExtraFields(extra), password=password)

@@ -35,6 +35,8 @@ from imapreferral.passdbs.sqlconf import (
     SQLConfigError,
     compileQuery,
     parseSQLConfig,
+    redactConninfo,
+    redactSecrets,
 )
 from imapreferral.passwords import allowsCramMD5
 
@@ -250,15 +252,18 @@ class SQLPassdb(Service):
                 f"{self.config.path}: cannot open SQLite database {self._driver.database}: {e}"
             ) from None
         except Exception as e:
+            # libpq may echo a piece of the conninfo ('missing "=" after
+            # "secret"'): passwords never reach a message.
+            error = redactSecrets(str(e).strip(), self.config.connect)
             if type(e).__name__ == "ProgrammingError":  # psycopg: a bad conninfo
                 raise SQLConfigError(
-                    f"{self.config.path}: connect = {self.config.connect!r} is not usable: "
-                    f"{str(e).strip()}"
+                    f"{self.config.path}: connect = {redactConninfo(self.config.connect)!r} "
+                    f"is not usable: {error}"
                 ) from None
             _log.warn(
                 "{path}: cannot check password_query now, database unreachable: {error}",
                 path=self.config.path,
-                error=str(e).strip(),
+                error=error,
             )
             return
         try:

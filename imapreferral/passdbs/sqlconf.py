@@ -41,6 +41,74 @@ class SQLConfigError(ValueError):
     """A SQL config that cannot be used; the message names file and line."""
 
 
+#: One libpq conninfo item, C{key = value} (a value may be C{'quoted'} with
+#: C{\\} escapes), or a stray word (libpq: 'missing "=" after "word"').
+_CONNINFO_ITEM = re.compile(r"([A-Za-z_]+)\s*=\s*('(?:[^'\\]|\\.)*'?|[^\s']*)|(\S+)")
+#: A libpq URI's password: C{postgresql://user:PASSWORD@host}, C{?password=PASSWORD}.
+_URI_PASSWORDS = re.compile(
+    r"^postgres(?:ql)?://[^:@/?#]*:([^@/?#]*)@|[?&]password=([^&#]*)", re.IGNORECASE
+)
+
+REDACTED = "***"
+
+#: libpq keywords whose value is a secret (sslpassword: the client key's).
+_SECRET_KEYS = frozenset({"password", "sslpassword"})
+
+
+def _conninfoPasswords(connect: str) -> list[tuple[int, int]]:
+    """
+    Where the passwords are in a conninfo or URI, as C{(start, end)}
+    spans: the value of C{password=} (and C{sslpassword=}), and any stray
+    words after it up to the next C{key=} (C{password=two words}: libpq echoes the second word in its
+    error).
+    """
+    if re.match(r"postgres(?:ql)?://", connect, re.IGNORECASE):
+        return [
+            match.span(group)
+            for match in _URI_PASSWORDS.finditer(connect)
+            for group in (1, 2)
+            if match.group(group)
+        ]
+    spans: list[tuple[int, int]] = []
+    afterPassword = False
+    for match in _CONNINFO_ITEM.finditer(connect):
+        key, value, stray = match.groups()
+        if stray is not None:
+            if afterPassword:
+                spans.append(match.span(3))
+            continue
+        afterPassword = key in _SECRET_KEYS
+        if afterPassword and value:
+            spans.append(match.span(2))
+    return spans
+
+
+def redactConninfo(connect: str) -> str:
+    """
+    A conninfo (or URI) fit for a message: passwords become C{***}, the
+    rest stays for diagnosis (C{host=db password=*** dbname=mail}).
+    """
+    for start, end in reversed(_conninfoPasswords(connect)):
+        connect = connect[:start] + REDACTED + connect[end:]
+    return connect
+
+
+def redactSecrets(text: str, connect: str) -> str:
+    """
+    C{text} (say, libpq's error about C{connect}) with every password of
+    C{connect} replaced by C{***}, quoted or not, wherever it appears.
+    """
+    secrets: set[str] = set()
+    for start, end in _conninfoPasswords(connect):
+        raw = connect[start:end]
+        secrets.add(raw)
+        if raw.startswith("'"):
+            secrets.add(re.sub(r"\\(.)", r"\1", raw.strip("'")))
+    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    return text
+
+
 @attrs.frozen
 class Variable:
     """One use of a variable: its long name and an optional case modifier."""
@@ -184,7 +252,7 @@ class SQLConfig:
 
     path: str
     driver: str
-    connect: str
+    connect: str = attrs.field(repr=redactConninfo)
     passwordQuery: str
     defaultPassScheme: str = "MD5"
     queryLine: int = 0
@@ -246,7 +314,8 @@ def parseSQLConfig(path: str, text: str) -> SQLConfig:
         key, sep, value = line.partition("=")
         key = key.strip()
         if not sep or not key or not re.fullmatch(r"[a-z_]+", key):
-            raise SQLConfigError(f"{path}:{number}: expected 'key = value', got {line[:60]!r}")
+            shown = redactConninfo(line)[:60]
+            raise SQLConfigError(f"{path}:{number}: expected 'key = value', got {shown!r}")
         if key in KNOWN_KEYS:
             settings[key] = (number, _unquote(value.strip()))
         else:

@@ -11,7 +11,7 @@ from zope.interface import implementer
 
 from imapreferral.interfaces import IPassdb
 from imapreferral.login.context import LoginContext
-from imapreferral.login.fields import PassdbReply, splitExtraFields
+from imapreferral.login.fields import FieldError, PassdbReply, splitExtraFields
 from imapreferral.passwords import allowsCramMD5
 
 
@@ -26,11 +26,17 @@ class StaticPassdb:
     def fromString(cls, text: str) -> StaticPassdb:
         """
         Parse Dovecot-style C{key=value} and bare flags; C{password=} sets a
-        shared password.
+        shared password. As Dovecot's static passdb says, one of
+        C{password=} or C{nopassword} is needed: without either no one
+        could ever log in, and the passdb would only hide a typo.
 
-        @raise imapreferral.login.fields.FieldError: for a meaningless value.
+        @raise imapreferral.login.fields.FieldError: for a meaningless value,
+            or neither C{password=} nor C{nopassword}.
         """
-        return cls(PassdbReply.fromFields(splitExtraFields(text)))
+        reply = PassdbReply.fromFields(splitExtraFields(text))
+        if reply.password is None and not reply.nopassword:
+            raise FieldError("needs password= or nopassword, else no one can log in")
+        return cls(reply)
 
     def __repr__(self) -> str:
         return f"<StaticPassdb host={self.reply.host!r}>"

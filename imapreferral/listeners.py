@@ -1,0 +1,187 @@
+"""
+The listeners C{--listen} and C{--listen-tls} name, checked before the
+server starts.
+
+Twisted binds a port in C{privilegedStartService}, after twistd has started
+logging (and daemonised): a port out of range or in use is then a
+40-line traceback in the log. Here each description is parsed once into a
+L{Listener}, its port range checked, and (under twistd) every address tried
+before anything starts, so the problem is one line on stderr naming the
+option.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import shlex
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet import endpoints
+
+#: The prefix of a listener behind HAProxy (PROXY protocol headers). We
+#: parse it ourselves: Twisted's own C{haproxy:} endpoint trusts every peer
+#: and lets the greeting out before the header.
+PROXY_PREFIX = "haproxy:"
+
+
+class ListenerError(ValueError):
+    """A listener that cannot work; the message names the option and value."""
+
+
+def withoutProxyPrefix(description: str) -> tuple[str, bool]:
+    """Split C{haproxy:tcp:...} into C{("tcp:...", True)}."""
+    if description.startswith(PROXY_PREFIX):
+        return description[len(PROXY_PREFIX) :], True
+    return description, False
+
+
+@attrs.frozen
+class Listener:
+    """
+    One C{--listen}/C{--listen-tls} value.
+
+    @ivar option: C{"listen"} or C{"listen-tls"}, for messages.
+    @ivar description: As given, with any C{haproxy:} prefix.
+    @ivar endpoint: The Twisted server endpoint description, without it.
+    @ivar proxied: Whether PROXY protocol headers are expected.
+    @ivar family: C{AF_INET}/C{AF_INET6} for TCP-like endpoints, else L{None}.
+    @ivar interface: The address bound (C{""}: every address).
+    @ivar port: The port bound (0: any free one).
+    @ivar local: A UNIX socket: reachable from this host only.
+    """
+
+    option: str
+    description: str
+    endpoint: str
+    proxied: bool
+    family: int | None = None
+    interface: str = ""
+    port: int = 0
+    local: bool = False
+
+    @property
+    def shown(self) -> str:
+        """C{--listen tcp:1143}, quoted as a shell user would type it."""
+        return f"--{self.option} {shlex.quote(self.description)}"
+
+
+def parseListener(option: str, description: str, reactor: Any) -> Listener:
+    """
+    Parse one listener description with Twisted's endpoint parser.
+
+    @raise ListenerError: for a description Twisted refuses or a port
+        outside 0..65535 (Twisted only finds out when binding).
+    """
+    endpoint, proxied = withoutProxyPrefix(description)
+    shown = f"--{option} {shlex.quote(description)}"
+    try:
+        parsed = endpoints.serverFromString(reactor, endpoint)
+    except Exception as e:
+        problem = str(e)
+        if problem.startswith("invalid literal for int()"):
+            problem = "a port or backlog that is not a number"
+        raise ListenerError(f"{shown}: {problem}") from None
+    listener = Listener(option, description, endpoint, proxied)
+    if isinstance(parsed, endpoints.UNIXServerEndpoint):
+        return attrs.evolve(listener, local=True)
+    port = getattr(parsed, "_port", None)
+    if not isinstance(port, int):
+        return listener  # systemd:, an endpoint plugin: nothing we can check
+    if not 0 <= port <= 65535:
+        raise ListenerError(f"{shown}: port {port} out of range (0-65535)")
+    interface = getattr(parsed, "_interface", "") or ""
+    ipv6 = isinstance(parsed, endpoints.TCP6ServerEndpoint) or ":" in interface
+    family = socket.AF_INET6 if ipv6 else socket.AF_INET
+    return attrs.evolve(listener, family=family, interface=interface, port=port)
+
+
+def isLoopbackOnly(listener: Listener) -> bool:
+    """
+    Whether only this host can reach C{listener}: a UNIX socket, or a TCP
+    interface that is a loopback address. A C{haproxy:} listener is there
+    to be reached through a proxy, so it never counts; nor does an
+    endpoint type we cannot see into.
+    """
+    if listener.local:
+        return True
+    if listener.proxied or listener.family is None:
+        return False
+    if listener.interface == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(listener.interface.split("%")[0])
+    except ValueError:
+        return False  # "" (every address) or a host name
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
+def _reason(error: OSError) -> str:
+    if error.errno == errno.EADDRINUSE:
+        return "address already in use"
+    text = error.strerror or str(error)
+    return text[:1].lower() + text[1:]
+
+
+def probeListeners(listeners: Sequence[Listener]) -> None:
+    """
+    Bind every TCP listener's address now, as Twisted will (with
+    C{SO_REUSEADDR}, so a previous run's connections in TIME_WAIT do not
+    count), and let go. The probes listen until all are made, so two
+    listeners on one port are caught too. Port 0 and endpoints we cannot
+    see into are left to Twisted.
+
+    @raise ListenerError: naming the first listener that cannot bind, and why.
+    """
+    held: list[socket.socket] = []
+    try:
+        for listener in listeners:
+            if listener.family is None or listener.port == 0:
+                continue
+            probe = socket.socket(listener.family, socket.SOCK_STREAM)
+            held.append(probe)
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                address = socket.getaddrinfo(
+                    listener.interface or None,
+                    listener.port,
+                    listener.family,
+                    socket.SOCK_STREAM,
+                    0,
+                    socket.AI_PASSIVE,
+                )[0][4]
+                probe.bind(address)
+                probe.listen(1)
+            except OSError as e:
+                raise ListenerError(f"{listener.shown}: {_reason(e)}") from None
+    finally:
+        for probe in held:
+            probe.close()
+
+
+class ListenerService(StreamServerEndpointService):
+    """
+    A listening port whose failure to bind stops the server with one line
+    naming the listener, not a traceback. Under twistd L{probeListeners}
+    has caught the usual causes already; this covers the rest (a race, a
+    UNIX socket path that cannot be created).
+    """
+
+    _raiseSynchronously = True
+
+    def __init__(self, listener: Listener, endpoint: Any, factory: Any) -> None:
+        super().__init__(endpoint, factory)
+        self.listener = listener
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except Exception as e:
+            error = getattr(e, "socketError", e)
+            reason = _reason(error) if isinstance(error, OSError) else str(error)
+            raise SystemExit(f"imapreferral: {self.listener.shown}: {reason}") from None
