@@ -76,6 +76,19 @@ class Peer(HandshakeAware):
         return waiting
 
 
+class Owner(HandshakeAware):
+    """What owns a front-side connection: forwards its events to a relay end."""
+
+    end = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.end.dataReceived(data)
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.end is not None:
+            self.end.connectionLost(reason)
+
+
 class Listener(Factory):
     """Builds C{protocol()} per connection and queues each one accepted."""
 

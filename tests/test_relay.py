@@ -15,7 +15,7 @@ import os
 
 import pytest
 import pytest_twisted
-from loopback import HandshakeAware, Listener, Peer, clientTLS, openDescriptors, serverTLS
+from loopback import Listener, Owner, Peer, clientTLS, openDescriptors, serverTLS
 from tlscerts import makeCertificate
 from twisted.internet import reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
@@ -24,19 +24,6 @@ from twisted.internet.error import ConnectionDone
 from imapreferral.proxy.relay import RelayStats, splice
 
 MB = 1024 * 1024
-
-
-class Owner(HandshakeAware):
-    """What owns a front-side connection: forwards its events to the relay."""
-
-    end = None
-
-    def dataReceived(self, data: bytes) -> None:
-        self.end.dataReceived(data)
-
-    def connectionLost(self, reason) -> None:
-        if self.end is not None:
-            self.end.connectionLost(reason)
 
 
 class Spliced:

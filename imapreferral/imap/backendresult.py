@@ -108,14 +108,13 @@ class BackendTempFail:
     """The backend said C{NO [UNAVAILABLE] text}: retried, then relayed."""
 
     response: bytes
+    cause: str = attrs.field(
+        default=attrs.Factory(lambda self: logText(self.response), takes_self=True)
+    )
     untagged: tuple[bytes, ...] = ()
     state = LOGIN
     retryable = True
     clientBytes = _failureBytes
-
-    @property
-    def cause(self) -> str:
-        return logText(self.response)
 
 
 @attrs.frozen
@@ -123,14 +122,13 @@ class BackendRefused:
     """The backend said C{NO [CODE] text} (LIMIT, EXPIRED, ...): relayed."""
 
     response: bytes
+    cause: str = attrs.field(
+        default=attrs.Factory(lambda self: logText(self.response), takes_self=True)
+    )
     untagged: tuple[bytes, ...] = ()
     state = LOGIN
     retryable = False
     clientBytes = _failureBytes
-
-    @property
-    def cause(self) -> str:
-        return logText(self.response)
 
 
 @attrs.frozen
@@ -141,15 +139,14 @@ class BackendReferral:
     """
 
     url: str
+    cause: str = attrs.field(
+        default=attrs.Factory(lambda self: f"backend referred to {self.url}", takes_self=True)
+    )
     untagged: tuple[bytes, ...] = ()
     state = LOGIN
     retryable = False
     response = NO_UNAVAILABLE
     clientBytes = _failureBytes
-
-    @property
-    def cause(self) -> str:
-        return f"backend referred to {self.url}"
 
 
 BackendFailure = (
