@@ -125,6 +125,20 @@ TRANSCRIPTS = [
         SERVERBUG,
     ),
     (
+        "dovecot-waiting-for-auth-then-greeting",
+        login(idFields=ID_FIELDS),
+        [
+            (b"* OK Waiting for authentication process to respond..\r\n", b"P1 CAPABILITY\r\n"),
+            (
+                DOVECOT + b"* CAPABILITY IMAP4rev1 ID AUTH=PLAIN\r\nP1 OK\r\n",
+                b"P2 " + ID + b'P3 LOGIN "alice" "secret"\r\n',
+            ),
+            (b"P2 OK\r\nP3 " + OK_CAPS + b"\r\n", b""),
+        ],
+        BackendLoggedIn,
+        b"a " + OK_CAPS + b"\r\n",
+    ),
+    (
         "capabilities-inserted-without-pre-login-ones",
         login(),
         [

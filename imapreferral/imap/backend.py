@@ -328,9 +328,15 @@ class BackendDialogue:
         return self._proceed()
 
     def _untaggedLine(self, line: bytes) -> list[Action]:
-        word = line[2:].split(b" ", 1)[0].upper()
+        word, _, rest = line[2:].partition(b" ")
+        word = word.upper()
+        code, args, _ = _respCode(rest) if word == b"OK" else (b"", b"", b"")
         if word == b"CAPABILITY":
-            self._capabilities = _parseCapabilities(line[len(b"* CAPABILITY ") :])
+            self._capabilities = _parseCapabilities(rest)
+        elif code == b"CAPABILITY":
+            # Dovecot's greeting after "* OK Waiting for authentication
+            # process to respond..": what it offers, not news for the client.
+            self._capabilities = _parseCapabilities(args)
         elif word == b"BYE":
             self._bye = line[6:]
         elif word != b"ID":
