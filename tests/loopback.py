@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredQueue
-from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from imapreferral.proxy.relay import Relay
 
 
 def openDescriptors() -> int:
@@ -50,7 +53,7 @@ class Peer(HandshakeAware):
         self.digest = hashlib.sha256()
         self.lost: Deferred[None] = Deferred()
         self.reason: Failure | None = None
-        self._waiting: list[tuple[int, Deferred[None]]] = []
+        self._waiting: list[tuple[Callable[[], bool], Deferred[None]]] = []
 
     def dataReceived(self, data: bytes) -> None:
         self.received += len(data)
@@ -58,7 +61,7 @@ class Peer(HandshakeAware):
         if self.keep:
             self.data += data
         for entry in list(self._waiting):
-            if self.received >= entry[0]:
+            if entry[0]():
                 self._waiting.remove(entry)
                 entry[1].callback(None)
 
@@ -68,11 +71,18 @@ class Peer(HandshakeAware):
 
     def waitFor(self, count: int) -> Deferred[None]:
         """Fires once C{count} bytes have arrived in all."""
+        return self.waitUntil(lambda: self.received >= count)
+
+    def waitForBytes(self, text: bytes) -> Deferred[None]:
+        """Fires once C{text} is among what arrived (kept data only)."""
+        return self.waitUntil(lambda: text in self.data)
+
+    def waitUntil(self, done: Callable[[], bool]) -> Deferred[None]:
         waiting: Deferred[None] = Deferred()
-        if self.received >= count:
+        if done():
             waiting.callback(None)
         else:
-            self._waiting.append((count, waiting))
+            self._waiting.append((done, waiting))
         return waiting
 
 
@@ -129,3 +139,35 @@ def serverTLS(certificate) -> object:
 def clientTLS(certificate, name: str = "localhost") -> object:
     """Client-side TLS options trusting the test certificate, checking C{name}."""
     return optionsForClientTLS(name, trustRoot=Certificate.loadPEM(certificate[0].read_bytes()))
+
+
+class RelayedClient:
+    """
+    A raw client on a front port whose connection is relayed to an
+    already logged-in backend session (L{imapreferral.proxy.connect}).
+    """
+
+    @classmethod
+    async def start(cls, session, clock, toBackend: bytes = b"") -> RelayedClient:
+        self = cls()
+        self.front = Listener(Owner)
+        port = await self.front.listen()
+        self.peer = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), Peer())
+        frontSide = await self.front.accepted.get()
+        self.relay = Relay(frontSide.transport, session.transport, clock)
+        frontSide.end = self.relay.client
+        self.relay.start(toBackend=toBackend, toClient=session.attach(self.relay.backend))
+        return self
+
+    async def command(self, line: bytes, until: bytes, seconds: float = 10) -> bytes:
+        """Send C{line}; return everything received once C{until} arrived."""
+        self.peer.transport.write(line)
+        await self.peer.waitForBytes(until).addTimeout(seconds, reactor)
+        return bytes(self.peer.data)
+
+    async def close(self):
+        """Close the client; the relay closes the backend side; return stats."""
+        self.peer.transport.loseConnection()
+        stats = await self.relay.done.addTimeout(5, reactor)
+        await self.front.stop()
+        return stats

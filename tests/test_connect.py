@@ -9,10 +9,9 @@ from __future__ import annotations
 import pytest
 import pytest_twisted
 from haproxyserver import freePort
-from loopback import Listener, Owner, Peer
+from loopback import Listener, RelayedClient
 from twisted.internet import reactor, task
 from twisted.internet.defer import ensureDeferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.protocols.basic import LineReceiver
 
 from imapreferral.imap.backend import ForwardedClient
@@ -25,7 +24,6 @@ from imapreferral.imap.backendresult import (
 )
 from imapreferral.login.outcome import ProxyDestination
 from imapreferral.proxy.connect import BackendConnector, BackendSession
-from imapreferral.proxy.relay import Relay
 
 BANNER = b"* OK [CAPABILITY IMAP4rev1 ID LITERAL+] fake ready"
 
@@ -100,10 +98,6 @@ async def driven(clock: task.Clock, coroutine, limit: int = 1000):
         if soon:
             clock.advance(max(0.0, min(soon)))
     raise AssertionError("connect did not finish")
-
-
-async def within(seconds: float, deferred):
-    return await deferred.addTimeout(seconds, reactor)
 
 
 def connector(clock, **kwargs) -> BackendConnector:
@@ -296,15 +290,6 @@ async def test_loggedInSessionRelaysWithLeftover(clock, fakes):
         (b"IMAP4rev1", b"IDLE"),
         leftover=b"* 1 EXISTS\r\n",
     )
-    front = Listener(Owner)
-    frontPort = await front.listen()
-    client = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", frontPort), Peer())
-    frontSide = await front.accepted.get()
-    relay = Relay(frontSide.transport, session.transport, clock)
-    frontSide.end = relay.client
-    relay.start(toBackend=b"b NOOP\r\n", toClient=session.attach(relay.backend))
-    await within(5, client.waitFor(len(b"* 1 EXISTS\r\nb OK done\r\n")))
-    assert bytes(client.data) == b"* 1 EXISTS\r\nb OK done\r\n"
-    client.transport.loseConnection()
-    await within(5, relay.done)
-    await front.stop()
+    client = await RelayedClient.start(session, clock, toBackend=b"b NOOP\r\n")
+    assert await client.command(b"", b"b OK done\r\n") == b"* 1 EXISTS\r\nb OK done\r\n"
+    await client.close()
