@@ -622,3 +622,14 @@ def test_loginForDestination(tls, secured, starttls):
 def test_loginForDestinationNotTrusted():
     destination = ProxyDestination(host="h", port=143, user="bob", password="pw", sendID=False)
     assert BackendLogin.forDestination(destination, ForwardedClient()).idFields is None
+
+
+@pytest.mark.parametrize("reply", [b"P1 OK\r\n", b"P1 NO nope\r\n"], ids=["ok", "no"])
+def test_credentialsForgottenOnceFinished(reply):
+    """As Dovecot's proxy_free_password: nothing keeps the password after."""
+    dialogue = BackendDialogue(login(password="s3cret-pw"))
+    play(dialogue, [NO_ID, reply])
+    held = []
+    for value in vars(dialogue).values():
+        held += attrs.astuple(value) if attrs.has(type(value)) else [value]
+    assert not [v for v in held if isinstance(v, str | bytes) and "s3cret" in repr(v)]

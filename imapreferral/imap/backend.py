@@ -490,6 +490,10 @@ class BackendDialogue:
         return self._finish(kind(self.state, cause))
 
     def _finish(self, result: BackendResult) -> list[Action]:
+        """The end: forget the credentials (as Dovecot's proxy_free_password)."""
         self.finished = True
         self._continuations.clear()
+        self._password = self._master = b""
+        self._login = attrs.evolve(self._login, password="")
+        self._buffer = bytearray()
         return [attrs.evolve(result, untagged=tuple(self._untagged))]

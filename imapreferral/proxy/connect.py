@@ -136,7 +136,8 @@ class BackendProtocol(Protocol):
     def __init__(
         self, dialogue: BackendDialogue, tlsCreator: object | None, implicitTLS: bool = False
     ) -> None:
-        self.dialogue = dialogue
+        self._dialogue: BackendDialogue | None = dialogue
+        self._state = dialogue.state
         self.result: Deferred[BackendResult] = Deferred()
         self.closed: Deferred[None] = Deferred()
         self._tlsCreator = tlsCreator
@@ -148,15 +149,18 @@ class BackendProtocol(Protocol):
 
     @property
     def state(self) -> str:
-        return self.dialogue.state
+        """The dialogue's state; C{connect} until an implicit TLS handshake is done."""
+        if self._implicitTLS and self._tlsPending:
+            return CONNECT
+        return self._dialogue.state if self._dialogue is not None else self._state
 
     def dataReceived(self, data: bytes) -> None:
         if self._end is not None:
             self._end.dataReceived(data)
-        elif self.dialogue.finished:  # decrypted after we paused: the relay's
+        elif self._dialogue is None:  # decrypted after we paused: the relay's
             self._pending += data
         else:
-            self._act(self.dialogue.receive(data))
+            self._act(self._dialogue.receive(data))
 
     def _act(self, actions: list) -> None:
         for action in actions:
@@ -165,8 +169,9 @@ class BackendProtocol(Protocol):
             elif isinstance(action, StartTLS):
                 self._tlsPending = True
                 self.transport.startTLS(self._tlsCreator)
-                self._act(self.dialogue.tlsStarted())
+                self._act(self._dialogue.tlsStarted())
             else:
+                self._state, self._dialogue = self._dialogue.state, None  # memory, password
                 if isinstance(action, BackendLoggedIn):
                     self.transport.pauseProducing()
                     self._pending[:0] = action.leftover
@@ -189,7 +194,7 @@ class BackendProtocol(Protocol):
                 cause = f"TLS handshake with the backend failed: {reason.getErrorMessage()}"
                 self.result.callback(BackendMisconfigured(state, cause))
             else:
-                self._act(self.dialogue.connectionLost(reason.getErrorMessage()))
+                self._act(self._dialogue.connectionLost(reason.getErrorMessage()))
         self.closed.callback(None)
 
     def attach(self, end) -> bytes:
