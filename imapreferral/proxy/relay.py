@@ -59,6 +59,8 @@ class _PeerProducer:
     fills, stop reading the other side; when it drains, read again.
     """
 
+    __slots__ = ("_source",)
+
     def __init__(self, source: RelayEnd) -> None:
         self._source = source
 
@@ -81,6 +83,9 @@ class RelayEnd:
     @ivar transport: The side's transport.
     @ivar received: Bytes read from this side so far.
     """
+
+    # Thousands of idle sessions each hold two: no per-instance __dict__.
+    __slots__ = ("lost", "name", "peer", "received", "relay", "transport")
 
     def __init__(self, relay: Relay, name: str, transport: ITransport) -> None:
         self.relay = relay
@@ -112,6 +117,10 @@ class Relay:
     @ivar closing: Whether the session is ending (no more bytes copied).
     @ivar done: Fires with L{RelayStats} once both connections are closed.
     """
+
+    __slots__ = (
+        "_clock", "_drainCall", "_drainTimeout", "_endedBy", "backend", "client", "closing", "done",
+    )  # fmt: skip
 
     def __init__(
         self,
