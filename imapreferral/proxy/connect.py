@@ -32,8 +32,8 @@ import attrs
 from OpenSSL import SSL
 from service_identity import VerificationError
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
+from twisted.internet.defer import Deferred
+from twisted.internet.error import UserError
 from twisted.internet.interfaces import (
     IDelayedCall,
     IHandshakeListener,
@@ -41,7 +41,7 @@ from twisted.internet.interfaces import (
     IResolutionReceiver,
     ITransport,
 )
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.ssl import (
     Certificate,
     CertificateOptions,
@@ -50,6 +50,7 @@ from twisted.internet.ssl import (
     trustRootFromCertificates,
 )
 from twisted.internet.task import deferLater
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -203,28 +204,30 @@ class BackendProtocol(Protocol):
         return leftover
 
 
-class _Attempt:
-    """One connection to one address, until a result or the deadline."""
+class _Attempt(ClientFactory):
+    """
+    One connection to one address, until a result or the deadline. A
+    plain C{connectTCP} factory, not an endpoint: an endpoint's wrapping
+    protocol and factory would stay alive with every proxied session.
+    """
 
-    def __init__(self, endpoint, protocol: BackendProtocol) -> None:
+    noisy = False
+
+    def __init__(self, protocol: BackendProtocol) -> None:
         self.done: Deferred[BackendResult] = Deferred()
         self.protocol = protocol
+        self.connector = None
         self._connected = False
-        factory = Factory.forProtocol(lambda: protocol)
-        self._connecting = endpoint.connect(factory)
-        self._connecting.addCallbacks(self._made, self._failed)
         protocol.result.addCallback(self._finish)
 
-    def _made(self, _: Protocol) -> None:
+    def buildProtocol(self, addr) -> BackendProtocol:
         self._connected = True
-        self._connecting = None
+        return self.protocol
 
-    def _failed(self, reason: Failure) -> None:
-        self._connecting = None
-        if not reason.check(CancelledError):
-            self._finish(
-                BackendUnavailable(CONNECT, f"connect failed: {reason.getErrorMessage()}")
-            )
+    def clientConnectionFailed(self, connector, reason: Failure) -> None:
+        if not reason.check(UserError):  # our stopConnecting() at the deadline
+            cause = f"connect failed: {reason.getErrorMessage()}"
+            self._finish(BackendUnavailable(CONNECT, cause))
 
     def _finish(self, result: BackendResult) -> None:
         if not self.done.called:
@@ -234,9 +237,9 @@ class _Attempt:
         """The deadline passed: fail in the state we are in, and cut."""
         state = self.protocol.state if self._connected else CONNECT
         self._finish(BackendUnavailable(state, f"timed out after {seconds:g}s"))
-        if self._connecting is not None:
-            self._connecting.cancel()
-        elif self._connected and self.protocol.transport is not None:
+        if not self._connected:
+            self.connector.stopConnecting()
+        elif self.protocol.transport is not None:
             self.protocol.transport.abortConnection()
 
     async def closed(self) -> None:
@@ -416,15 +419,15 @@ class BackendConnector:
         protocol = BackendProtocol(
             BackendDialogue(login), creator, destination.tls == IMPLICIT_TLS
         )
-        kind = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
-        bind = (destination.sourceIP, 0) if destination.sourceIP else None
-        endpoint = kind(
-            self._reactor, address, destination.port, timeout=destination.timeout + 1,
-            bindAddress=bind,
-        )  # fmt: skip
+        attempt = _Attempt(protocol)
+        factory = attempt
         if destination.tls == IMPLICIT_TLS:
-            endpoint = wrapClientTLS(creator, endpoint)
-        return _Attempt(endpoint, protocol)
+            factory = TLSMemoryBIOFactory(creator, True, attempt)
+        bind = (destination.sourceIP, 0) if destination.sourceIP else None
+        attempt.connector = self._reactor.connectTCP(
+            address, destination.port, factory, timeout=destination.timeout + 1, bindAddress=bind
+        )
+        return attempt
 
     def _tlsCreator(self, destination: ProxyDestination):
         """TLS towards the backend: verified against C{host}, or any-cert."""

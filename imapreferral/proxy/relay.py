@@ -144,6 +144,11 @@ class Relay:
         Pair the producers, deliver what each side sent during the login
         (C{toBackend}: the client's pipelined commands; C{toClient}: what the
         backend sent after its tagged OK), then read both sides.
+
+        Neither transport may have a producer registered, and TLS on either
+        must have finished its handshake (it has, after a login): TLS pauses
+        its producer while a handshake is pending, which here would stop
+        reading the other side, whose own handshake may need exactly that.
         """
         for end in (self.client, self.backend):
             if not self.closing:  # a gone transport stops its producer at once
