@@ -26,15 +26,36 @@ EXAMPLE_CONFIG = Path(imapreferral.__file__).parent / "examples" / "haproxy.cfg"
 _LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp
 
 
-def haproxyExecutable() -> str:
-    """The C{haproxy} on PATH; skip (or fail, if required) without one."""
-    executable = shutil.which("haproxy")
-    if executable is None:
-        why = "haproxy is not on PATH (Debian: apt-get install haproxy)"
-        if os.environ.get("IMAPREFERRAL_REQUIRE_HAPROXY"):
-            pytest.fail(why + " and IMAPREFERRAL_REQUIRE_HAPROXY is set")
+def requireExecutable(name: str, package: str, path: str | None = None) -> str:
+    """
+    The program C{name} (on PATH, or on C{path}); without it, skip the
+    test, or fail it when C{IMAPREFERRAL_REQUIRE_<NAME>} is set (as CI does).
+    """
+    executable = shutil.which(name) or (path and shutil.which(name, path=path))
+    if not executable:
+        why = f"{name} is not installed (Debian: apt-get install {package})"
+        variable = f"IMAPREFERRAL_REQUIRE_{name.upper()}"
+        if os.environ.get(variable):
+            pytest.fail(f"{why} and {variable} is set")
         pytest.skip(why)
     return executable
+
+
+def haproxyExecutable() -> str:
+    """The C{haproxy} on PATH; skip (or fail, if required) without one."""
+    return requireExecutable("haproxy", "haproxy")
+
+
+def stopProcess(process: subprocess.Popen[bytes] | None, seconds: float = 5) -> None:
+    """Terminate, wait a bounded time, then kill."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)
 
 
 def freePort(host: str) -> int:
@@ -110,13 +131,5 @@ class HAProxy:
         raise AssertionError(f"haproxy is not listening on {listening}:\n{self.output()}")
 
     def stop(self) -> None:
-        """Terminate, wait a bounded time, then kill."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stopProcess(process)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from imapreferral.imap.url import IMAPURL, encodeAchar, formatHost
+from imapreferral.imap.url import IMAPURL, encodeAchar, formatHost, parseServerURL
 
 URLS = [
     # (user, host, port, auth, expected)
@@ -62,3 +62,57 @@ def test_dovecotAllAsciiSpecials():
 )
 def test_formatHost(host, expected):
     assert formatHost(host) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("imap://imap2.example.com/", IMAPURL("", "imap2.example.com")),
+        ("imap://imap2.example.com", IMAPURL("", "imap2.example.com")),
+        ("IMAP://bob@imap2.example.com:1143/", IMAPURL("bob", "imap2.example.com", 1143)),
+        (
+            "imap://bob;AUTH=*@imap2.example.com/INBOX",
+            IMAPURL("bob", "imap2.example.com", None, "*"),
+        ),
+        (
+            "imap://j%c3%b6rg%40x;AUTH=PLAIN@[2001:db8::2]:993/",
+            IMAPURL("jörg@x", "2001:db8::2", 993, "PLAIN"),
+        ),
+        ("imap://b%2fc@10.0.0.1/", IMAPURL("b/c", "10.0.0.1")),
+    ],
+    ids=["bare", "no-slash", "user-port", "auth-star-path", "pct-ipv6", "pct-slash"],
+)
+def test_parseServerURL(text, expected):
+    assert parseServerURL(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "http://h/",
+        "imap:/h/",
+        "imap:///",
+        "imap://h:port/",
+        "imap://h:0/",
+        "imap://h:70000/",
+        "imap://[not-v6]/",
+        "imap://[2001:db8::1]x/",
+        "imap://u;X=1@h/",
+        "imap://u%zz@h/",
+    ],
+)
+def test_parseServerURLRefusesMalformed(text):
+    with pytest.raises(ValueError):
+        parseServerURL(text)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        IMAPURL("bob", "imap2.example.com", 1143, "PLAIN"),
+        IMAPURL("a;b/c:d@e", "2001:db8::1", None),
+        IMAPURL("jörg@exämple.com", "imap2.example.com"),
+    ],
+)
+def test_parseServerURLRoundTrips(url):
+    assert parseServerURL(url.asText()) == url

@@ -97,3 +97,52 @@ class IMAPURL:
 
     def __str__(self) -> str:
         return self.asText()
+
+
+def _decode(text: str) -> str:
+    """Undo %-encoding (RFC 3986 §2.1), as UTF-8; bad escapes are errors."""
+    if "%" not in text:
+        return text
+    raw, rest = bytearray(), text
+    while "%" in rest:
+        before, _, after = rest.partition("%")
+        escape = after[:2]
+        if len(escape) != 2 or not all(c in string.hexdigits for c in escape):
+            raise ValueError(f"bad %-escape in {text!r}")
+        raw += before.encode() + bytes([int(escape, 16)])
+        rest = after[2:]
+    return (raw + rest.encode()).decode("utf-8", "surrogateescape")
+
+
+def parseServerURL(text: str) -> IMAPURL:
+    """
+    Read an RFC 5092 C{imap://[user[;AUTH=mech]@]host[:port][/...]} URL as
+    a backend's C{NO [REFERRAL ...]} sends it; what follows the server part
+    is ignored. An absent user is C{""}.
+
+    @raise ValueError: for anything that is not such a URL.
+    """
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme.lower() != "imap":
+        raise ValueError(f"not an imap:// URL: {text!r}")
+    authority = rest.split("/", 1)[0]
+    userinfo, at, hostport = authority.rpartition("@")
+    user, _, auth = userinfo.partition(";")
+    if auth and not auth.upper().startswith("AUTH="):
+        raise ValueError(f"bad user part in {text!r}")
+    if hostport.startswith("["):
+        host, bracket, portText = hostport[1:].partition("]")
+        if not bracket or not _isIPv6(host) or (portText and not portText.startswith(":")):
+            raise ValueError(f"bad IPv6 host in {text!r}")
+        portText = portText[1:]
+    else:
+        host, _, portText = hostport.partition(":")
+        host = _decode(host)
+    if not host or (portText and not (portText.isascii() and portText.isdigit())):
+        raise ValueError(f"bad host or port in {text!r}")
+    port = int(portText) if portText else None
+    if port is not None and not 0 < port < 65536:
+        raise ValueError(f"bad port in {text!r}")
+    return IMAPURL(
+        user=_decode(user) if at else "", host=host, port=port, auth=_decode(auth[5:]) or "*"
+    )

@@ -7,7 +7,9 @@ L{PassdbReply.fromFields}; nothing after this module looks at raw strings.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import ipaddress
+import re
+from collections.abc import Callable, Iterable
 
 import attrs
 
@@ -23,7 +25,23 @@ _FLAGS = ("nologin", "nopassword", "nodelay", "proxy")
 #: holding these outside the extra-fields column of a passwd-file is a line
 #: that lost a colon (L{imapreferral.passdbs.passwdfile}).
 FLAG_FIELDS = frozenset(_FLAGS)
-KNOWN_FIELDS = FLAG_FIELDS | {"host", "port", "destuser", "reason", "user", "password"}
+KNOWN_FIELDS = FLAG_FIELDS | {
+    "host", "port", "destuser", "reason", "user", "password",
+    "proxy_maybe", "hostip", "pass", "master", "ssl", "starttls", "proxy_timeout",
+    "proxy_nopipelining", "proxy_not_trusted", "source_ip",
+}  # fmt: skip
+
+#: C{ssl=} and C{starttls=}: TLS towards the backend, verified or not.
+_TLS_VALUES = ("yes", "any-cert")
+
+#: C{proxy_timeout=}: seconds, or a number with a unit as Dovecot's
+#: interval settings take it (C{500ms}, C{2 min}).
+_INTERVAL = re.compile(r"^(\d+(?:\.\d+)?)\s*([a-z]*)$")
+_UNIT_SECONDS = {
+    **dict.fromkeys(("", "s", "sec", "secs", "second", "seconds"), 1.0),
+    **dict.fromkeys(("ms", "msec", "msecs", "millisecond", "milliseconds"), 0.001),
+    **dict.fromkeys(("m", "min", "mins", "minute", "minutes"), 60.0),
+}
 
 
 class FieldError(ValueError):
@@ -65,6 +83,74 @@ def parsePort(value: str | None) -> int | None:
     return port or None
 
 
+def parseAddress(key: str, value: str | None) -> str:
+    """
+    Read an IP address field (C{hostip}, C{source_ip}): IPv4 or IPv6, with
+    or without brackets, returned in its compressed form.
+
+    @raise FieldError: for a name or anything else that is not an address.
+    """
+    text = (value or "").strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise FieldError(f"{key}={value!r} is not an IP address") from None
+
+
+def parseTLS(key: str, value: str | None) -> str | None:
+    """
+    Read C{ssl=} or C{starttls=}: C{yes} (verify the backend's certificate)
+    or C{any-cert} (do not); a false boolean means off (L{None}).
+
+    @raise FieldError: for anything else (C{ssl=maybe}).
+    """
+    folded = "yes" if value is None else value.strip().lower()
+    if folded in _TLS_VALUES:
+        return folded
+    if folded in _TRUE:
+        return "yes"
+    if folded in _FALSE:
+        return None
+    raise FieldError(f"{key}={value!r} is not one of yes, any-cert, no")
+
+
+def parseInterval(key: str, value: str | None) -> float:
+    """
+    Read C{proxy_timeout=}: seconds (C{30}), or with a unit (C{500ms},
+    C{2 min}); it must be above zero.
+
+    @raise FieldError: for anything else.
+    """
+    match = _INTERVAL.match((value or "").strip().lower())
+    factor = _UNIT_SECONDS.get(match.group(2)) if match else None
+    seconds = float(match.group(1)) * factor if match and factor else 0.0
+    if seconds <= 0:
+        raise FieldError(f"{key}={value!r} is not a time interval above zero (seconds)")
+    return seconds
+
+
+def _text(key: str, value: str | None) -> str:
+    return value or ""
+
+
+#: Dovecot's proxy fields: the L{ProxyFields} attribute and the parser.
+#: C{forward_<key>} fields are collected apart.
+_PROXY_FIELDS: dict[str, tuple[str, Callable[[str, str | None], object]]] = {
+    "proxy_nopipelining": ("nopipelining", parseFlag),
+    "proxy_not_trusted": ("notTrusted", parseFlag),
+    "ssl": ("ssl", parseTLS),
+    "starttls": ("starttls", parseTLS),
+    "hostip": ("hostip", parseAddress),
+    "source_ip": ("sourceIP", parseAddress),
+    "proxy_timeout": ("timeout", parseInterval),
+    "pass": ("password", _text),
+    "master": ("master", _text),
+}
+_FORWARD = "forward_"
+
+
 def splitExtraFields(text: str) -> list[tuple[str, str | None]]:
     """
     Split Dovecot's space-separated extra fields: C{key=value} or a bare
@@ -87,6 +173,56 @@ def _redactedPassword(password: str | None) -> str:
 
 
 @attrs.frozen
+class ProxyFields:
+    """
+    How to reach and log in to a proxy backend: Dovecot's proxy fields
+    beyond C{host}, C{port} and C{destuser}, which L{PassdbReply} holds.
+
+    @ivar hostip: The address to connect to, so C{host} need not be
+        resolved; C{host} still names the backend for certificate checks.
+    @ivar password: C{pass}: the backend password, or L{None} to use the
+        one the client gave. Never shown in a repr.
+    @ivar master: A master user to log in to the backend as, on behalf of
+        the destination user (C{AUTHENTICATE PLAIN}, authzid = destuser).
+    @ivar ssl: C{yes} or C{any-cert}: implicit TLS to the backend.
+    @ivar starttls: C{yes} or C{any-cert}: STARTTLS to the backend.
+    @ivar timeout: C{proxy_timeout}, seconds from connect to the tagged
+        login reply, or L{None} for the default.
+    @ivar nopipelining: Wait for each backend reply before the next command.
+    @ivar notTrusted: Send the backend no C{ID} with the client's address.
+    @ivar sourceIP: The local address to connect from.
+    @ivar forward: C{forward_<key>} fields, sent as ID C{x-forward-<key>}.
+    """
+
+    hostip: str | None = None
+    password: str | None = attrs.field(default=None, repr=False)
+    master: str | None = None
+    ssl: str | None = None
+    starttls: str | None = None
+    timeout: float | None = None
+    nopipelining: bool = False
+    notTrusted: bool = False
+    sourceIP: str | None = None
+    forward: tuple[tuple[str, str], ...] = ()
+
+
+def _checkHostIP(host: str | None, hostip: str | None) -> None:
+    """
+    Dovecot: when C{host} and C{hostip} are both addresses they must agree.
+
+    @raise FieldError: when they do not.
+    """
+    if host is None or hostip is None:
+        return
+    try:
+        address = parseAddress("host", host)
+    except FieldError:
+        return
+    if address != hostip:
+        raise FieldError(f"host={host!r} and hostip={hostip!r} are different addresses")
+
+
+@attrs.frozen
 class PassdbReply:
     """
     One passdb's answer for one user, with Dovecot's fields given meaning.
@@ -101,6 +237,9 @@ class PassdbReply:
     @ivar destuser: The user name to give the client for the other server,
         or L{None} to use the login name.
     @ivar reason: Text to replace the default reply text, or L{None}.
+    @ivar proxyMaybe: C{proxy_maybe}: proxy unless C{host} and C{port}
+        point at this server, in which case log in here.
+    @ivar proxyFields: How to reach and log in to a proxy backend.
     @ivar extra: Every other field, in order, C{(key, value-or-None)}.
     """
 
@@ -114,6 +253,8 @@ class PassdbReply:
     nopassword: bool = False
     nodelay: bool = False
     proxy: bool = False
+    proxyMaybe: bool = False
+    proxyFields: ProxyFields = ProxyFields()
     extra: tuple[tuple[str, str | None], ...] = ()
 
     @classmethod
@@ -130,13 +271,24 @@ class PassdbReply:
         @raise FieldError: when a flag or port value is meaningless.
         """
         values: dict[str, object] = {}
+        proxyValues: dict[str, object] = {}
+        forward: list[tuple[str, str]] = []
         extra: list[tuple[str, str | None]] = []
         for rawKey, value in fields:
             key = rawKey.strip().lower()
             if not key or key.startswith("userdb_"):
                 continue
-            if key in _FLAGS:
+            if key in _PROXY_FIELDS:
+                name, parse = _PROXY_FIELDS[key]
+                if value is not None or parse in (parseFlag, parseTLS):
+                    proxyValues[name] = parse(key, value)
+            elif key.startswith(_FORWARD) and key != _FORWARD:
+                if value is not None:
+                    forward.append((key[len(_FORWARD) :], value))
+            elif key in _FLAGS:
                 values[key] = parseFlag(key, value)
+            elif key == "proxy_maybe":
+                values["proxyMaybe"] = parseFlag(key, value)
             elif key == "port":
                 values["port"] = parsePort(value)
             elif key in ("host", "destuser", "reason", "user"):
@@ -146,4 +298,7 @@ class PassdbReply:
                 password = value
             else:
                 extra.append((key, value))
+        if proxyValues or forward:
+            _checkHostIP(values.get("host"), proxyValues.get("hostip"))  # type: ignore[arg-type]
+            values["proxyFields"] = ProxyFields(forward=tuple(forward), **proxyValues)  # type: ignore[arg-type]
         return cls(password=password, extra=tuple(extra), **values)  # type: ignore[arg-type]

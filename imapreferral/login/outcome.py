@@ -107,6 +107,58 @@ class Proxy:
     user: str
 
 
+#: How the front reaches a proxy backend: plain TCP, implicit TLS
+#: (C{ssl=yes}), or STARTTLS after the greeting (C{starttls=yes}).
+PLAIN, IMPLICIT_TLS, STARTTLS = "plain", "tls", "starttls"
+
+
+@attrs.frozen
+class ProxyDestination:
+    """
+    Everything needed to log a user in to a proxy backend, from the passdb
+    fields and the client's credentials (see
+    L{imapreferral.login.destination.proxyDestination}).
+
+    @ivar host: The backend's name (or address): what certificates are
+        checked against and what logs show.
+    @ivar port: The backend port, defaults applied (143, or 993 for TLS).
+    @ivar user: The backend user (C{destuser}, else the login name).
+    @ivar password: The backend password (C{pass}, else the client's).
+        Never shown in a repr.
+    @ivar master: Log in as this master user for C{user}, or L{None}.
+    @ivar hostip: Connect here instead of resolving C{host}.
+    @ivar tls: L{PLAIN}, L{IMPLICIT_TLS} or L{STARTTLS}.
+    @ivar verifyCertificate: Check the backend's certificate against
+        C{host}; false for C{any-cert}.
+    @ivar timeout: Seconds from connecting to the tagged login reply.
+    @ivar pipelining: Send C{ID} and the login in one write.
+    @ivar sendID: Tell the backend the client's address with C{ID}
+        (C{proxy_not_trusted} turns it off).
+    @ivar sourceIP: The local address to connect from, or L{None}.
+    @ivar forward: C{forward_<key>} fields for ID C{x-forward-<key>}.
+    """
+
+    host: str
+    port: int
+    user: str
+    password: str = attrs.field(repr=False)
+    master: str | None = None
+    hostip: str | None = None
+    tls: str = PLAIN
+    verifyCertificate: bool = True
+    timeout: float = 30.0
+    pipelining: bool = True
+    sendID: bool = True
+    sourceIP: str | None = None
+    forward: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def address(self) -> str:
+        """C{host:port} (IPv6 in brackets) for log lines."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
 @attrs.frozen
 class LoggedIn:
     """

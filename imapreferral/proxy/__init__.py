@@ -1,0 +1,1 @@
+"""Proxying: connecting to a backend and relaying bytes to it."""
