@@ -102,3 +102,10 @@ def oneLine(text: str) -> str:
                 line = line.translate(_CONTROL_ESCAPES)
             return line
     return ""
+
+
+def literalFormat(text: str) -> str:
+    """C{text} as a Twisted C{log_format} that prints it as it is."""
+    if "{" in text or "}" in text:
+        return text.replace("{", "{{").replace("}", "}}")
+    return text

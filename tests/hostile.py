@@ -29,6 +29,7 @@ HOSTILE_NAMES = {
     "non-utf8": b"\xff\xfe remote=6.6.6.6 \xc3",
     "unicode-line-breaks": "a\u2028remote=6.6.6.6\u2029b\u0085c".encode(),
     "bidi-override": "\u202eremote=6.6.6.6\u202c".encode(),
+    "format-braces": b"{summary} {0} {log_format!r} { remote=6.6.6.6 }",
     "very-long": b"remote=6.6.6.6 " * 260,
 }
 

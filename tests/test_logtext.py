@@ -8,7 +8,7 @@ import re
 import pytest
 from hostile import HOSTILE_NAMES, unquote
 
-from imapreferral.logtext import oneLine, quote, quoteBytes
+from imapreferral.logtext import literalFormat, oneLine, quote, quoteBytes
 
 QUOTE_TABLE = [
     ("alice", '"alice"'),
@@ -102,3 +102,10 @@ ONE_LINE_TABLE = [
 @pytest.mark.parametrize(("text", "expected"), ONE_LINE_TABLE, ids=[r[1] for r in ONE_LINE_TABLE])
 def test_oneLineKeepsTheFirstLine(text, expected):
     assert oneLine(text) == expected
+
+
+@pytest.mark.parametrize("text", ["plain", "{summary} {0} {", "}}{{", "a {x!r:>9}"])
+def test_literalFormatPrintsTheTextAsItIs(text):
+    from twisted.logger import formatEvent
+
+    assert formatEvent({"log_format": literalFormat(text), "summary": "x", "x": 1}) == text
