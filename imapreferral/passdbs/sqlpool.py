@@ -24,6 +24,13 @@ from twisted.internet.error import ConnectionLost
 from imapreferral.logtext import oneLine
 
 
+class DatabaseConnectionLost(ConnectionLost):
+    """A pooled connection died; its text is the first line of the driver's error."""
+
+    def __str__(self) -> str:
+        return f"database connection lost: {self.args[0]}"
+
+
 def connectionIsGone(connection: Any) -> bool:
     """
     Whether a DB-API connection is known dead: psycopg says C{closed} or
@@ -51,7 +58,7 @@ class QuietConnectionPool(adbapi.ConnectionPool):
             if self._rolledBack(connection):
                 raise
             self.disconnect(connection)
-            raise ConnectionLost(oneLine(str(error)) or type(error).__name__) from error
+            raise DatabaseConnectionLost(oneLine(str(error)) or type(error).__name__) from error
 
     @staticmethod
     def _rolledBack(connection: Any) -> bool:
