@@ -118,7 +118,8 @@ def logAuthentication(
         why = outcome.why  # type: ignore[union-attr]
         summary += f" why={quote(why, WHY_LIMIT)}"
     # The text is the format, not "{summary}": Twisted's text observers then
-    # format no field, which saves a tenth of the line's cost (the hot path).
+    # look up no field, about 1.5 us less per line (benchmarks/log_line.py),
+    # which pays for the richer line on the hot path.
     _log.info(
         literalFormat(summary),
         summary=summary,
