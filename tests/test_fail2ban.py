@@ -22,6 +22,12 @@ from pathlib import Path
 
 import pytest
 from hostile import HOSTILE_NAMES
+from twisted.logger import formatEvent
+
+from imapreferral.login.context import LoginContext
+from imapreferral.login.credentials import PasswordCredentials
+from imapreferral.login.logline import logAuthentication, plainReferralText
+from imapreferral.login.outcome import Reject
 
 REPO = Path(__file__).parent.parent
 FILTER = REPO / "examples" / "fail2ban" / "filter.d" / "imapreferral.conf"
@@ -210,14 +216,19 @@ needsFail2ban = pytest.mark.skipif(
 )
 
 
-@needsFail2ban
-def test_fail2banRegexReportsOnlyTheRealClient(serverLog):
-    log, failures = serverLog
+def _fail2banHosts(log: str) -> list[str]:
+    """The host of each failure fail2ban-regex finds in C{log} with our filter."""
     result = subprocess.run(
         [FAIL2BAN_REGEX, "--raw", "--out", "ip", log, str(FILTER)],
         capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
-    assert result.stdout.split() == [CLIENT] * failures
+    return result.stdout.split()
+
+
+@needsFail2ban
+def test_fail2banRegexReportsOnlyTheRealClient(serverLog):
+    log, failures = serverLog
+    assert _fail2banHosts(log) == [CLIENT] * failures
 
 
 @needsFail2ban
@@ -236,3 +247,35 @@ def test_fail2banAcceptsTheFilterAndJail(serverLog, tmp_path):
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+#: (address in the context, the host fail2ban reports: it drops ::ffff:)
+ADDRESS_TABLE = [
+    ("2001:db8::7", "2001:db8::7"),
+    ("::1", "::1"),
+    ("::ffff:192.0.2.7", "192.0.2.7"),
+    ("192.0.2.7", "192.0.2.7"),
+]
+EXPECTED_HOSTS = [host for _, host in ADDRESS_TABLE]
+
+
+@pytest.fixture
+def addressLog(tmp_path, logged) -> str:
+    """One failure line per address, as logAuthentication writes them, in twistd's format."""
+    for address, _ in ADDRESS_TABLE:
+        context = LoginContext(address, 5555, "2001:db8::1", 143, "PLAIN")
+        name = b"remote=6.6.6.6 " + address.encode()
+        logAuthentication(Reject(), PasswordCredentials(name, b"x", context), plainReferralText)
+    path = tmp_path / "imapreferral.log"
+    lines = [f"2026-12-02T13:07:00+0000 [-] {formatEvent(e)}\n" for e in logged]
+    path.write_text("".join(lines), encoding="utf-8")
+    return str(path)
+
+
+def test_filterInPythonReportsEachAddressForm(addressLog):
+    assert hostsInPython(Path(addressLog).read_text(encoding="utf-8")) == EXPECTED_HOSTS
+
+
+@needsFail2ban
+def test_fail2banRegexReportsEachAddressForm(addressLog):
+    assert _fail2banHosts(addressLog) == EXPECTED_HOSTS
