@@ -61,6 +61,7 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, providedBy
 
+from imapreferral.logtext import quoteBytes
 from imapreferral.networks import NetworkList
 
 _log = Logger()
@@ -101,7 +102,7 @@ class ProxyHeader:
 
 def _port(text: bytes) -> int:
     if not (text.isdigit() and len(text) <= 5 and int(text) <= 65535):
-        raise InvalidProxyHeader(f"bad port {text!r}")
+        raise InvalidProxyHeader(f"bad port {quoteBytes(text, 64)}")
     return int(text)
 
 
@@ -115,7 +116,7 @@ def _v1Address(family: bytes, text: bytes, port: bytes) -> ProxiedAddress:
     try:
         return addressType("TCP", str(kind(text.decode("ascii"))), number)
     except (UnicodeDecodeError, ValueError):
-        raise InvalidProxyHeader(f"bad {family.decode()} address {text!r}") from None
+        raise InvalidProxyHeader(f"bad {family.decode()} address {quoteBytes(text, 64)}") from None
 
 
 def parseV1Header(line: bytes) -> ProxyHeader:
@@ -132,7 +133,7 @@ def parseV1Header(line: bytes) -> ProxyHeader:
     if fields[1] == b"UNKNOWN":
         return ProxyHeader(1)
     if fields[1] not in (b"TCP4", b"TCP6"):
-        raise InvalidProxyHeader(f"unknown v1 protocol {fields[1]!r}")
+        raise InvalidProxyHeader(f"unknown v1 protocol {quoteBytes(fields[1], 64)}")
     if len(fields) != 6:
         raise InvalidProxyHeader("v1 line needs source, destination and two ports")
     family, source, destination, sourcePort, destinationPort = fields[1:]
@@ -283,10 +284,11 @@ class _ProxyProtocolWrapper(ProtocolWrapper):
         self._refused = True
         self._cancelTimeout()
         peer = self.transport.getPeer()
+        remote = str(getattr(peer, "host", peer))
         _log.warn(
             "{summary}",
-            summary=f"haproxy: closing connection from {getattr(peer, 'host', peer)}: {why}",
-            peer=str(getattr(peer, "host", peer)),
+            summary=f"haproxy: closing connection remote={remote}: {why}",
+            peer=remote,
             why=why,
         )
         self.transport.loseConnection()

@@ -15,8 +15,18 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred, DeferredQueue, fail, succeed
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
-from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP4ServerEndpoint,
+    UNIXClientEndpoint,
+    UNIXServerEndpoint,
+)
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IReactorTime,
+    IStreamClientEndpoint,
+    IStreamServerEndpoint,
+)
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock, deferLater
 from twisted.protocols.basic import LineReceiver
@@ -127,11 +137,17 @@ class ServerHarness:
     """
 
     def __init__(
-        self, factory: Factory, reactor: object | None = None, implicitTLS: object = None
+        self,
+        factory: Factory,
+        reactor: object | None = None,
+        implicitTLS: object = None,
+        unixSocket: str | None = None,
     ) -> None:
         """
         @param implicitTLS: TLS options (e.g. from L{imapreferral.tls.loadTLS})
             to serve implicit TLS (imaps) instead of plaintext.
+        @param unixSocket: A path to listen on (a UNIX socket) instead of
+            loopback TCP.
         """
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -146,6 +162,7 @@ class ServerHarness:
         self._tracking = _TrackingFactory(factory)
         self._listening: IListeningPort | None = None
         self.port = 0
+        self.unixSocket = unixSocket
 
     @classmethod
     def forChecker(
@@ -157,8 +174,9 @@ class ServerHarness:
         """A harness around a L{ReferralServerFactory} for C{checker}."""
         portal = Portal(ReferralRealm(), [checker])
         implicitTLS = factoryArgs.pop("implicitTLS", None)
+        unixSocket: str | None = factoryArgs.pop("unixSocket", None)  # type: ignore[assignment]
         factory = ReferralServerFactory(portal, clock=clock, **factoryArgs)  # type: ignore[arg-type]
-        return cls(factory, implicitTLS=implicitTLS)
+        return cls(factory, implicitTLS=implicitTLS, unixSocket=unixSocket)
 
     @classmethod
     def forPassdbs(
@@ -167,9 +185,12 @@ class ServerHarness:
         return cls.forChecker(PassdbChecker(list(passdbs)), clock, **factoryArgs)
 
     async def start(self) -> ServerHarness:
-        endpoint = TCP4ServerEndpoint(self.reactor, 0, interface="127.0.0.1")
+        if self.unixSocket is not None:
+            endpoint: IStreamServerEndpoint = UNIXServerEndpoint(self.reactor, self.unixSocket)
+        else:
+            endpoint = TCP4ServerEndpoint(self.reactor, 0, interface="127.0.0.1")
         self._listening = await endpoint.listen(self._tracking)
-        self.port = self._listening.getHost().port
+        self.port = getattr(self._listening.getHost(), "port", 0)
         return self
 
     async def stop(self) -> None:
@@ -200,6 +221,9 @@ class ServerHarness:
 
     async def connect(self) -> TranscriptClient:
         """Open a L{TranscriptClient} to this server and read its greeting."""
+        if self.unixSocket is not None:
+            endpoint = UNIXClientEndpoint(self.reactor, self.unixSocket)
+            return await TranscriptClient.connectTo(endpoint)
         return await TranscriptClient.connect(self.reactor, "127.0.0.1", self.port)
 
 
@@ -232,8 +256,12 @@ class TranscriptClient:
 
     @classmethod
     async def connect(cls, reactor: object, host: str, port: int) -> TranscriptClient:
+        return await cls.connectTo(TCP4ClientEndpoint(reactor, host, port))
+
+    @classmethod
+    async def connectTo(cls, endpoint: IStreamClientEndpoint) -> TranscriptClient:
+        """Connect through C{endpoint} and read the greeting."""
         proto = _LineClient()
-        endpoint = TCP4ClientEndpoint(reactor, host, port)
         await endpoint.connect(Factory.forProtocol(lambda: proto))
         client = cls(proto)
         client.greeting = await client.line()

@@ -5,9 +5,12 @@ server harness with an injected clock.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
+from twisted.logger import globalLogPublisher
 
 from imapreferral.login.fields import PassdbReply
 from imapreferral.testing import MemoryPassdb, ServerHarness
@@ -41,6 +44,15 @@ async def cleanReactor():
 @pytest.fixture
 def clock() -> task.Clock:
     return task.Clock()
+
+
+@pytest.fixture
+def logged() -> Iterator[list[dict]]:
+    """Every log event published during the test."""
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
 
 
 USERS = {

@@ -20,7 +20,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import formatEvent
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -357,17 +357,8 @@ def test_untrustedPeerNeverParsed(clock, data) -> None:
 # -- over loopback -----------------------------------------------------------
 
 
-@pytest.fixture
-def logged():
-    """Every log event, as text."""
-    events: list[dict] = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
-
-
 def loginLines(events: list[dict]) -> list[str]:
-    return [line for line in map(formatEvent, events) if line.startswith("login user=")]
+    return [line for line in map(formatEvent, events) if line.startswith("login remote=")]
 
 
 class RawClient(Protocol):
@@ -458,7 +449,9 @@ async def test_loginLogsHeaderSource(proxied, logged, header, source) -> None:
         client.transport.write(header)
         assert (await client.readUntil(b"\r\n")).startswith(b"* OK ")
         await login(client)
-        assert loginLines(logged) == [f"login user='plain' remote={source} mech=PLAIN: logged in"]
+        assert loginLines(logged) == [
+            f'login remote={source} local=127.0.0.1:143 mech=PLAIN: logged in user="plain"'
+        ]
     finally:
         await client.close()
 
@@ -587,7 +580,9 @@ async def test_tlsPassthroughHeaderBeforeTLS(proxiedTLS, logged, tlsOptions) -> 
         client.transport.startTLS(tlsOptions[1])
         assert (await client.readUntil(b"\r\n")).startswith(b"* OK ")
         await login(client)
-        assert loginLines(logged) == ["login user='plain' remote=127.0.0.8 mech=PLAIN: logged in"]
+        assert loginLines(logged) == [
+            'login remote=127.0.0.8 local=127.0.0.1:143 mech=PLAIN: logged in user="plain"'
+        ]
     finally:
         await client.close()
 
@@ -604,7 +599,8 @@ async def test_haproxyClientAddressLogged(haproxy, logged, frontend) -> None:
         assert (await client.readUntil(b"\r\n")).startswith(b"* OK ")
         await login(client)
         assert loginLines(logged) == [
-            f"login user='plain' remote={CLIENT_HOST} mech=PLAIN: logged in"
+            f"login remote={CLIENT_HOST} local={FRONT_HOST}:{haproxy[frontend]} mech=PLAIN: "
+            'logged in user="plain"'
         ]
     finally:
         await client.close()
@@ -617,7 +613,8 @@ async def test_haproxyTLSPassthrough(haproxyTLS, logged, tlsOptions) -> None:
         assert (await client.readUntil(b"\r\n")).startswith(b"* OK ")
         await login(client)
         assert loginLines(logged) == [
-            f"login user='plain' remote={CLIENT_HOST} mech=PLAIN: logged in"
+            f"login remote={CLIENT_HOST} local={FRONT_HOST}:{haproxyTLS['imaps']} mech=PLAIN: "
+            'logged in user="plain"'
         ]
     finally:
         await client.close()

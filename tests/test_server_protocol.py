@@ -270,7 +270,8 @@ async def test_failureIsLoggedEvenIfClientLeavesDuringDelay(server, clock):
         globalLogPublisher.removeObserver(events.append)
     logins = [e for e in events if "summary" in e]
     assert [e["summary"] for e in logins] == [
-        "login user='plain' remote=127.0.0.1 mech=PLAIN: authentication failed"
+        f"login remote=127.0.0.1 local=127.0.0.1:{server.port} mech=PLAIN: "
+        'authentication failed user="plain"'
     ]
     assert "secretpw" not in repr(events)
 

@@ -6,7 +6,9 @@ PostgreSQL server, both through the real IMAP server over loopback.
 from __future__ import annotations
 
 import os
+import re
 import time
+from collections import Counter
 
 import pytest
 import pytest_twisted
@@ -19,8 +21,11 @@ from sqlbackends import (
     waitForPort,
     writeConfig,
 )
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from wiretable import FAILED, REFER, REFERRAL_ROWS, UNAVAILABLE
 
 from imapreferral.login.checker import PassdbChecker
@@ -244,7 +249,7 @@ async def test_postgresDownAndBack(postgres, tmp_path, clock):
     downs = [e for e in events if "unavailable:" in str(e.get("log_format", "")) or
              e.get("log_format") == "SQL passdb {path} unavailable: {problem}"]  # fmt: skip
     assert len(downs) == 1
-    assert any(e.get("log_format") == "SQL passdb {path} is available again" for e in events)
+    assert [e["failed"] for e in events if "back after" in e.get("log_format", "")] == [3]
 
 
 @pytest_twisted.ensureDeferred
@@ -360,3 +365,90 @@ def test_badPostgresConninfoNeverShowsThePassword(tmp_path, connect):
         passdbFromString(f"sql:{config}")
     assert "is not usable" in str(e.value) and "password=***" in str(e.value)
     assert "secret" not in str(e.value)
+
+
+async def _until(condition, what: str, seconds: float = 30) -> None:
+    """Poll C{condition} in bounded real time (a database is starting or stopping)."""
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            return
+        await deferLater(reactor, 0.01, lambda: None)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def _loginLoop(client, answers: Counter, running: list[bool]) -> None:
+    """Log in as fast as the server answers, counting the answers, while running."""
+    for _ in range(1_000_000):
+        if not running:
+            return
+        (reply,) = await client.command(b"a LOGIN refnl pass")
+        answers[reply.split(b" ", 1)[1]] += 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_postgresOutageUnderLoadIsLoggedOnce(postgres, tmp_path, clock, logged):
+    """
+    PostgreSQL killed (pg_ctl stop -m immediate) and restarted on its port
+    while four clients log in without pause: one line when it goes down (the
+    first line of the error), one when it is back (with the count of failed
+    lookups), a one-line info per login, no traceback, no multi-line text.
+    """
+    config = _postgresConfig(tmp_path, postgres)
+    passdb = passdbFromString(f"sql:{config}", timeout=2)
+    harness = await _harness(passdb, clock)
+    clients = [await harness.connect() for _ in range(4)]
+    answers: Counter[bytes] = Counter()
+    running = [True]
+    loops = [Deferred.fromCoroutine(_loginLoop(c, answers, running)) for c in clients]
+    referred = b"NO [REFERRAL imap://refnl;AUTH=PLAIN@imap2.example.com/] " + REFER
+    try:
+        await _until(lambda: answers[referred] >= 20, "logins before the outage")
+        await deferToThread(postgres.stop, "immediate")
+        await _until(lambda: answers[UNAVAILABLE] >= 200, "failed logins")
+        await deferToThread(postgres.start)
+        before = answers[referred]
+        await _until(lambda: answers[referred] >= before + 200, "logins after the outage")
+    finally:
+        running.clear()
+        await gatherResults(loops)
+        for client in clients:
+            await client.close()
+        await _stop(harness, passdb)
+    assert set(answers) == {referred, UNAVAILABLE}
+    texts = [formatEvent(e) for e in logged]
+    assert not [t for t in texts if len(t.splitlines()) != 1]
+    assert not [e for e in logged if "log_failure" in e or "Traceback" in formatEvent(e)]
+    sql = [e for e in logged if formatEvent(e).startswith(f"SQL passdb {config}")]
+    (down, back) = [(e["log_level"].name, formatEvent(e)) for e in sql]
+    assert down[0] == "error"
+    assert re.fullmatch(
+        rf"SQL passdb {re.escape(config)} unavailable: [^\n]*(server closed|connection failed)[^\n]*",
+        down[1],
+    )
+    assert back[0] == "info"
+    assert re.fullmatch(
+        rf"SQL passdb {re.escape(config)} back after \d+\.\d s; "
+        f"{answers[UNAVAILABLE]:,} lookups failed meanwhile",
+        back[1],
+    )
+    logins = [e for e in logged if formatEvent(e).startswith("login ")]
+    assert len(logins) == answers.total()
+    assert Counter(e["log_level"].name for e in logged) == {"info": len(logged) - 1, "error": 1}
+
+
+@pytest_twisted.ensureDeferred
+async def test_postgresRestartBetweenLoginsIsInvisible(postgres, tmp_path, clock, logged):
+    """The pooled connection died with the server: dropped quietly, the query retried."""
+    passdb = passdbFromString(f"sql:{_postgresConfig(tmp_path, postgres)}", timeout=2)
+    passdb.startService()
+    harness = ServerHarness.forChecker(PassdbChecker([passdb]), clock=clock)
+    referred = b"NO [REFERRAL imap://refnl;AUTH=PLAIN@imap2.example.com/] " + REFER
+    try:
+        async with harness.serving() as client:
+            assert await client.command(b"a LOGIN refnl pass") == [b"a " + referred]
+            await deferToThread(postgres.stop, "immediate")
+            await deferToThread(postgres.start)
+            assert await client.command(b"b LOGIN refnl pass") == [b"b " + referred]
+    finally:
+        passdb.stopService()
+    assert [formatEvent(e) for e in logged if e["log_level"].name != "info"] == []

@@ -394,8 +394,8 @@ def test_twistdServesReferralsAndLogsNoPassword(tmp_path):
         out = proc.communicate(timeout=20)[0].decode()
     assert "imapreferral serving" in out and "users.passwd" in out
     assert (
-        "login user='refnl' remote=127.0.0.1 mech=PLAIN: referred imap://refnl;AUTH=PLAIN@imap2.example.com/"
-        in out
+        f"login remote=127.0.0.1 local=127.0.0.1:{port} mech=PLAIN: referred "
+        'user="refnl" referral="imap://refnl;AUTH=PLAIN@imap2.example.com/"' in out
     )
     assert "pass" not in out.replace("passwd", "").replace("passdb", "")
 

@@ -8,6 +8,13 @@ from collections.abc import Iterable
 
 from twisted.mail.imap4 import parseNestedParens
 
+from imapreferral.logtext import quote
+
+#: What we log of a client's ID: RFC 2971's fields and values are free
+#: text (values up to 1024 octets, 30 pairs); a log line need not be.
+LOGGED_VALUE_LIMIT = 64
+LOGGED_FIELDS_LIMIT = 12
+
 
 def parseID(line: bytes) -> list[tuple[str, str]]:
     """
@@ -26,7 +33,7 @@ def parseID(line: bytes) -> list[tuple[str, str]]:
         raise ValueError(str(e)) from None
     if len(items) % 2 or len(items) > 60 or not all(isinstance(i, bytes | None) for i in items):
         raise ValueError("ID takes field/value pairs")
-    decoded = [(i or b"").decode("utf-8", "replace") for i in items]
+    decoded = [(i or b"").decode("utf-8", "surrogateescape") for i in items]
     return list(zip(decoded[::2], decoded[1::2], strict=True))
 
 
@@ -37,3 +44,18 @@ def _quoted(text: str) -> bytes:
 def formatID(fields: Iterable[tuple[str, str]]) -> bytes:
     """The untagged C{ID (...)} response for our own fields."""
     return b"ID (" + b" ".join(_quoted(k) + b" " + _quoted(v) for k, v in fields) + b")"
+
+
+def formatIDForLog(fields: list[tuple[str, str]]) -> str:
+    """
+    C{"name"="Thunderbird" "version"="115.0"}: each field and value quoted
+    and cut at L{LOGGED_VALUE_LIMIT} bytes, at most L{LOGGED_FIELDS_LIMIT}
+    pairs, then C{[cut from N fields]}.
+    """
+    text = " ".join(
+        f"{quote(key, LOGGED_VALUE_LIMIT)}={quote(value, LOGGED_VALUE_LIMIT)}"
+        for key, value in fields[:LOGGED_FIELDS_LIMIT]
+    )
+    if len(fields) > LOGGED_FIELDS_LIMIT:
+        text += f" [cut from {len(fields)} fields]"
+    return text

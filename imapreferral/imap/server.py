@@ -31,13 +31,14 @@ from twisted.mail.imap4 import IllegalClientResponse, IMAP4Server
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from imapreferral.imap.idcommand import formatID, parseID
+from imapreferral.imap.idcommand import formatID, formatIDForLog, parseID
 from imapreferral.imap.policy import ServerPolicy
 from imapreferral.imap.responses import UNAVAILABLE, renderOutcome, sanitiseText
 from imapreferral.limits import ConnectionLimiter
 from imapreferral.login.attempt import LoginAttempts
 from imapreferral.login.context import LoginContext
 from imapreferral.login.credentials import PasswordCredentials
+from imapreferral.login.logline import localText, logRefusal, remoteText
 from imapreferral.login.outcome import Disable, LoggedIn, Outcome, Reject
 from imapreferral.login.sasl import (
     MECHANISMS,
@@ -145,7 +146,13 @@ class ReferralIMAP4Server(IMAP4Server):
         if self.limiter is not None:
             refusal = self.limiter.admit(host)
             if refusal is not None:
-                _log.warn("refused connection from {remote}: {why}", remote=host, why=refusal)
+                remote, local = self._where()
+                _log.warn(
+                    "{summary}",
+                    summary=f"refused connection remote={remote} local={local}: {refusal}",
+                    remote=remote,
+                    why=refusal,
+                )
                 self.transport.write(b"* BYE [UNAVAILABLE] " + refusal.encode("ascii") + b"\r\n")
                 self.transport.loseConnection()
                 return
@@ -309,12 +316,26 @@ class ReferralIMAP4Server(IMAP4Server):
         is a system call) and after PROXY-protocol parsing, which happens
         before we are connected.
         """
+        a = self._readAddresses()
+        return LoginContext(
+            a.remoteIP,
+            a.remotePort,
+            a.localIP,
+            a.localPort,
+            mechanism,
+            self._secured(),
+            socketPath=a.socketPath,
+        )
+
+    def _readAddresses(self) -> LoginContext:
         if self._addresses is None:
             self._addresses = LoginContext.fromTransport(self.transport, "")
-        a = self._addresses
-        return LoginContext(
-            a.remoteIP, a.remotePort, a.localIP, a.localPort, mechanism, self._secured()
-        )
+        return self._addresses
+
+    def _where(self) -> tuple[str, str]:
+        """The client's and our address as the log writes them."""
+        addresses = self._readAddresses()
+        return remoteText(addresses), localText(addresses)
 
     # ID (RFC 2971)
 
@@ -326,10 +347,13 @@ class ReferralIMAP4Server(IMAP4Server):
             self.sendBadResponse(tag, b"Invalid ID parameters.")
             return
         if fields:
+            remote, local = self._where()
+            text = formatIDForLog(fields)
             _log.info(
-                "client ID from {remote}: {fields}",
-                remote=getattr(self.transport.getPeer(), "host", None),
-                fields=" ".join(f"{k}={v!r}" for k, v in fields[:30]),
+                "{summary}",
+                summary=f"client ID remote={remote} local={local}: {text}",
+                remote=remote,
+                fields=text,
             )
         self.sendUntaggedResponse(formatID(self.policy.idFields))
         self.sendPositiveResponse(tag, b"ID completed.")
@@ -342,15 +366,14 @@ class ReferralIMAP4Server(IMAP4Server):
 
     def do_LOGIN(self, tag: bytes, user: bytes, passwd: bytes) -> None:
         if not self._plaintextAllowed():
-            self._refusePlaintext(tag)
+            self._refusePlaintext(tag, "PLAIN")
             return
         self._login(tag, PasswordCredentials(user, passwd, self._context("PLAIN")), "PLAIN")
 
-    def _refusePlaintext(self, tag: bytes) -> None:
+    def _refusePlaintext(self, tag: bytes, mechanism: str) -> None:
         """RFC 3501 §6.2.3 wants NO here (Twisted says BAD); no password is checked."""
-        _log.info(
-            "login refused: plaintext authentication from {remote} without TLS",
-            remote=getattr(self.transport.getPeer(), "host", None),
+        logRefusal(
+            self._readAddresses(), mechanism, "plaintext authentication refused without TLS"
         )
         self.sendNegativeResponse(tag, PRIVACY_REQUIRED)
         self._countAuthFailure()
@@ -389,7 +412,7 @@ class ReferralIMAP4Server(IMAP4Server):
             self.sendNegativeResponse(tag, b"Unsupported authentication mechanism.")
             return
         if name in _PLAINTEXT_MECHANISMS and not self._plaintextAllowed():
-            self._refusePlaintext(tag)
+            self._refusePlaintext(tag, name)
             return
         mechanism = MECHANISMS[name](self._context(name), self.policy.hostname)
         if len(args) == 1:
@@ -443,11 +466,8 @@ class ReferralIMAP4Server(IMAP4Server):
             self.sendBadResponse(tag, str(e).encode("ascii"))
             return
         except AuthorizationRefused as e:
-            _log.info(
-                "login user={user!r} remote={remote} mech={mechanism}: authorization refused",
-                user=str(e),
-                remote=mechanism.context.remoteIP,
-                mechanism=mechanism.name,
+            logRefusal(
+                self._readAddresses(), mechanism.name, "authorization refused", e.user, e.authzid
             )
             self.sendNegativeResponse(tag, b"[AUTHORIZATIONFAILED] Authorization failed.")
             return

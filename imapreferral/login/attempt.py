@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 
 from imapreferral.interfaces import IReferralCarrier
 from imapreferral.login.errors import AuthenticationFailed, LoginDisabled, TemporaryFailure
+from imapreferral.login.logline import logAuthentication, plainReferralText
 from imapreferral.login.outcome import (
     Disable,
     LoggedIn,
@@ -78,55 +79,6 @@ def outcomeOfFailure(failure: Failure) -> Outcome | Failure:
     return Unavailable(f"unexpected error: {error!r}")
 
 
-def describeOutcome(outcome: Outcome) -> str:
-    """A few words for the log."""
-    if isinstance(outcome, LoggedIn):
-        return "logged in" if outcome.referral is None else "logged in with referral"
-    if isinstance(outcome, Refer):
-        return "referred"
-    if isinstance(outcome, Disable):
-        return "login disabled"
-    if isinstance(outcome, Reject):
-        return "authentication failed"
-    return f"temporary failure: {outcome.why}"
-
-
-def _plainReferralText(referral: Referral, mechanism: str) -> str:
-    port = "" if referral.port is None else f":{referral.port}"
-    return f"{referral.user!r} at {referral.host}{port}"
-
-
-def logAuthentication(
-    outcome: Outcome, credentials: object, referralText: Callable[[Referral, str], str]
-) -> None:
-    """
-    The one log line per authentication: user, remote address, mechanism,
-    result and referral.
-    The fields stay separate in the event (for JSON logs); text logs format
-    one string.
-    """
-    context = getattr(credentials, "context", None)
-    mechanism = getattr(context, "mechanism", "?")
-    remote = getattr(context, "remoteIP", None)
-    user = credentials.username.decode("utf-8", "replace")  # type: ignore[attr-defined]
-    result = describeOutcome(outcome)
-    referral = getattr(outcome, "referral", None)
-    text = None if referral is None else referralText(referral, mechanism)
-    # Outages are logged once, with their cause, where they happen (e.g. the
-    # SQL passdb); here each affected login is a warning.
-    emit = _log.warn if isinstance(outcome, Unavailable) else _log.info
-    emit(
-        "{summary}",
-        summary=f"login user={user!r} remote={remote} mech={mechanism}: {result}"
-        + ("" if text is None else " " + text),
-        user=user,
-        remote=remote,
-        mechanism=mechanism,
-        result=result,
-        referral=text,
-    )
-
-
 class LoginAttempts:
     """
     Runs logins against a portal for one service.
@@ -145,7 +97,7 @@ class LoginAttempts:
         interface: type,
         clock: IReactorTime,
         failureDelay: float = DEFAULT_FAILURE_DELAY,
-        referralText: Callable[[Referral, str], str] = _plainReferralText,
+        referralText: Callable[[Referral, str], str] = plainReferralText,
         penalty: AuthPenalty | None = None,
     ) -> None:
         self.portal = portal

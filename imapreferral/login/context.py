@@ -16,6 +16,14 @@ def _portOf(address: IAddress | None) -> int | None:
     return getattr(address, "port", None)
 
 
+def _pathOf(address: IAddress | None) -> str | None:
+    """A C{UNIXAddress}'s path (Twisted gives C{str} or C{bytes})."""
+    name = getattr(address, "name", None)
+    if isinstance(name, bytes):
+        return name.decode("utf-8", "surrogateescape")
+    return name
+
+
 @attrs.frozen
 class LoginContext:
     """
@@ -24,6 +32,9 @@ class LoginContext:
     @ivar mechanism: The SASL mechanism in use (C{PLAIN} for IMAP C{LOGIN}).
     @ivar secured: Whether the connection is TLS-protected.
     @ivar service: The protocol, C{imap}.
+    @ivar socketPath: For a client on a UNIX socket (which has no address
+        and whose peer has no name), the path of the socket it connected
+        to, for the log; else L{None}.
     """
 
     remoteIP: str | None = None
@@ -33,6 +44,7 @@ class LoginContext:
     mechanism: str = "PLAIN"
     secured: bool = False
     service: str = "imap"
+    socketPath: str | None = None
 
     @classmethod
     def fromTransport(
@@ -54,4 +66,5 @@ class LoginContext:
             mechanism=mechanism,
             secured=secured,
             service=service,
+            socketPath=_pathOf(host),
         )

@@ -26,7 +26,15 @@ class AuthorizationRefused(Exception):
     """
     PLAIN asked to act as another user (an authzid other than the authcid).
     We have no master users, so this is refused without checking anything.
+
+    @ivar user: The authentication identity (non-UTF-8 bytes as surrogates).
+    @ivar authzid: The identity it asked to act as.
     """
+
+    def __init__(self, user: str, authzid: str) -> None:
+        super().__init__(user, authzid)
+        self.user = user
+        self.authzid = authzid
 
 
 @attrs.frozen
@@ -77,7 +85,10 @@ class PlainMechanism:
             raise SASLError("Invalid PLAIN response.")
         authzid, authcid, password = parts
         if authzid and authzid != authcid:
-            raise AuthorizationRefused(authcid.decode("utf-8", "replace"))
+            raise AuthorizationRefused(
+                authcid.decode("utf-8", "surrogateescape"),
+                authzid.decode("utf-8", "surrogateescape"),
+            )
         return PasswordCredentials(authcid, password, self.context)
 
 

@@ -4,8 +4,11 @@ The SQL passdb: Dovecot's C{password_query} against SQLite or PostgreSQL.
 Queries run on a bounded pool of threads (C{twisted.enterprise.adbapi}),
 never on the reactor. A database that is down, killed or slow gives a
 temporary failure at once: one probe query is in flight at a time and the
-others fail fast, the cause is logged once, and the passdb recovers by
-itself when a probe succeeds.
+others fail fast, and the passdb recovers by itself when a probe succeeds.
+An outage is two log lines, whatever the load: the first line of the error
+when it starts, and when it ends how long it lasted and how many lookups
+failed meanwhile (Twisted's pool would add a "Rollback failed" traceback
+per dead connection: L{QuietConnectionPool}).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from imapreferral.interfaces import IPassdb
 from imapreferral.login.context import LoginContext
 from imapreferral.login.errors import TemporaryFailure
 from imapreferral.login.fields import FieldError, PassdbReply
+from imapreferral.logtext import oneLine
 from imapreferral.passdbs.sqlconf import (
     CompiledQuery,
     SQLConfig,
@@ -38,6 +42,7 @@ from imapreferral.passdbs.sqlconf import (
     redactConninfo,
     redactSecrets,
 )
+from imapreferral.passdbs.sqlpool import QuietConnectionPool
 from imapreferral.passwords import allowsCramMD5
 
 _log = Logger()
@@ -144,11 +149,11 @@ class _Driver:
         return conn
 
     def pool(self, size: int, reactor: Any) -> adbapi.ConnectionPool:
-        common = dict(cp_min=1, cp_max=size, cp_reconnect=True, cp_noisy=False)
+        common = dict(cp_min=1, cp_max=size, cp_noisy=False)
         if reactor is not None:
             common["cp_reactor"] = reactor
         if self.config.driver == "sqlite":
-            return adbapi.ConnectionPool(
+            return QuietConnectionPool(
                 "sqlite3",
                 self.uri,
                 uri=True,
@@ -162,7 +167,7 @@ class _Driver:
             conn.execute(f"SET statement_timeout = {timeoutMs}")
             conn.commit()
 
-        return adbapi.ConnectionPool(
+        return QuietConnectionPool(
             "psycopg",
             self.conninfo,
             connect_timeout=max(1, int(self.timeout)),
@@ -211,6 +216,8 @@ class SQLPassdb(Service):
         self._pool: adbapi.ConnectionPool | None = None
         self._problem: str | None = None
         self._probing = False
+        self._downSince = 0.0
+        self._failedLookups = 0
 
     @classmethod
     def fromFile(cls, path: str, check: bool = True, **kwargs: Any) -> SQLPassdb:
@@ -263,7 +270,7 @@ class SQLPassdb(Service):
             _log.warn(
                 "{path}: cannot check password_query now, database unreachable: {error}",
                 path=self.config.path,
-                error=error,
+                error=oneLine(error),
             )
             return
         try:
@@ -299,7 +306,8 @@ class SQLPassdb(Service):
 
     def lookup(self, username: str, context: LoginContext) -> Deferred[PassdbReply | None]:
         if self._problem is not None and self._probing:
-            return fail(TemporaryFailure(f"SQL passdb unavailable: {self._problem}"))
+            self._failedLookups += 1
+            return fail(TemporaryFailure("SQL passdb unavailable"))
         params = self._driver.query.parameters(username, context)
         try:
             for value in params:
@@ -320,8 +328,9 @@ class SQLPassdb(Service):
 
     def _retryLostConnection(self, failure: Failure, params: tuple[str, ...]) -> Deferred:
         """
-        adbapi reports a connection that died since its last use once, then
-        reconnects: one retry hides a database restart from the client.
+        L{QuietConnectionPool} reports a connection that died since its last
+        use, and drops it: one retry, on a new connection, hides a database
+        restart from the client.
         """
         failure.trap(ConnectionLost)
         return self._run(params, retry=False)
@@ -329,8 +338,13 @@ class SQLPassdb(Service):
     def _succeeded(self, result: tuple[list[str], list]) -> PassdbReply | None:
         self._probing = False
         if self._problem is not None:
-            _log.info("SQL passdb {path} is available again", path=self.config.path)
             self._problem = None
+            _log.info(
+                "SQL passdb {path} back after {seconds:.1f} s; {failed:,} lookups failed meanwhile",
+                path=self.config.path,
+                seconds=self._clock.seconds() - self._downSince,
+                failed=self._failedLookups,
+            )
         names, rows = result
         if not rows:
             return None
@@ -353,13 +367,16 @@ class SQLPassdb(Service):
         if failure.check(defer.TimeoutError, defer.CancelledError):
             problem = f"no answer within {self.timeout:g} s"
         else:
-            problem = str(failure.value).strip() or failure.type.__name__
+            problem = oneLine(redactSecrets(str(failure.value), self.config.connect)) or failure.type.__name__
         if self._problem is None:
+            self._problem = problem
+            self._downSince = self._clock.seconds()
+            self._failedLookups = 0
             _log.error(
                 "SQL passdb {path} unavailable: {problem}", path=self.config.path, problem=problem
             )
-        self._problem = problem
-        return Failure(TemporaryFailure(f"SQL passdb unavailable: {problem}"))
+        self._failedLookups += 1
+        return Failure(TemporaryFailure("SQL passdb unavailable"))
 
     def canProvidePlaintext(self) -> bool:
         """
