@@ -367,7 +367,10 @@ class SQLPassdb(Service):
         if failure.check(defer.TimeoutError, defer.CancelledError):
             problem = f"no answer within {self.timeout:g} s"
         else:
-            problem = oneLine(redactSecrets(str(failure.value), self.config.connect)) or failure.type.__name__
+            problem = (
+                oneLine(redactSecrets(str(failure.value), self.config.connect))
+                or failure.type.__name__
+            )
         if self._problem is None:
             self._problem = problem
             self._downSince = self._clock.seconds()
