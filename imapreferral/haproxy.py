@@ -114,6 +114,10 @@ def _v1Address(family: bytes, text: bytes, port: bytes) -> ProxiedAddress:
         else (ipaddress.IPv6Address, IPv6Address)
     )
     try:
+        if b"%" in text:
+            # A zone id means nothing on another host, and Python takes any
+            # text as one (newlines too): this address is logged as remote=.
+            raise ValueError("zone id")
         return addressType("TCP", str(kind(text.decode("ascii"))), number)
     except (UnicodeDecodeError, ValueError):
         raise InvalidProxyHeader(f"bad {family.decode()} address {quoteBytes(text, 64)}") from None

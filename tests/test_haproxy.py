@@ -99,6 +99,10 @@ V1_INVALID = {
     "port too big": b"PROXY TCP4 127.0.0.7 127.0.0.1 65536 143",
     "negative port": b"PROXY TCP4 127.0.0.7 127.0.0.1 -1 143",
     "non-ascii": b"PROXY TCP4 127.0.0.\xff 127.0.0.1 1 143",
+    # Python's IPv6Address takes any zone id, newlines and escapes included,
+    # and the source address is logged as remote= unquoted.
+    "zone id": b"PROXY TCP6 fe80::1%eth0 2001:db8::1 50000 143",
+    "zone id forging a line": b"PROXY TCP6 fe80::1%\x1b[2J\nremote=6.6.6.6 ::1 1 2",
 }
 
 
