@@ -164,6 +164,17 @@ def probeListeners(listeners: Sequence[Listener]) -> None:
             probe.close()
 
 
+class ListenerStartError(SystemExit, Exception):
+    """
+    A listener that could not bind at start: one line and exit status 1.
+
+    A C{SystemExit}, so C{twistd -n} prints just the line; and an
+    C{Exception}, because a daemonising twistd tells the waiting parent
+    only about an C{Exception} (through its status pipe): on a bare
+    C{SystemExit} the command that started the server waited forever.
+    """
+
+
 class ListenerService(StreamServerEndpointService):
     """
     A listening port whose failure to bind stops the server with one line
@@ -184,4 +195,4 @@ class ListenerService(StreamServerEndpointService):
         except Exception as e:
             error = getattr(e, "socketError", e)
             reason = _reason(error) if isinstance(error, OSError) else str(error)
-            raise SystemExit(f"imapreferral: {self.listener.shown}: {reason}") from None
+            raise ListenerStartError(f"imapreferral: {self.listener.shown}: {reason}") from None

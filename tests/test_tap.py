@@ -481,3 +481,21 @@ def test_workersShareTheListenerAndStopWithTheServer(tmp_path):
     while os.path.exists(f"/proc/{worker}") and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not os.path.exists(f"/proc/{worker}"), "the worker outlived the server"
+
+
+def test_daemonisedTwistdReportsAListenerThatCannotBind(tmp_path):
+    """
+    Without C{-n} twistd daemonises before the listeners bind; the command
+    that started it must exit 1 naming the listener, not wait forever for a
+    child that is gone (a UNIX socket in a missing directory is not probed).
+    """
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent))
+    done = subprocess.run(
+        [*TWISTD, "--pidfile=", "--logfile", str(tmp_path / "log"), "imapreferral",
+         "--listen", f"unix:{tmp_path}/missing/imap.sock"],
+        cwd=str(tmp_path), env=env, capture_output=True, timeout=20,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "imapreferral: --listen unix:" in done.stderr.decode()  # twistd cuts it at 100 bytes
+    line = f"imapreferral: --listen unix:{tmp_path}/missing/imap.sock: no such file or directory"
+    assert line in (tmp_path / "log").read_text()
