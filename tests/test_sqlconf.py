@@ -174,10 +174,15 @@ def test_dovecotConninfo():
         ("postgresql://u:secret@db/mail", "postgresql://u:***@db/mail"),
         ("postgres://u@db/mail?sslmode=require&password=secret", "postgres://u@db/mail?sslmode=require&password=***"),
         ("users.sqlite", "users.sqlite"),
+        # libpq refuses the key ('invalid connection option "PASSWORD"') and
+        # the start-up error shows the conninfo: the value is still a password.
+        ("host=db PASSWORD=secret", "host=db PASSWORD=***"),
+        ("postgresql://u@db/mail?sslpassword=secret&x=1", "postgresql://u@db/mail?sslpassword=***&x=1"),
     ],
     ids=[
         "key=value", "spaces around =", "quoted", "unterminated quote", "stray word",
         "'password' as a value", "client key password", "URI user info", "URI query", "SQLite path",
+        "upper-case key", "URI client key password",
     ],
 )  # fmt: skip
 def test_redactConninfo(connect, shown):

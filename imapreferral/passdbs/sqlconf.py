@@ -44,9 +44,10 @@ class SQLConfigError(ValueError):
 #: One libpq conninfo item, C{key = value} (a value may be C{'quoted'} with
 #: C{\\} escapes), or a stray word (libpq: 'missing "=" after "word"').
 _CONNINFO_ITEM = re.compile(r"([A-Za-z_]+)\s*=\s*('(?:[^'\\]|\\.)*'?|[^\s']*)|(\S+)")
-#: A libpq URI's password: C{postgresql://user:PASSWORD@host}, C{?password=PASSWORD}.
+#: A libpq URI's password: C{postgresql://user:PASSWORD@host}, C{?password=PASSWORD}
+#: (and C{?sslpassword=}).
 _URI_PASSWORDS = re.compile(
-    r"^postgres(?:ql)?://[^:@/?#]*:([^@/?#]*)@|[?&]password=([^&#]*)", re.IGNORECASE
+    r"^postgres(?:ql)?://[^:@/?#]*:([^@/?#]*)@|[?&](?:ssl)?password=([^&#]*)", re.IGNORECASE
 )
 
 REDACTED = "***"
@@ -77,7 +78,8 @@ def _conninfoPasswords(connect: str) -> list[tuple[int, int]]:
             if afterPassword:
                 spans.append(match.span(3))
             continue
-        afterPassword = key in _SECRET_KEYS
+        # Any case: libpq refuses PASSWORD=, and its value is still shown.
+        afterPassword = key.lower() in _SECRET_KEYS
         if afterPassword and value:
             spans.append(match.span(2))
     return spans
