@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import re
 import shlex
 import socket
 from collections.abc import Sequence
@@ -70,6 +71,32 @@ class Listener:
         return f"--{self.option} {shlex.quote(self.description)}"
 
 
+#: Twisted's endpoint parsers call a function with the description's
+#: parameters; a wrong one is a TypeError naming that private function.
+_TYPE_ERRORS = [
+    (
+        re.compile(r"got multiple values for argument '(\w+)'"),
+        "parameter '{}' given twice (a ':' inside a value is written '\\:', "
+        "as in interface=\\:\\:1)",
+    ),
+    (re.compile(r"got an unexpected keyword argument '(\w+)'"), "unknown parameter '{}'"),
+    (re.compile(r"missing 1 required positional argument: '(\w+)'"), "no {}"),
+]
+
+
+def _parserProblem(error: Exception) -> str:
+    """What Twisted's endpoint parser found wrong, in the user's terms."""
+    problem = str(error)
+    if problem.startswith("invalid literal for int()"):
+        return "a port or backlog that is not a number"
+    if isinstance(error, TypeError):
+        for pattern, text in _TYPE_ERRORS:
+            match = pattern.search(problem)
+            if match is not None:
+                return text.format(match.group(1))
+    return problem
+
+
 def parseListener(option: str, description: str, reactor: Any) -> Listener:
     """
     Parse one listener description with Twisted's endpoint parser.
@@ -82,10 +109,7 @@ def parseListener(option: str, description: str, reactor: Any) -> Listener:
     try:
         parsed = endpoints.serverFromString(reactor, endpoint)
     except Exception as e:
-        problem = str(e)
-        if problem.startswith("invalid literal for int()"):
-            problem = "a port or backlog that is not a number"
-        raise ListenerError(f"{shown}: {problem}") from None
+        raise ListenerError(f"{shown}: {_parserProblem(e)}") from None
     listener = Listener(option, description, endpoint, proxied)
     if isinstance(parsed, endpoints.UNIXServerEndpoint):
         return attrs.evolve(listener, local=True)

@@ -33,6 +33,14 @@ def listener(description: str, option: str = "listen"):
             "tcp:1:backlog=many",
             "--listen tcp:1:backlog=many: a port or backlog that is not a number",
         ),
+        # Twisted's parser reports these as a Python TypeError about _parseTCP().
+        (
+            "tcp:1143:interface=::1",
+            "--listen tcp:1143:interface=::1: parameter 'interface' given twice "
+            "(a ':' inside a value is written '\\:', as in interface=\\:\\:1)",
+        ),
+        ("tcp:1143:foo=bar", "--listen tcp:1143:foo=bar: unknown parameter 'foo'"),
+        ("tcp", "--listen tcp: no port"),
     ],
 )
 def test_unusableDescriptionIsRefused(description, message):
