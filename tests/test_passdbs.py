@@ -180,6 +180,19 @@ async def test_staticPassdb():
     )
 
 
+@pytest.mark.parametrize(
+    "description",
+    ["static:password=s3cret port=x", "static:host=h PASSWORD={PLAIN}s3cret nologin=maybe"],
+    ids=["password=", "PASSWORD= with a scheme"],
+)
+def test_staticPasswordIsNotShownInErrors(description):
+    """The error names the option, as given but for the password (stderr ends up in logs)."""
+    with pytest.raises(PassdbConfigError) as e:
+        passdbFromString(description)
+    assert "s3cret" not in str(e.value)
+    assert "password=***" in str(e.value).lower()
+
+
 def test_staticWithBadFieldIsClear():
     with pytest.raises(PassdbConfigError, match="port='x'"):
         passdbFromString("static:host=h port=x")

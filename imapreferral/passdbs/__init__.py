@@ -5,6 +5,7 @@ C{twisted.cred.strcred}'s C{--auth file:/path}).
 
 from __future__ import annotations
 
+import re
 import shlex
 
 from imapreferral.interfaces import IPassdb
@@ -15,6 +16,10 @@ from imapreferral.passdbs.sqlconf import SQLConfigError
 from imapreferral.passdbs.static import StaticPassdb
 
 PASSDB_TYPES = ("passwd-file", "static", "sql")
+
+
+#: A static passdb's C{password=} value, to leave out of messages.
+_STATIC_PASSWORD = re.compile(r"(?i)(\bpassword=)\S*")
 
 
 class PassdbConfigError(ValueError):
@@ -55,6 +60,8 @@ def passdbFromString(description: str, timeout: float = DEFAULT_TIMEOUT) -> IPas
     except (PasswdFileError, SQLConfigError) as e:
         raise PassdbConfigError(str(e)) from None
     except FieldError as e:
+        # Only a static passdb gets here; its password= is a secret.
+        shown = "--passdb " + shlex.quote(_STATIC_PASSWORD.sub(r"\1***", description))
         raise PassdbConfigError(f"{shown}: {e}") from None
 
 
