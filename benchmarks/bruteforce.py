@@ -44,8 +44,9 @@ import bcrypt
 
 HOST = "127.0.0.1"
 ATTACKER = "127.0.0.2"
-#: One log line per authentication (whatever its wording), naming the client.
-CHECKED = re.compile(rb"\bremote=" + re.escape(ATTACKER.encode()) + rb"\b")
+#: One log line per authentication, naming the client (not the
+#: "refused connection remote=..." lines of the per-address connection limit).
+CHECKED = re.compile(rb"\blogin remote=" + re.escape(ATTACKER.encode()) + rb"\b")
 
 
 def freePort() -> int:
