@@ -314,3 +314,30 @@ async def test_unknownUserIsCheckedAgainstADecoyWhenTheDelayIsZero():
     assert [password for _, password in verifier.verified] == [b"guess", b"guess"]
     decoy = verifier.verified[1][0]
     assert decoy != ALICE and decoy.startswith("{BLF-CRYPT}$2y$05$")
+
+
+DAVE = "{BLF-CRYPT}$2y$05$8XRzVS9ui5KyhlE8fWKaWO/RgQQS.lE/CaIeZi8lggB8mD3FFjJIK"
+
+
+@pytest_twisted.ensureDeferred
+async def test_decoySchemeIsTheUsersNotTheLookups():
+    """
+    The decoy imitates the scheme most users have. Counting lookups let a
+    client choose it: ten wrong passwords for one known {PLAIN} user, and
+    unknown users cost nothing while {BLF-CRYPT} users cost a hash.
+    """
+    verifier = RecordingVerifier()
+    passdb = MemoryPassdb.fromLines(
+        {"alice": (ALICE, ""), "dave": (DAVE, ""), "test": ("{PLAIN}test", "")}
+    )
+    portal = Portal(ReferralRealm(), [PassdbChecker([passdb], verifier)])
+    attempts = LoginAttempts(portal, IAccount, task.Clock(), failureDelay=0)
+    try:
+        for user in [b"alice", b"dave"] + [b"test"] * 10:
+            await attempts.attempt(_credentials(user, b"guess"), user.decode())
+        for made in verifier.decoys:
+            await made
+        await attempts.attempt(_credentials(b"nobody", b"guess"), "nobody")
+    finally:
+        await verifier.stopService()
+    assert verifier.verified[-1][0].startswith("{BLF-CRYPT}$2y$05$")

@@ -6,7 +6,7 @@ that does not show (failures are answered the delay after their check
 began), but without one (C{--auth-failure-delay 0}, a C{nodelay} user) or
 when the hashing pool is busy for longer than the delay, a fast answer would
 say "no such user". So L{Decoys} counts the schemes of the stored passwords
-the passdbs return, has the verifier make, once per scheme, a stored
+the passdbs return (each once), has the verifier make, once per scheme, a stored
 password of that scheme and cost for a random password (off the reactor
 thread, like a check), and checks an unknown user's password against the
 decoy of the most common scheme, ignoring the result.
@@ -25,6 +25,10 @@ from twisted.python.failure import Failure
 from imapreferral.interfaces import IPasswordVerifier
 from imapreferral.passwords import splitScheme
 
+#: Stored passwords whose scheme is counted: enough to know the usual
+#: scheme, and a bound on memory however many users a passdb knows.
+MAX_COUNTED = 10_000
+
 
 class Decoys:
     """
@@ -36,13 +40,23 @@ class Decoys:
     def __init__(self, verifier: IPasswordVerifier) -> None:
         self.verifier = verifier
         self._seen: Counter[str] = Counter()
+        #: The stored passwords counted (by their hash(), not kept): each
+        #: once, so repeating one user's lookups (any client can, under any
+        #: spelling of the name) does not choose the decoy's scheme.
+        self._counted: set[int] = set()
         #: Per scheme: the decoy, or None while it is made or if it cannot be.
         self._decoys: dict[str, str | None] = {}
 
     def saw(self, stored: str) -> None:
-        """A passdb returned C{stored}: count its scheme, and make its decoy once."""
+        """
+        A passdb returned C{stored}: count its scheme once per stored password
+        (the first L{MAX_COUNTED}), and make its decoy once.
+        """
         scheme = splitScheme(stored, "")[0]  # "": the verifier's default scheme
-        self._seen[scheme] += 1
+        key = hash(stored)
+        if key not in self._counted and len(self._counted) < MAX_COUNTED:
+            self._counted.add(key)
+            self._seen[scheme] += 1
         if scheme in self._decoys:
             return
         self._decoys[scheme] = None
