@@ -259,6 +259,34 @@ class SlowVerifier:
         return self.real.plaintext(stored)
 
 
+class QueuedVerifier(SlowVerifier):
+    """The hashing pool's queue: each check ends C{seconds} after the one before."""
+
+    def verify(self, stored, password):
+        self.verified.append(stored)
+        result = self.real.verify(stored, password)
+        return deferLater(self.clock, self.seconds * len(self.verified), lambda: result)
+
+
+def test_ownLoginQueuedBehindGuessesDoesNotClearThem():
+    """
+    A client with an account of its own sent four guesses, then its own
+    login: all arrived unpenalised, the guesses failed while its own
+    password waited in the pool, and its success cleared the address's
+    record, so the next batch of guesses was unpenalised too (measured
+    against twistd: 2 of 3 rounds of 16 guesses without a wait).
+    """
+    clock = task.Clock()
+    passdb = MemoryPassdb.fromLines({"target": ("{PLAIN}secret", ""), "own": ("{PLAIN}mine", "")})
+    attempts = _attemptsFor(clock, PassdbChecker([passdb], QueuedVerifier(clock, TICK)))
+    for n in range(4):
+        _login(attempts, b"target", b"guess%d" % n)
+    own = _login(attempts, b"own", b"mine")
+    assert _answeredAt(clock, own) == 5 * TICK and own[0].user == "own"
+    assert attempts.penalty.checkDelay(ATTACKER, DELAY) == CAP
+    clock.advance(DELAY)
+
+
 @pytest.mark.parametrize("user", [b"alice", b"nobody"], ids=["wrong-password", "unknown-user"])
 def test_failureAnsweredDelayAfterArrivalWhateverTheHashTook(user):
     """

@@ -297,6 +297,22 @@ def test_penaltyResetBySuccess():
     assert penalty.checkDelay("192.0.2.1", 2) == 0
 
 
+def test_successKeepsFailuresCountedDuringItsCheck():
+    """
+    A success proves the address knows one password, not the guesses
+    answered while it was being checked: a client with an account of its own
+    sent its guesses, then its own login (queued behind them in the hashing
+    pool), and the success cleared the failures counted meanwhile.
+    """
+    clock = task.Clock()
+    penalty = AuthPenalty(clock, NetworkList())
+    started = clock.seconds()
+    clock.advance(0.2)
+    penalty.failed("192.0.2.1")
+    penalty.succeeded("192.0.2.1", checkStarted=started)
+    assert penalty.checkDelay("192.0.2.1", 2) == 4
+
+
 def test_penaltyCountsIPv6Per48():
     penalty = AuthPenalty(task.Clock(), NetworkList())
     penalty.failed("2001:db8:1:2::5")

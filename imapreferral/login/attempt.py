@@ -160,7 +160,7 @@ class LoginAttempts:
                 isinstance(outcome, Refer) and outcome.verified
             )
             if self.penalty is not None and proven:
-                self.penalty.succeeded(remote)
+                self.penalty.succeeded(remote, started)
             return outcome
         if self.penalty is not None:
             self.penalty.failed(remote)

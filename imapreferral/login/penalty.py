@@ -7,7 +7,8 @@ Waiting I{before} the check (Dovecot applies its penalty before the passdb
 lookup) is what bounds guessing: a client that hangs up during the wait gets
 nothing checked, so one address makes at most one guess per connection per
 penalty period, however fast it reconnects. Successes and password-checked
-referrals clear the record; trusted networks are exempt; addresses count as
+referrals clear the record (but not failures counted while they were being
+checked); trusted networks are exempt; addresses count as
 L{accountingKey} says (IPv6 per /48), as for the connection limits.
 """
 
@@ -72,12 +73,20 @@ class AuthPenalty:
             self._prune(now)
         self._failures[key] = (min(count + 1, MAX_COUNT), now)
 
-    def succeeded(self, host: str | None) -> None:
-        """A successful authentication (or referral) clears the address's record."""
+    def succeeded(self, host: str | None, checkStarted: float | None = None) -> None:
+        """
+        A successful authentication (or referral) clears the address's
+        record, unless a failure was counted after its check began at
+        C{checkStarted}: one's own password, checked behind a batch of
+        guesses in the hashing pool, must not wipe out the guesses.
+        """
         if not self._failures:
             return  # the common case, without parsing the address
         key = accountingKey(host)
-        if key is not None:
+        if key is None:
+            return
+        last = self._failures.get(key, (0, 0.0))[1]
+        if checkStarted is None or last <= checkStarted:
             self._failures.pop(key, None)
 
     def _prune(self, now: float) -> None:
