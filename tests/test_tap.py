@@ -498,4 +498,8 @@ def test_daemonisedTwistdReportsAListenerThatCannotBind(tmp_path):
     assert done.returncode == 1
     assert "imapreferral: --listen unix:" in done.stderr.decode()  # twistd cuts it at 100 bytes
     line = f"imapreferral: --listen unix:{tmp_path}/missing/imap.sock: no such file or directory"
+    # The parent exits as soon as the child reports; the child's log line may come just after.
+    deadline = time.monotonic() + 10
+    while line not in (tmp_path / "log").read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert line in (tmp_path / "log").read_text()
