@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+from twisted.internet.interfaces import IReactorTime
+
 from imapreferral.networks import NetworkList, accountingKey
 
 
@@ -27,12 +29,27 @@ class ConnectionLimiter:
         0 means no limit.
     """
 
-    def __init__(self, maxTotal: int, maxPerAddress: int, exempt: NetworkList) -> None:
+    def __init__(
+        self,
+        maxTotal: int,
+        maxPerAddress: int,
+        exempt: NetworkList,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        """
+        @param clock: With it, refusals are logged through a L{RefusalLog}
+            (one line per address a minute); without, every one is.
+        """
         self.maxTotal = maxTotal
         self.maxPerAddress = maxPerAddress
         self.exempt = exempt
         self.total = 0
         self._perAddress: Counter[str] = Counter()
+        self.refusals = RefusalLog(clock) if clock is not None else None
+
+    def refusalToLog(self, host: str | None) -> int | None:
+        """See L{RefusalLog.refused}; every refusal is logged without a clock."""
+        return 0 if self.refusals is None else self.refusals.refused(host)
 
     def admit(self, host: str | None) -> str | None:
         """
@@ -61,3 +78,44 @@ class ConnectionLimiter:
         self._perAddress[key] -= 1
         if self._perAddress[key] <= 0:
             del self._perAddress[key]
+
+
+class RefusalLog:
+    """
+    Keeps refused connections from flooding the log: the first refusal of
+    an address (counted by L{accountingKey}) is logged, further ones within
+    C{period} seconds are only counted, and the next line after the period
+    says how many there were. A client hammering a full server costs one
+    line a minute, not one per connection.
+
+    @ivar clock: Time source (injected in tests).
+    @ivar period: Seconds between lines for one address.
+    @ivar maxEntries: Addresses remembered at most; beyond, the table starts
+        afresh (so the memory stays bounded and at worst a line repeats).
+    """
+
+    def __init__(
+        self, clock: IReactorTime, period: float = 60.0, maxEntries: int = 10_000
+    ) -> None:
+        self.clock = clock
+        self.period = period
+        self.maxEntries = maxEntries
+        self._seen: dict[str, tuple[float, int]] = {}
+
+    def refused(self, host: str | None) -> int | None:
+        """
+        Count a refusal from C{host}.
+
+        @return: L{None} when it should not be logged, else how many refusals
+            from this address went unlogged before it (0 for the first).
+        """
+        key = _keyOf(host)
+        now = self.clock.seconds()
+        entry = self._seen.get(key)
+        if entry is not None and now - entry[0] < self.period:
+            self._seen[key] = (entry[0], entry[1] + 1)
+            return None
+        if len(self._seen) >= self.maxEntries:
+            self._seen.clear()
+        self._seen[key] = (now, 0)
+        return 0 if entry is None else entry[1]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from imapreferral.limits import ConnectionLimiter
+from imapreferral.limits import ConnectionLimiter, RefusalLog
 from imapreferral.networks import NetworkList
 
 REFUSED = "Maximum number of connections from your address reached."
@@ -38,3 +38,47 @@ def test_releaseForgetsTheAddress():
     limiter.admit("::ffff:192.0.2.1")
     limiter.release("192.0.2.1")
     assert limiter.total == 0 and not limiter._perAddress
+
+
+def test_firstRefusalOfAnAddressIsLogged(clock):
+    assert RefusalLog(clock).refused("192.0.2.7") == 0
+
+
+def test_refusalsWithinThePeriodAreOnlyCounted(clock):
+    log = RefusalLog(clock, period=60)
+    log.refused("192.0.2.7")
+    assert [log.refused("192.0.2.7") for _ in range(1000)] == [None] * 1000
+
+
+def test_lineAfterThePeriodSaysHowManyWentUnlogged(clock):
+    log = RefusalLog(clock, period=60)
+    log.refused("192.0.2.7")
+    for _ in range(5):
+        log.refused("192.0.2.7")
+    clock.advance(60)
+    assert log.refused("192.0.2.7") == 5
+    assert log.refused("192.0.2.7") is None
+
+
+def test_addressesAreThrottledApart(clock):
+    log = RefusalLog(clock)
+    log.refused("192.0.2.7")
+    assert log.refused("192.0.2.8") == 0
+
+
+def test_oneIPv6PrefixIsOneAddressForTheLog(clock):
+    log = RefusalLog(clock)
+    log.refused("2001:db8:1:1::1")
+    assert log.refused("2001:db8:1:2::7") is None
+
+
+def test_rememberedAddressesAreBounded(clock):
+    log = RefusalLog(clock, maxEntries=10)
+    for i in range(100):
+        log.refused(f"192.0.2.{i}")
+    assert len(log._seen) <= 10
+
+
+def test_limiterWithoutAClockLogsEveryRefusal():
+    limiter = ConnectionLimiter(0, 1, NetworkList())
+    assert [limiter.refusalToLog("192.0.2.7") for _ in range(3)] == [0, 0, 0]

@@ -189,6 +189,27 @@ async def test_refusedConnectionLine(passdb, clock, logged):
 
 
 @pytest_twisted.ensureDeferred
+async def test_refusedConnectionsOfOneAddressAreOneLineAMinute(passdb, clock, logged):
+    harness = _untrusted(
+        passdb, clock, maxConnectionsPerAddress=1, preauthIdle=3600, preauthLifetime=3600
+    )
+    async with harness.serving():
+        for _ in range(20):
+            refused = await harness.connect()
+            await refused.close()
+        clock.advance(60)
+        refused = await harness.connect()
+        await refused.close()
+    assert lines(logged, "refused ") == [
+        f"refused connection remote=127.0.0.1 local=127.0.0.1:{harness.port}: "
+        "Maximum number of connections from your address reached.",
+        f"refused connection remote=127.0.0.1 local=127.0.0.1:{harness.port}: "
+        "Maximum number of connections from your address reached. "
+        "(19 more refused since the last line)",
+    ]
+
+
+@pytest_twisted.ensureDeferred
 async def test_unixSocketClientIsLoggedByTheSocketPath(passdb, clock, logged, tmp_path):
     path = str(tmp_path / "imap.sock")
     harness = ServerHarness.forPassdbs(

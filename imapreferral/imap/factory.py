@@ -96,7 +96,7 @@ class ReferralServerFactory(ServerFactory):
             **policyFields,
         )
         self.limiter = ConnectionLimiter(
-            maxConnections, maxConnectionsPerAddress, self.policy.trustedNetworks
+            maxConnections, maxConnectionsPerAddress, self.policy.trustedNetworks, clock
         )
         penalty = None
         if authPenaltyCap > 0:

@@ -146,13 +146,17 @@ class ReferralIMAP4Server(IMAP4Server):
         if self.limiter is not None:
             refusal = self.limiter.admit(host)
             if refusal is not None:
-                remote, local = self._where()
-                _log.warn(
-                    "{summary}",
-                    summary=f"refused connection remote={remote} local={local}: {refusal}",
-                    remote=remote,
-                    why=refusal,
-                )
+                unlogged = self.limiter.refusalToLog(host)
+                if unlogged is not None:
+                    remote, local = self._where()
+                    more = f" ({unlogged:,} more refused since the last line)" if unlogged else ""
+                    _log.warn(
+                        "{summary}",
+                        summary=f"refused connection remote={remote} local={local}: {refusal}{more}",
+                        remote=remote,
+                        why=refusal,
+                        unlogged=unlogged,
+                    )
                 self.transport.write(b"* BYE [UNAVAILABLE] " + refusal.encode("ascii") + b"\r\n")
                 self.transport.loseConnection()
                 return
