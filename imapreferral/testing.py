@@ -30,6 +30,7 @@ from imapreferral.login.checker import PassdbChecker
 from imapreferral.login.context import LoginContext
 from imapreferral.login.fields import PassdbReply, splitExtraFields
 from imapreferral.passwords import allowsCramMD5
+from imapreferral.proxy.connect import BackendConnector
 
 
 @implementer(IPassdb)
@@ -154,9 +155,16 @@ class ServerHarness:
         clock: IReactorTime | None = None,
         **factoryArgs: object,
     ) -> ServerHarness:
-        """A harness around a L{ReferralServerFactory} for C{checker}."""
+        """
+        A harness around a L{ReferralServerFactory} for C{checker}. Unless
+        given a C{connector}, proxy logins are not retried: a backend that
+        refuses is answered at once, with no clock to advance.
+        """
+        from twisted.internet import reactor
+
         portal = Portal(ReferralRealm(), [checker])
         implicitTLS = factoryArgs.pop("implicitTLS", None)
+        factoryArgs.setdefault("connector", BackendConnector(reactor, clock, maxReconnects=0))
         factory = ReferralServerFactory(portal, clock=clock, **factoryArgs)  # type: ignore[arg-type]
         return cls(factory, implicitTLS=implicitTLS)
 

@@ -221,7 +221,9 @@ class BackendDialogue:
 
     def __init__(self, login: BackendLogin) -> None:
         self._login = login
-        self._user, self._password = login.user.encode(), login.password.encode()
+        # Surrogates: the client's bytes as sent, even when not UTF-8.
+        self._user = login.user.encode("utf-8", "surrogateescape")
+        self._password = login.password.encode("utf-8", "surrogateescape")
         self._master = None if login.master is None else login.master.encode()
         self.state = BANNER
         self.finished = False

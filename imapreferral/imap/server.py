@@ -33,12 +33,13 @@ from zope.interface import implementer
 
 from imapreferral.imap.idcommand import formatID, parseID
 from imapreferral.imap.policy import ServerPolicy
+from imapreferral.imap.proxying import ProxiedLogin, forwardedClient
 from imapreferral.imap.responses import UNAVAILABLE, renderOutcome, sanitiseText
 from imapreferral.limits import ConnectionLimiter
 from imapreferral.login.attempt import LoginAttempts
 from imapreferral.login.context import LoginContext
 from imapreferral.login.credentials import PasswordCredentials
-from imapreferral.login.outcome import Disable, LoggedIn, Outcome, Reject
+from imapreferral.login.outcome import Disable, LoggedIn, Outcome, ProxyLogin, Reject
 from imapreferral.login.sasl import (
     MECHANISMS,
     AuthorizationRefused,
@@ -46,6 +47,7 @@ from imapreferral.login.sasl import (
     SASLError,
     SASLMechanism,
 )
+from imapreferral.proxy.connect import BackendConnector
 
 _log = Logger()
 
@@ -92,6 +94,10 @@ class ReferralIMAP4Server(IMAP4Server):
     @ivar attempts: Runs logins (portal, failure delay, clock).
     @ivar policy: What this listener allows; see L{ServerPolicy}.
     @ivar limiter: Counts connections across the listener, or L{None}.
+    @ivar connector: Logs in to proxy backends, or L{None}: then a C{proxy}
+        login is a temporary failure.
+    @ivar capabilityAsked: Whether the client sent C{CAPABILITY} before
+        logging in (a proxied login then sends the backend's first).
     """
 
     #: Lines end at LF; a CR before it is dropped in L{lineReceived}. RFC 3501
@@ -104,6 +110,7 @@ class ReferralIMAP4Server(IMAP4Server):
         attempts: LoginAttempts,
         policy: ServerPolicy | None = None,
         limiter: ConnectionLimiter | None = None,
+        connector: BackendConnector | None = None,
     ) -> None:
         policy = policy if policy is not None else ServerPolicy()
         super().__init__(chal={}, contextFactory=policy.tlsContext)
@@ -130,6 +137,9 @@ class ReferralIMAP4Server(IMAP4Server):
         self._addresses: LoginContext | None = None
         self._fromTrusted: bool | None = None
         self._closing = False
+        self.connector = connector
+        self.capabilityAsked = False
+        self._proxy: ProxiedLogin | None = None
 
     # Connection guards
 
@@ -472,6 +482,11 @@ class ReferralIMAP4Server(IMAP4Server):
 
     def _loginDone(self, outcome: Outcome, tag: bytes, mechanism: str) -> None:
         auth = "*" if self.policy.referralAuth == "*" else mechanism
+        if isinstance(outcome, ProxyLogin) and self.connector is not None:
+            if not self._lost:
+                self._proxy = ProxiedLogin(self, tag, outcome)
+                self._proxy.start(self.connector, forwardedClient(self))
+            return
         if isinstance(outcome, LoggedIn):
             if self._lost:
                 outcome.logout()
@@ -485,6 +500,28 @@ class ReferralIMAP4Server(IMAP4Server):
         self._respond(status, tag, text)
         if isinstance(outcome, Reject | Disable):
             self._countAuthFailure()
+
+    # Proxying (imapreferral.imap.proxying)
+
+    def enterRelay(self) -> None:
+        """The backend took the login: no pre-login timers, only relaying from now."""
+        self.setTimeout(None)
+        self.state = "proxied"
+        self._leavePreauth()
+
+    def proxyFailed(self, authFailed: bool) -> None:
+        """The backend login failed and the client was told: read on."""
+        self._proxy = None
+        if authFailed:
+            self._countAuthFailure()
+        self._loginFinished(None)
+
+    def do_CAPABILITY(self, tag: bytes) -> None:
+        if self.state == "unauth":
+            self.capabilityAsked = True
+        IMAP4Server.do_CAPABILITY(self, tag)
+
+    unauth_CAPABILITY = (do_CAPABILITY,)
 
     def _countAuthFailure(self) -> None:
         self._authFailures += 1
@@ -502,6 +539,8 @@ class ReferralIMAP4Server(IMAP4Server):
 
     def _loginFinished(self, _: object) -> None:
         self._pendingLogin = None
+        if self._proxy is not None:
+            return  # input stays held until the backend answers
         self._waitingForLogin = self._heldTooMuch = False
         if not self._lost:
             self._applyFlow()
@@ -527,6 +566,9 @@ class ReferralIMAP4Server(IMAP4Server):
         self._applyFlow()
 
     def dataReceived(self, data: bytes) -> None:
+        if self._proxy is not None and self._proxy.relay is not None:
+            self._proxy.dataReceived(data)
+            return
         super().dataReceived(data)
         if self._waitingForLogin and len(self._buffer) > _MAX_HELD and not self._heldTooMuch:
             self._heldTooMuch = True
@@ -593,6 +635,8 @@ class ReferralIMAP4Server(IMAP4Server):
 
     def connectionLost(self, reason: Failure) -> None:
         self._lost = True
+        if self._proxy is not None:
+            self._proxy.connectionLost(reason)
         if self._pendingLogin is not None:
             self._pendingLogin.cancel()
         if self._lifetime is not None and self._lifetime.active():

@@ -31,11 +31,17 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from imapreferral.interfaces import IReferralCarrier
-from imapreferral.login.errors import AuthenticationFailed, LoginDisabled, TemporaryFailure
+from imapreferral.login.errors import (
+    AuthenticationFailed,
+    LoginDisabled,
+    LoginProxied,
+    TemporaryFailure,
+)
 from imapreferral.login.outcome import (
     Disable,
     LoggedIn,
     Outcome,
+    ProxyLogin,
     Refer,
     Referral,
     Reject,
@@ -69,6 +75,8 @@ def outcomeOfFailure(failure: Failure) -> Outcome | Failure:
             return Refer(referral, verified=getattr(error, "verified", True))
         if isinstance(error, LoginDisabled):
             return Disable(error.reason)
+        if isinstance(error, LoginProxied):
+            return ProxyLogin(error.destination, verified=error.verified)
         return Reject(nodelay=isinstance(error, AuthenticationFailed) and error.nodelay)
     if isinstance(error, TemporaryFailure):
         return Unavailable(error.why)
@@ -86,6 +94,8 @@ def describeOutcome(outcome: Outcome) -> str:
         return "referred"
     if isinstance(outcome, Disable):
         return "login disabled"
+    if isinstance(outcome, ProxyLogin):
+        return f"proxy to {outcome.destination.address}"
     if isinstance(outcome, Reject):
         return "authentication failed"
     return f"temporary failure: {outcome.why}"
@@ -205,7 +215,7 @@ class LoginAttempts:
         """
         if not isinstance(outcome, Reject):
             proven = isinstance(outcome, LoggedIn) or (
-                isinstance(outcome, Refer) and outcome.verified
+                isinstance(outcome, Refer | ProxyLogin) and outcome.verified
             )
             if self.penalty is not None and proven:
                 self.penalty.succeeded(remote)

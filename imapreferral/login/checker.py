@@ -21,9 +21,11 @@ from imapreferral.login.context import LoginContext
 from imapreferral.login.credentials import CramMD5Credentials
 from imapreferral.login.decision import decide
 from imapreferral.login.decoy import Decoys
+from imapreferral.login.destination import proxyDestination
 from imapreferral.login.errors import (
     AuthenticationFailed,
     LoginDisabled,
+    LoginProxied,
     LoginReferral,
     TemporaryFailure,
 )
@@ -68,7 +70,7 @@ class PassdbChecker:
 
     The avatar id is an L{AvatarId} (with the referral for the
     log-in-anyway case); C{nologin} fails with L{LoginReferral} or
-    L{LoginDisabled}; a wrong password with L{AuthenticationFailed}; a
+    L{LoginDisabled}; C{proxy} with L{LoginProxied}; a wrong password with L{AuthenticationFailed}; a
     broken passdb with L{TemporaryFailure}. Cancelling the Deferred (the
     client went away) cancels the pending lookup or verification and fails
     with C{CancelledError}: no further passdb is asked.
@@ -122,6 +124,8 @@ class PassdbChecker:
                 checked = checked or not reply.nopassword
             passwordOk = await self._passwordMatches(reply, credentials)
             decision = decide(reply, passwordOk, username)
+            if isinstance(decision, Proxy):
+                return self._proxy(decision, reply, credentials, verified=passwordOk)
             if not isinstance(decision, Reject):
                 break
         if isinstance(decision, Reject) and tempfail is not None:
@@ -149,6 +153,20 @@ class PassdbChecker:
         except Exception as e:
             raise TemporaryFailure(f"cannot verify the stored password: {e}") from e
 
+    @staticmethod
+    def _proxy(decision: Proxy, reply: PassdbReply, credentials: object, verified: bool):
+        """
+        C{proxy}: fail with L{LoginProxied} holding the backend destination,
+        whose password is C{pass} or else the one the client sent.
+        """
+        password = None
+        if IUsernamePassword.providedBy(credentials):
+            password = credentials.password.decode("utf-8", "surrogateescape")  # type: ignore[attr-defined]
+        destination = proxyDestination(reply, decision.user, password)
+        if isinstance(destination, Unavailable):
+            raise TemporaryFailure(destination.why)
+        raise LoginProxied(destination, verified=verified and not reply.nopassword)
+
     def _conclude(self, decision: Decision) -> AvatarId:
         if isinstance(decision, Accept):
             return AvatarId(username=decision.user, referral=decision.referral)
@@ -158,8 +176,4 @@ class PassdbChecker:
             raise LoginDisabled(decision.reason)
         if isinstance(decision, Reject):
             raise AuthenticationFailed(nodelay=decision.nodelay)
-        if isinstance(decision, Proxy):
-            raise TemporaryFailure(
-                f"passdb asks to proxy to {decision.host}, but proxying is not available"
-            )
         raise TemporaryFailure(decision.why)

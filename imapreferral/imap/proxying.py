@@ -1,0 +1,191 @@
+"""
+The IMAP server's side of a proxy login: after the front authenticated the
+client and the passdb said C{proxy}, log in to the backend
+(L{imapreferral.proxy.connect}), tell the client how that went with
+Dovecot's words, and on success splice the two connections
+(L{imapreferral.proxy.relay}).
+
+L{ProxiedLogin} holds one connection's proxy login and then its relay; the
+server (L{imapreferral.imap.server.ReferralIMAP4Server}) only starts it and
+forwards its connection's events while it lives. Every proxy event is
+logged by L{logProxy}, one line each, with its fields as event keys.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from typing import TYPE_CHECKING
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from imapreferral.imap.backend import DEFAULT_PROXY_TTL, ForwardedClient
+from imapreferral.imap.backendresult import NO_UNAVAILABLE, BackendAuthFailed
+from imapreferral.login.outcome import ProxyLogin
+from imapreferral.proxy.connect import BackendConnector, BackendSession
+from imapreferral.proxy.relay import Relay, RelayStats
+
+if TYPE_CHECKING:
+    from imapreferral.imap.server import ReferralIMAP4Server
+
+_log = Logger()
+
+
+def newSessionID() -> str:
+    """A session id for both sides' logs: 12 base64 characters, as Dovecot's."""
+    return base64.b64encode(os.urandom(9), b"+/").decode("ascii")
+
+
+def logProxy(event: str, failed: bool = False, **fields: object) -> None:
+    """
+    The one place proxy log lines are written. C{event} says what happened
+    (C{started}, C{failed}, C{ended}, C{client gone}); the fields (C{user},
+    C{remote}, C{backend}, C{session}, C{state}, C{cause}, byte counts)
+    stay separate event keys for structured logs, and text logs get them
+    as C{key=value} after the event.
+    """
+    shown = " ".join(f"{key}={{{key}}}" for key, value in fields.items() if value is not None)
+    emit = _log.warn if failed else _log.info
+    emit("proxy {event}: " + shown, event=event, **fields)
+
+
+class ProxiedLogin:
+    """
+    One connection's proxy login, then its relay.
+
+    @ivar relay: The relay once the backend accepted the login, else L{None}.
+    @ivar finished: Whether the login is over (relaying, or failed and the
+        client may go on).
+    """
+
+    __slots__ = ("_lost", "_outcome", "_server", "_tag", "_waiting", "finished", "relay")
+
+    def __init__(self, server: ReferralIMAP4Server, tag: bytes, outcome: ProxyLogin) -> None:
+        self._server = server
+        self._tag = tag
+        self._outcome = outcome
+        self._waiting: Deferred[object] | None = None
+        self._lost = False
+        self.finished = False
+        self.relay: Relay | None = None
+
+    def start(self, connector: BackendConnector, client: ForwardedClient) -> None:
+        """Log in to the backend; the rest happens as it answers."""
+        d = Deferred.fromCoroutine(self._run(connector, client))
+        d.addErrback(self._unexpected)
+
+    def _fields(self, **more: object) -> dict[str, object]:
+        context = self._server._context("")
+        return {
+            "user": self._outcome.destination.user,
+            "remote": context.remoteIP,
+            "backend": self._outcome.destination.address,
+            **more,
+        }
+
+    async def _run(self, connector: BackendConnector, client: ForwardedClient) -> None:
+        attempts = self._server.attempts
+        started = attempts.clock.seconds()
+        result = await connector.connect(self._outcome.destination, client)
+        if self._lost:
+            if isinstance(result, BackendSession):
+                result.transport.abortConnection()
+            logProxy("client gone", **self._fields(session=client.sessionID))
+            return
+        if isinstance(result, BackendSession):
+            self._relay(result, client.sessionID)
+            return
+        remote = self._server._context("").remoteIP
+        if isinstance(result, BackendAuthFailed):
+            if attempts.penalty is not None:
+                attempts.penalty.failed(remote)
+            remaining = started + attempts.failureDelay - attempts.clock.seconds()
+            if remaining > 0:
+                self._waiting = deferLater(attempts.clock, remaining, lambda: None)
+                try:
+                    await self._waiting
+                except CancelledError:
+                    return
+                self._waiting = None
+        logProxy(
+            "failed",
+            failed=True,
+            **self._fields(session=client.sessionID, state=result.state, cause=result.cause),
+        )
+        self._server.transport.write(result.clientBytes(self._tag))
+        self._finish(authFailed=isinstance(result, BackendAuthFailed))
+
+    def _relay(self, session: BackendSession, sessionID: str | None) -> None:
+        server = self._server
+        if not self._outcome.verified and server.attempts.penalty is not None:
+            server.attempts.penalty.succeeded(server._context("").remoteIP)
+        server.transport.write(session.result.clientBytes(self._tag, server.capabilityAsked))
+        pipelined = server.clearLineBuffer()
+        self.relay = relay = Relay(server.transport, session.transport, server.attempts.clock)
+        self.finished = True
+        server.enterRelay()
+        fields = self._fields(
+            backend=session.destination.address, session=sessionID, attempts=session.attempts
+        )
+        logProxy("started", **fields)
+        relay.done.addCallback(self._ended, fields)
+        relay.start(toBackend=pipelined, toClient=session.attach(relay.backend))
+
+    @staticmethod
+    def _ended(stats: RelayStats, fields: dict[str, object]) -> None:
+        logProxy(
+            "ended",
+            **fields,
+            endedBy=stats.endedBy,
+            toBackend=stats.toBackend,
+            toClient=stats.toClient,
+        )
+
+    def _finish(self, authFailed: bool = False) -> None:
+        """The login failed and the client was told: it may go on."""
+        self.finished = True
+        self._server.proxyFailed(authFailed)
+
+    def _unexpected(self, failure: Failure) -> None:
+        _log.failure("proxy login failed unexpectedly", failure)
+        if not self._lost and not self.finished:
+            self._server.transport.write(self._tag + b" " + NO_UNAVAILABLE + b"\r\n")
+            self._finish()
+
+    def dataReceived(self, data: bytes) -> None:
+        """The client's bytes, once relaying."""
+        assert self.relay is not None
+        self.relay.client.dataReceived(data)
+
+    def connectionLost(self, reason: Failure) -> None:
+        """
+        The client is gone: end the relay, or stop waiting; a backend
+        connection still being set up is aborted when it is ready.
+        """
+        self._lost = True
+        if self.relay is not None:
+            self.relay.client.connectionLost(reason)
+        elif self._waiting is not None:
+            self._waiting.cancel()
+
+    def close(self) -> None:
+        """Shutdown: end the relayed session (both sides flushed, then closed)."""
+        if self.relay is not None:
+            self.relay.close()
+
+
+def forwardedClient(server: ReferralIMAP4Server, ttl: int = DEFAULT_PROXY_TTL) -> ForwardedClient:
+    """What the backend is told about the client (C{ID}), read at login time."""
+    context = server._context("")
+    return ForwardedClient(
+        originatingIP=context.remoteIP,
+        originatingPort=context.remotePort,
+        connectedIP=context.localIP,
+        connectedPort=context.localPort,
+        sessionID=newSessionID(),
+        ttl=ttl,
+        secured=context.secured,
+    )

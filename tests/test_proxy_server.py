@@ -1,0 +1,137 @@
+"""
+Proxy logins through our IMAP server to a real Dovecot: every login path
+proxied, then SELECT and FETCH of the marker through the splice; the
+failure rows of the issue's table with their exact bytes; the passdb's
+C{nopassword} leaving the decision to the backend.
+"""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from dovecotbackend import USERS, startDovecot
+from haproxyserver import freePort
+from loopback import Listener
+from test_server_wire import MECHS
+from twisted.internet import reactor, task
+
+from imapreferral.proxy.connect import BackendConnector
+from imapreferral.testing import MemoryPassdb, ServerHarness, answerAfterDelay
+
+UNAVAILABLE = b"NO [UNAVAILABLE] Account is temporarily unavailable."
+FAILED = b"NO [AUTHENTICATIONFAILED] Authentication failed."
+
+
+@pytest.fixture(scope="module")
+def dovecot():
+    backend = startDovecot()
+    yield backend
+    backend.stop()
+
+
+def proxyUsers(port: int, nobodyPort: int, **more: tuple[str, str]) -> MemoryPassdb:
+    """Front users proxied to the Dovecot on C{port} (and one to nobody)."""
+    to = f"proxy host=127.0.0.1 port={port}"
+    return MemoryPassdb.fromLines(
+        {
+            "alice": ("{PLAIN}" + USERS["alice"], to),
+            "cram": ("{PLAIN}secret", f"{to} destuser=alice pass={USERS['alice']}"),
+            "nopw": (None, f"{to} nopassword destuser=alice"),
+            "down": ("{PLAIN}pass", f"proxy host=127.0.0.1 port={nobodyPort}"),
+            **more,
+        }
+    )
+
+
+@pytest_twisted.async_yield_fixture
+async def front(dovecot, clock):
+    """Our server proxying to C{dovecot}, Dovecot's retry policy, on C{clock}."""
+    passdb = proxyUsers(dovecot.port, freePort("127.0.0.1"))
+    harness = ServerHarness.forPassdbs(
+        [passdb], clock=clock, connector=BackendConnector(reactor, clock)
+    )
+    await harness.start()
+    yield harness
+    await harness.stop()
+
+
+@pytest_twisted.async_yield_fixture
+async def client(front):
+    connection = await front.connect()
+    yield connection
+    await connection.close()
+
+
+async def fetchMarker(client) -> list[bytes]:
+    """SELECT INBOX and FETCH the marker through the splice."""
+    assert (await client.command(b"b SELECT INBOX"))[-1].startswith(b"b OK [READ-WRITE]")
+    client.send(b"c FETCH 1 BODY[]\r\n")
+    lines = [await client.line() for _ in range(6)]  # the marker has a blank line
+    assert lines[0].startswith(b"* 1 FETCH (") and lines[0].endswith(b"BODY[] {38}")
+    assert lines[1:4] == [b"Subject: marker-alice", b"", b"hello alice"]
+    return lines
+
+
+def isBackendOK(reply: bytes, tag: bytes = b"a") -> bool:
+    """Dovecot's tagged OK with its own capabilities (SORT: not ours)."""
+    return reply.startswith(tag + b" OK [CAPABILITY IMAP4rev1 ") and b" SORT " in reply
+
+
+@pytest.mark.parametrize("mech", MECHS)
+@pytest_twisted.ensureDeferred
+async def test_eachLoginPathProxiedThenFetchesMarker(client, mech):
+    _, login = MECHS[mech]
+    user = b"cram" if mech == "CRAM-MD5" else b"alice"
+    password = b"secret"
+    reply = await login(client, user, password)
+    assert isBackendOK(reply), reply
+    fetched = await fetchMarker(client)
+    assert fetched[-1].startswith(b"c OK Fetch completed")
+
+
+@pytest_twisted.ensureDeferred
+async def test_capabilityBeforeLoginGetsUntaggedCapabilityFirst(client):
+    await client.command(b"x CAPABILITY")
+    untagged, tagged = await client.command(b"a LOGIN alice secret")
+    assert untagged.startswith(b"* CAPABILITY IMAP4rev1 ")
+    assert b" SORT " in untagged
+    assert isBackendOK(tagged)
+
+
+async def _retried(clock, client, data: bytes, retries: int) -> bytes:
+    """Send C{data}; move the clock past each one-second retry; the reply."""
+    client.send(data)
+    for _ in range(retries):
+        for _ in range(400):
+            if any(dc.getTime() == clock.seconds() + 1.0 for dc in clock.getDelayedCalls()):
+                break
+            await task.deferLater(reactor, 0.005, lambda: None)
+        clock.advance(1.0)
+    return await client.line()
+
+
+@pytest_twisted.ensureDeferred
+async def test_backendNobodyListensOnIsUnavailableAndClientMayTryAgain(client, clock):
+    assert await _retried(clock, client, b"a LOGIN down pass\r\n", 3) == b"a " + UNAVAILABLE
+    assert isBackendOK((await client.command(b"a LOGIN alice secret"))[-1])
+
+
+@pytest_twisted.ensureDeferred
+async def test_nopasswordWrongPasswordIsBackendRefusalAfterDelay(client, clock):
+    reply = await answerAfterDelay(client, clock, b"a LOGIN nopw wrong\r\n", 2.0)
+    assert reply == b"a " + FAILED
+    assert isBackendOK((await client.command(b"b LOGIN nopw secret"))[-1], b"b")
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrongPasswordNeverReachesTheBackend(clock):
+    backend = Listener()
+    port = await backend.listen()
+    harness = ServerHarness.forPassdbs(
+        [proxyUsers(port, port)], clock=clock, connector=BackendConnector(reactor, clock)
+    )
+    async with harness.serving() as client:
+        reply = await answerAfterDelay(client, clock, b"a LOGIN alice wrong\r\n", 2.0)
+    await backend.stop()
+    assert reply == b"a " + FAILED
+    assert backend.accepted.pending == []
