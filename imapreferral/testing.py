@@ -277,6 +277,15 @@ class TranscriptClient:
             if not received or received.startswith((tag + b" ", b"+")):
                 return lines
 
+    @property
+    def lost(self) -> Deferred[None]:
+        """Fires once the connection is gone."""
+        return self._proto.lost
+
+    def abort(self) -> None:
+        """Vanish: close at once, without flushing (a client that crashed)."""
+        self._proto.transport.abortConnection()
+
     async def close(self) -> None:
         """Close and wait until the connection is gone."""
         if not self._proto.lost.called:

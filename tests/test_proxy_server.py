@@ -7,13 +7,17 @@ C{nopassword} leaving the decision to the backend.
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import pytest
 import pytest_twisted
 from dovecotbackend import USERS, startDovecot
 from haproxyserver import freePort
-from loopback import Listener
+from loopback import Listener, openDescriptors
 from test_server_wire import MECHS
 from twisted.internet import reactor, task
+from twisted.internet.utils import getProcessOutputAndValue
 
 from imapreferral.proxy.connect import BackendConnector
 from imapreferral.testing import MemoryPassdb, ServerHarness, answerAfterDelay
@@ -35,6 +39,7 @@ def proxyUsers(port: int, nobodyPort: int, **more: tuple[str, str]) -> MemoryPas
     return MemoryPassdb.fromLines(
         {
             "alice": ("{PLAIN}" + USERS["alice"], to),
+            "bob": ("{PLAIN}" + USERS["bob"], to),
             "cram": ("{PLAIN}secret", f"{to} destuser=alice pass={USERS['alice']}"),
             "nopw": (None, f"{to} nopassword destuser=alice"),
             "down": ("{PLAIN}pass", f"proxy host=127.0.0.1 port={nobodyPort}"),
@@ -135,3 +140,62 @@ async def test_wrongPasswordNeverReachesTheBackend(clock):
     await backend.stop()
     assert reply == b"a " + FAILED
     assert backend.accepted.pending == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_pipelinedCommandsReachTheBackendAfterTheLoginInOrder(client):
+    client.send(b"a LOGIN alice secret\r\nb SELECT INBOX\r\nc NOOP\r\nd EXAMINE INBOX\r\n")
+    assert isBackendOK(await client.line())
+    assert (await client.until(b"b"))[-1].startswith(b"b OK [READ-WRITE]")
+    assert (await client.until(b"c"))[-1].startswith(b"c OK NOOP completed")
+    assert (await client.until(b"d"))[-1].startswith(b"d OK [READ-ONLY]")
+
+
+@pytest_twisted.ensureDeferred
+async def test_proxiedSessionOutlivesThePreLoginTimers(client, clock):
+    assert isBackendOK((await client.command(b"a LOGIN alice secret"))[-1])
+    clock.advance(301)  # past the pre-login idle timer (60 s) and lifetime (300 s)
+    assert (await client.command(b"b NOOP"))[-1].startswith(b"b OK NOOP completed")
+    assert clock.getDelayedCalls() == []
+
+
+async def descriptorsBackTo(count: int, seconds: float = 1.0) -> None:
+    """Wait (bounded by C{seconds} of real time) until this process holds C{count} fds."""
+    for _ in range(int(seconds / 0.01)):
+        if openDescriptors() <= count:
+            return
+        await task.deferLater(reactor, 0.01, lambda: None)
+    raise AssertionError(f"{openDescriptors()} descriptors open, expected {count}")
+
+
+@pytest_twisted.ensureDeferred
+async def test_clientThatVanishesMidFetchClosesTheBackend(front):
+    baseline = openDescriptors()
+    client = await front.connect()
+    assert isBackendOK((await client.command(b"a LOGIN bob secret2"))[-1])
+    big = b"Subject: big\r\n\r\n" + b"x" * 74 + b"\r\n"
+    big = big + (b"y" * 74 + b"\r\n") * 40000
+    client.send(b"b APPEND INBOX {%d+}\r\n" % len(big) + big + b"\r\n")
+    assert (await client.until(b"b"))[-1].startswith(b"b OK")
+    await client.command(b"c SELECT INBOX")
+    client.send(b"d FETCH 2 BODY[]\r\n")
+    assert (await client.line()).startswith(b"* 2 FETCH")
+    client.abort()
+    await client.lost
+    await descriptorsBackTo(baseline)
+
+
+@pytest_twisted.ensureDeferred
+async def test_backendThatVanishesMidIdleClosesTheClient(front, dovecot):
+    baseline = openDescriptors()
+    client = await front.connect()
+    assert isBackendOK((await client.command(b"a LOGIN alice secret"))[-1])
+    await client.command(b"b SELECT INBOX")
+    assert await client.command(b"c IDLE") == [b"+ idling"]
+    doveadm = shutil.which("doveadm", path=os.environ["PATH"] + ":/usr/bin:/usr/sbin")
+    kick = ["-c", str(dovecot.configPath), "kick", "alice"]
+    _, err, status = await getProcessOutputAndValue(doveadm, kick, env=os.environ)
+    assert status == 0, err
+    assert await client.line() == b"* BYE Server shutting down."
+    await client.lost.addTimeout(1, reactor)
+    await descriptorsBackTo(baseline)
