@@ -40,6 +40,7 @@ def proxyUsers(port: int, nobodyPort: int, **more: tuple[str, str]) -> MemoryPas
         {
             "alice": ("{PLAIN}" + USERS["alice"], to),
             "bob": ("{PLAIN}" + USERS["bob"], to),
+            "maybe": ("{PLAIN}secret", f"proxy_maybe host=127.0.0.1 port={port} destuser=alice"),
             "cram": ("{PLAIN}secret", f"{to} destuser=alice pass={USERS['alice']}"),
             "nopw": (None, f"{to} nopassword destuser=alice"),
             "down": ("{PLAIN}pass", f"proxy host=127.0.0.1 port={nobodyPort}"),
@@ -92,6 +93,11 @@ async def test_eachLoginPathProxiedThenFetchesMarker(client, mech):
     assert isBackendOK(reply), reply
     fetched = await fetchMarker(client)
     assert fetched[-1].startswith(b"c OK Fetch completed")
+
+
+@pytest_twisted.ensureDeferred
+async def test_proxyMaybeToAnotherServerProxies(client):
+    assert isBackendOK((await client.command(b"a LOGIN maybe secret"))[-1])
 
 
 @pytest_twisted.ensureDeferred

@@ -14,6 +14,7 @@ logged by L{logProxy}, one line each, with its fields as event keys.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import os
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,7 @@ from twisted.python.failure import Failure
 
 from imapreferral.imap.backend import DEFAULT_PROXY_TTL, ForwardedClient
 from imapreferral.imap.backendresult import NO_UNAVAILABLE, BackendAuthFailed
+from imapreferral.login.context import LoginContext
 from imapreferral.login.outcome import ProxyLogin
 from imapreferral.proxy.connect import BackendConnector, BackendSession
 from imapreferral.proxy.relay import Relay, RelayStats
@@ -189,3 +191,43 @@ def forwardedClient(server: ReferralIMAP4Server, ttl: int = DEFAULT_PROXY_TTL) -
         ttl=ttl,
         secured=context.secured,
     )
+
+
+def _address(value: str | None) -> str | None:
+    try:
+        return None if value is None else str(ipaddress.ip_address(value))
+    except ValueError:
+        return None
+
+
+def _number(value: str | None, low: int, high: int) -> int | None:
+    if value is None or not value.isdigit() or not low <= int(value) <= high:
+        return None
+    return int(value)
+
+
+def acceptForwardedID(server: ReferralIMAP4Server, fields: list[tuple[str, str]]) -> None:
+    """
+    The receiving side of a proxy's C{ID} (Dovecot's C{x-originating-ip},
+    C{x-originating-port}, C{x-connected-ip}, C{x-connected-port},
+    C{x-proxy-ttl}). The caller only passes the connection's first C{ID},
+    before login, from a peer in C{--trusted-networks}: from anyone else
+    these would let a client pick its own address. The client's address
+    then counts for logs, the penalty and the per-address limit; the TTL
+    goes on, one less, to the next backend.
+    """
+    given = {name.lower(): value for name, value in fields}
+    context = server._context("")
+    remoteIP = _address(given.get("x-originating-ip"))
+    ttl = _number(given.get("x-proxy-ttl"), 0, 1000)
+    if ttl is not None:
+        server.proxyTTL = ttl
+    if remoteIP is None:
+        return
+    server._addresses = LoginContext(
+        remoteIP=remoteIP,
+        remotePort=_number(given.get("x-originating-port"), 0, 65535),
+        localIP=_address(given.get("x-connected-ip")) or context.localIP,
+        localPort=_number(given.get("x-connected-port"), 0, 65535) or context.localPort,
+    )
+    server.readmit(remoteIP)

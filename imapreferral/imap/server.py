@@ -31,9 +31,10 @@ from twisted.mail.imap4 import IllegalClientResponse, IMAP4Server
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from imapreferral.imap.backend import DEFAULT_PROXY_TTL
 from imapreferral.imap.idcommand import formatID, parseID
 from imapreferral.imap.policy import ServerPolicy
-from imapreferral.imap.proxying import ProxiedLogin, forwardedClient
+from imapreferral.imap.proxying import ProxiedLogin, acceptForwardedID, forwardedClient
 from imapreferral.imap.responses import UNAVAILABLE, renderOutcome, sanitiseText
 from imapreferral.limits import ConnectionLimiter
 from imapreferral.login.attempt import LoginAttempts
@@ -140,6 +141,8 @@ class ReferralIMAP4Server(IMAP4Server):
         self.connector = connector
         self.capabilityAsked = False
         self._proxy: ProxiedLogin | None = None
+        self._idSeen = False
+        self.proxyTTL = DEFAULT_PROXY_TTL
 
     # Connection guards
 
@@ -289,6 +292,10 @@ class ReferralIMAP4Server(IMAP4Server):
         """Dovecot's C{disable_plaintext_auth}: TLS, a trusted network, or C{always}."""
         if self.policy.plaintextAuth == "always" or self._secured():
             return True
+        return self._fromTrustedNetwork()
+
+    def _fromTrustedNetwork(self) -> bool:
+        """Whether the peer (behind HAProxy, the PROXY header's) is in C{--trusted-networks}."""
         if self._fromTrusted is None:
             peer = getattr(self.transport.getPeer(), "host", None)
             self._fromTrusted = self.policy.trustedNetworks.contains(peer)
@@ -341,6 +348,11 @@ class ReferralIMAP4Server(IMAP4Server):
                 remote=getattr(self.transport.getPeer(), "host", None),
                 fields=" ".join(f"{k}={v!r}" for k, v in fields[:30]),
             )
+        if not self._idSeen and self.state == "unauth" and self._fromTrustedNetwork():
+            acceptForwardedID(self, fields)
+        self._idSeen = True
+        if self._closing:
+            return
         self.sendUntaggedResponse(formatID(self.policy.idFields))
         self.sendPositiveResponse(tag, b"ID completed.")
 
@@ -485,7 +497,7 @@ class ReferralIMAP4Server(IMAP4Server):
         if isinstance(outcome, ProxyLogin) and self.connector is not None:
             if not self._lost:
                 self._proxy = ProxiedLogin(self, tag, outcome)
-                self._proxy.start(self.connector, forwardedClient(self))
+                self._proxy.start(self.connector, forwardedClient(self, self.proxyTTL))
             return
         if isinstance(outcome, LoggedIn):
             if self._lost:
@@ -508,6 +520,20 @@ class ReferralIMAP4Server(IMAP4Server):
         self.setTimeout(None)
         self.state = "proxied"
         self._leavePreauth()
+
+    def readmit(self, remoteIP: str) -> None:
+        """
+        A trusted proxy named the real client: count the connection against
+        that address's limit instead of the proxy's.
+        """
+        if self._admitted and self.limiter is not None:
+            self.limiter.release(self._admittedFrom)
+            self._admitted = False
+            refusal = self.limiter.admit(remoteIP)
+            if refusal is not None:
+                self._bye(b"[UNAVAILABLE] " + refusal.encode("ascii"))
+                return
+            self._admittedFrom, self._admitted = remoteIP, True
 
     def proxyFailed(self, authFailed: bool) -> None:
         """The backend login failed and the client was told: read on."""
