@@ -205,3 +205,31 @@ async def test_backendThatVanishesMidIdleClosesTheClient(front, dovecot):
     assert await client.line() == b"* BYE Server shutting down."
     await client.lost.addTimeout(1, reactor)
     await descriptorsBackTo(baseline)
+
+
+def test_twistdProxiesToDovecot(tmp_path, dovecot):
+    from test_tap import _connectWhenListening, _freePort, _twistd
+
+    passwd = tmp_path / "users.passwd"
+    passwd.write_text(f"alice:{{PLAIN}}secret::::::proxy host=127.0.0.1 port={dovecot.port}\n")
+    port = _freePort()
+    proc = _twistd(
+        "--listen", f"tcp:{port}:interface=127.0.0.1", "--passdb", f"passwd-file:{passwd}",
+        "--proxy-max-reconnects", "1", cwd=str(tmp_path),
+    )  # fmt: skip
+    try:
+        with _connectWhenListening(proc, port) as sock:
+            f = sock.makefile("rb")
+            f.readline()
+            sock.sendall(b"a LOGIN alice secret\r\nb SELECT INBOX\r\nc FETCH 1 BODY[]\r\n")
+            assert isBackendOK(f.readline())
+            lines = [f.readline()]
+            while not lines[-1].startswith(b"c ") and len(lines) < 40:
+                lines.append(f.readline())
+            assert b"hello alice\r\n" in lines
+            sock.sendall(b"z LOGOUT\r\n")
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=20)[0].decode()
+    assert "proxy started" in out and "backend=127.0.0.1:" in out
+    assert "secret" not in out

@@ -93,6 +93,14 @@ def _refusal(args: list[str]) -> str:
         ("--greeting-referral imap://h", "--greeting-referral: "),
         ("--passdb ldap:x", "--passdb ldap:x: expected TYPE:ARGUMENT"),
         ("--passdb passwd-file:/nonexistent/u", "/nonexistent/u: cannot read"),
+        ("--proxy-max-reconnects x", "--proxy-max-reconnects x: not a whole number"),
+        ("--proxy-self nonsense", "--proxy-self nonsense: not ADDRESS:PORT (e.g. 192.0.2.1:143)"),
+        ("--proxy-self 192.0.2.1:0", "--proxy-self 192.0.2.1:0: not ADDRESS:PORT"),
+        (
+            "--backend-ca /nonexistent/ca.pem",
+            "--backend-ca /nonexistent/ca.pem: cannot read (No such file or directory)",
+        ),
+        ("--backend-ca /etc/hostname", "--backend-ca /etc/hostname: no valid PEM certificate"),
         (
             "--listen tcp:0:interface=127.0.0.1 --listen haproxy:tcp:0",
             "--listen haproxy:tcp:0 expects PROXY headers: say who may send them with "
@@ -481,3 +489,14 @@ def test_workersShareTheListenerAndStopWithTheServer(tmp_path):
     while os.path.exists(f"/proc/{worker}") and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not os.path.exists(f"/proc/{worker}"), "the worker outlived the server"
+
+
+def test_selfAddressesAreProxySelfAndListenersWithWildcardsExpanded():
+    config = tap.Options()
+    config.parseOptions(
+        ["--listen", "tcp:1143:interface=0.0.0.0", "--listen", "tcp:1144:interface=127.0.0.2",
+         "--proxy-self", "[2001:db8::1]:143", "--passdb", "static:password=x"]
+    )  # fmt: skip
+    found = tap.selfAddresses(config)
+    assert {("127.0.0.1", 1143), ("127.0.0.2", 1144), ("2001:db8::1", 143)} <= found
+    assert ("127.0.0.1", 1144) not in found
