@@ -35,6 +35,9 @@ from imapreferral.listeners import (
 )
 from imapreferral.login.attempt import DEFAULT_FAILURE_DELAY
 from imapreferral.login.checker import PassdbChecker
+from imapreferral.login.destination import proxyDestination
+from imapreferral.login.fields import FieldError, PassdbReply, splitExtraFields
+from imapreferral.login.outcome import Unavailable
 from imapreferral.login.sasl import MECHANISMS
 from imapreferral.networks import NetworkList
 from imapreferral.passdbs import PassdbConfigError, passdbFromString
@@ -159,6 +162,9 @@ class Options(usage.Options):
         ["proxy-max-reconnects", None, MAX_RECONNECTS,
          "Retries of a proxy backend that is down, 1 s apart, within proxy_timeout.",
          _count("proxy-max-reconnects")],
+        ["local-backend", None, None,
+         "Proxy every login that succeeds here to this server (the old mail server behind "
+         "us), static passdb fields: 'host=... [port=...] [starttls=yes] [master=... pass=...]'."],
         ["backend-ca", None, None,
          "PEM CA certificates proxy backends' certificates must chain to "
          "(default: the system trust store)."],
@@ -261,6 +267,7 @@ class Options(usage.Options):
         except PassdbConfigError as e:
             raise usage.UsageError(str(e)) from None
         self._checkMechanisms()
+        self["local-backend"] = self._localBackend(self["local-backend"])
         if self["backend-ca"] is not None:
             shown = _shown("backend-ca", self["backend-ca"])
             try:
@@ -292,6 +299,21 @@ class Options(usage.Options):
                 f"{proxied[0].shown} expects PROXY headers: say who may send them with "
                 "--haproxy-trusted-networks"
             )
+
+    @staticmethod
+    def _localBackend(value: str | None) -> PassdbReply | None:
+        """C{--local-backend}: static passdb fields naming a backend."""
+        if value is None:
+            return None
+        shown = _shown("local-backend", value)
+        try:
+            reply = PassdbReply.fromFields(splitExtraFields(value))
+        except FieldError as e:
+            raise usage.UsageError(f"{shown}: {e}") from None
+        destination = proxyDestination(reply, "user", "password")
+        if isinstance(destination, Unavailable):
+            raise usage.UsageError(f"{shown}: give host= (and port= unless 143)") from None
+        return reply
 
     def _checkMechanisms(self) -> None:
         """CRAM-MD5 needs a stored plaintext (or {CRAM-MD5}) password to check against."""
@@ -421,6 +443,7 @@ def makeService(config: Any) -> IService:
         preauthLifetime=config["preauth-lifetime"],
         idFields=tuple(idFields),
         connector=connector,
+        localBackend=config["local-backend"],
     )
     listeners = [*config["listen"], *(f"{d} (TLS)" for d in config["listen-tls"])]
     service = ReferralService(

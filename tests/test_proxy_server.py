@@ -19,6 +19,7 @@ from test_server_wire import MECHS
 from twisted.internet import reactor, task
 from twisted.internet.utils import getProcessOutputAndValue
 
+from imapreferral.login.fields import PassdbReply, splitExtraFields
 from imapreferral.proxy.connect import BackendConnector
 from imapreferral.testing import MemoryPassdb, ServerHarness, answerAfterDelay
 
@@ -233,3 +234,42 @@ def test_twistdProxiesToDovecot(tmp_path, dovecot):
         out = proc.communicate(timeout=20)[0].decode()
     assert "proxy started" in out and "backend=127.0.0.1:" in out
     assert "secret" not in out
+
+
+@pytest_twisted.async_yield_fixture
+async def frontWithLocalBackend(dovecot, clock):
+    """Users who log in here go on to C{dovecot} (C{--local-backend})."""
+    passdb = MemoryPassdb.fromLines(
+        {
+            "alice": ("{PLAIN}secret", ""),
+            "refalice": ("{PLAIN}secret", "host=imap2.example.com user=alice"),
+        }
+    )
+    local = PassdbReply.fromFields(splitExtraFields(f"host=127.0.0.1 port={dovecot.port}"))
+    harness = ServerHarness.forPassdbs(
+        [passdb], clock=clock, connector=BackendConnector(reactor, clock), localBackend=local
+    )
+    await harness.start()
+    yield harness
+    await harness.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_localBackendGivesALocalLoginTheOldServersMailbox(frontWithLocalBackend):
+    client = await frontWithLocalBackend.connect()
+    assert isBackendOK((await client.command(b"a LOGIN alice secret"))[-1])
+    assert (await fetchMarker(client))[-1].startswith(b"c OK Fetch completed")
+    await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_localBackendWithReferralSendsCapabilitiesThenReferral(frontWithLocalBackend):
+    client = await frontWithLocalBackend.connect()
+    capability, tagged = await client.command(b"a LOGIN refalice secret")
+    assert capability.startswith(b"* CAPABILITY IMAP4rev1 ") and b" SORT " in capability
+    assert tagged == (
+        b"a OK [REFERRAL imap://alice;AUTH=PLAIN@imap2.example.com/] "
+        b"Logged in, but you should use this server instead."
+    )
+    assert (await fetchMarker(client))[-1].startswith(b"c OK Fetch completed")
+    await client.close()

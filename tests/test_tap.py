@@ -94,6 +94,11 @@ def _refusal(args: list[str]) -> str:
         ("--passdb ldap:x", "--passdb ldap:x: expected TYPE:ARGUMENT"),
         ("--passdb passwd-file:/nonexistent/u", "/nonexistent/u: cannot read"),
         ("--proxy-max-reconnects x", "--proxy-max-reconnects x: not a whole number"),
+        (
+            "--local-backend port=143",
+            "--local-backend port=143: give host= (and port= unless 143)",
+        ),
+        ("--local-backend port=x", "--local-backend port=x: port='x' is not a port number"),
         ("--proxy-self nonsense", "--proxy-self nonsense: not ADDRESS:PORT (e.g. 192.0.2.1:143)"),
         ("--proxy-self 192.0.2.1:0", "--proxy-self 192.0.2.1:0: not ADDRESS:PORT"),
         (

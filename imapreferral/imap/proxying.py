@@ -18,6 +18,7 @@ import ipaddress
 import os
 from typing import TYPE_CHECKING
 
+import attrs
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -25,8 +26,11 @@ from twisted.python.failure import Failure
 
 from imapreferral.imap.backend import DEFAULT_PROXY_TTL, ForwardedClient
 from imapreferral.imap.backendresult import NO_UNAVAILABLE, BackendAuthFailed
+from imapreferral.imap.responses import renderOutcome
 from imapreferral.login.context import LoginContext
-from imapreferral.login.outcome import ProxyLogin
+from imapreferral.login.destination import proxyDestination
+from imapreferral.login.fields import PassdbReply
+from imapreferral.login.outcome import LoggedIn, ProxyLogin, Unavailable
 from imapreferral.proxy.connect import BackendConnector, BackendSession
 from imapreferral.proxy.relay import Relay, RelayStats
 
@@ -63,12 +67,19 @@ class ProxiedLogin:
         client may go on).
     """
 
-    __slots__ = ("_lost", "_outcome", "_server", "_tag", "_waiting", "finished", "relay")
+    __slots__ = ("_auth", "_lost", "_outcome", "_server", "_tag", "_waiting", "finished", "relay")
 
-    def __init__(self, server: ReferralIMAP4Server, tag: bytes, outcome: ProxyLogin) -> None:
+    def __init__(
+        self, server: ReferralIMAP4Server, tag: bytes, outcome: ProxyLogin, auth: str
+    ) -> None:
+        """
+        @param auth: What a referral URL puts in C{;AUTH=} (the mechanism or
+            C{*}), for a C{--local-backend} login that suggests a referral.
+        """
         self._server = server
         self._tag = tag
         self._outcome = outcome
+        self._auth = auth
         self._waiting: Deferred[object] | None = None
         self._lost = False
         self.finished = False
@@ -124,7 +135,15 @@ class ProxiedLogin:
         server = self._server
         if not self._outcome.verified and server.attempts.penalty is not None:
             server.attempts.penalty.succeeded(server._context("").remoteIP)
-        server.transport.write(session.result.clientBytes(self._tag, server.capabilityAsked))
+        result = session.result
+        if self._outcome.referral is None:
+            server.transport.write(result.clientBytes(self._tag, server.capabilityAsked))
+        else:
+            # Logged in, told where to go next: the backend's capabilities first.
+            loggedIn = LoggedIn(None, lambda: None, "", self._outcome.referral)
+            status, text = renderOutcome(loggedIn, self._auth, lambda: b"")
+            reply = attrs.evolve(result, response=status + b" " + text)
+            server.transport.write(reply.clientBytes(self._tag, capabilityAsked=True))
         pipelined = server.clearLineBuffer()
         self.relay = relay = Relay(server.transport, session.transport, server.attempts.clock)
         self.finished = True
@@ -231,3 +250,21 @@ def acceptForwardedID(server: ReferralIMAP4Server, fields: list[tuple[str, str]]
         localPort=_number(given.get("x-connected-port"), 0, 65535) or context.localPort,
     )
     server.readmit(remoteIP)
+
+
+def localBackendLogin(
+    backend: PassdbReply, outcome: LoggedIn, credentials: object
+) -> ProxyLogin | Unavailable:
+    """
+    C{--local-backend}: a login that succeeded here goes on to the old mail
+    server behind us, as the same user with the same password (or the
+    backend's C{master}/C{pass}), keeping the referral to suggest. The
+    realm's account is let go.
+    """
+    outcome.logout()
+    password = getattr(credentials, "password", None)
+    clientPassword = None if password is None else password.decode("utf-8", "surrogateescape")
+    destination = proxyDestination(backend, outcome.user, clientPassword)
+    if isinstance(destination, Unavailable):
+        return destination
+    return ProxyLogin(destination, referral=outcome.referral)

@@ -34,7 +34,12 @@ from zope.interface import implementer
 from imapreferral.imap.backend import DEFAULT_PROXY_TTL
 from imapreferral.imap.idcommand import formatID, parseID
 from imapreferral.imap.policy import ServerPolicy
-from imapreferral.imap.proxying import ProxiedLogin, acceptForwardedID, forwardedClient
+from imapreferral.imap.proxying import (
+    ProxiedLogin,
+    acceptForwardedID,
+    forwardedClient,
+    localBackendLogin,
+)
 from imapreferral.imap.responses import UNAVAILABLE, renderOutcome, sanitiseText
 from imapreferral.limits import ConnectionLimiter
 from imapreferral.login.attempt import LoginAttempts
@@ -488,15 +493,20 @@ class ReferralIMAP4Server(IMAP4Server):
         self._holdInput()
         d = self.attempts.attempt(credentials, credentials.username.decode("utf-8", "replace"))  # type: ignore[attr-defined]
         self._pendingLogin = d
-        d.addCallback(self._loginDone, tag, mechanism)
+        d.addCallback(self._loginDone, tag, mechanism, credentials)
         d.addErrback(self._loginError, tag)
         d.addBoth(self._loginFinished)
 
-    def _loginDone(self, outcome: Outcome, tag: bytes, mechanism: str) -> None:
+    def _loginDone(
+        self, outcome: Outcome, tag: bytes, mechanism: str, credentials: object = None
+    ) -> None:
         auth = "*" if self.policy.referralAuth == "*" else mechanism
+        local = self.policy.localBackend
+        if isinstance(outcome, LoggedIn) and local is not None and self.connector is not None:
+            outcome = localBackendLogin(local, outcome, credentials)
         if isinstance(outcome, ProxyLogin) and self.connector is not None:
             if not self._lost:
-                self._proxy = ProxiedLogin(self, tag, outcome)
+                self._proxy = ProxiedLogin(self, tag, outcome, auth)
                 self._proxy.start(self.connector, forwardedClient(self, self.proxyTTL))
             return
         if isinstance(outcome, LoggedIn):

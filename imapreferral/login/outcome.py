@@ -182,10 +182,13 @@ class ProxyLogin:
     @ivar verified: Whether the front checked the password. With
         C{nopassword} it did not: the backend's answer is what counts, so
         only a backend login clears the address's penalty.
+    @ivar referral: For a local login proxied to C{--local-backend}: the
+        referral to suggest in the tagged OK, if any.
     """
 
     destination: ProxyDestination
     verified: bool = True
+    referral: Referral | None = None
 
 
 Decision = Accept | Refer | Disable | Reject | Unavailable | Proxy
