@@ -7,16 +7,19 @@ C{nopassword} leaving the decision to the backend.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import shutil
 
 import pytest
 import pytest_twisted
 from dovecotbackend import USERS, startDovecot
 from haproxyserver import freePort
-from loopback import Listener, openDescriptors
+from loopback import Listener, Peer, openDescriptors
 from test_server_wire import MECHS
 from twisted.internet import reactor, task
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.utils import getProcessOutputAndValue
 
 from imapreferral.login.fields import PassdbReply, splitExtraFields
@@ -273,3 +276,48 @@ async def test_localBackendWithReferralSendsCapabilitiesThenReferral(frontWithLo
     )
     assert (await fetchMarker(client))[-1].startswith(b"c OK Fetch completed")
     await client.close()
+
+
+async def _rawClient(front) -> Peer:
+    """A raw byte client on the front, greeting read."""
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", front.port)
+    peer = await connectProtocol(endpoint, Peer())
+    await peer.waitForBytes(b"\r\n")
+    return peer
+
+
+async def _send(peer: Peer, data: bytes, until: bytes, seconds: float = 30) -> None:
+    peer.transport.write(data)
+    await peer.waitForBytes(until).addTimeout(seconds, reactor)
+
+
+@pytest_twisted.ensureDeferred
+async def test_twentyMegabytesUpAndDownKeepTheirSHA256(front):
+    body = b"".join(b"%07d " % n + b"z" * 68 + b"\r\n" for n in range(20 * 1024 * 1024 // 78))
+    big = b"Subject: big\r\n\r\n" + body
+    peer = await _rawClient(front)
+    await _send(peer, b"a LOGIN bob secret2\r\n", b"a OK")
+    await _send(peer, b"b APPEND INBOX {%d+}\r\n" % len(big) + big + b"\r\n", b"b OK")
+    uid = re.search(rb"b OK \[APPENDUID \d+ (\d+)\]", bytes(peer.data)).group(1)
+    await _send(peer, b"c SELECT INBOX\r\nd UID FETCH " + uid + b" BODY.PEEK[]\r\n", b"d OK")
+    data = bytes(peer.data)
+    start = data.index(b"BODY[] {%d}\r\n" % len(big)) + len(b"BODY[] {%d}\r\n" % len(big))
+    assert hashlib.sha256(data[start : start + len(big)]).digest() == hashlib.sha256(big).digest()
+    peer.transport.loseConnection()
+    await peer.lost
+
+
+@pytest_twisted.ensureDeferred
+async def test_idleSeesAMessageDeliveredMeanwhile(front, dovecot):
+    peer = await _rawClient(front)
+    await _send(peer, b"a LOGIN alice secret\r\nb SELECT INBOX\r\nc IDLE\r\n", b"+ idling\r\n")
+    seen = len(peer.data)
+    new = dovecot.directory / "home" / "alice" / "Maildir" / "new" / "2000000000.M2P2.delivered"
+    new.write_bytes(b"Subject: delivered\r\n\r\nwhile idling\r\n")
+    arrived = peer.waitUntil(
+        lambda: re.search(rb"\* \d+ EXISTS\r\n", peer.data[seen:]) is not None
+    )
+    await arrived.addTimeout(10, reactor)
+    await _send(peer, b"DONE\r\n", b"c OK Idle completed")
+    peer.transport.loseConnection()
+    await peer.lost
