@@ -361,10 +361,11 @@ class ReferralService(MultiService):
         descriptors this process may open cannot hold them.
     """
 
-    def __init__(self, description: str, limiter: ConnectionLimiter) -> None:
+    def __init__(self, description: str, limiter: ConnectionLimiter, factory: Any = None) -> None:
         super().__init__()
         self.description = description
         self.limiter = limiter
+        self.factory = factory
 
     def privilegedStartService(self) -> None:
         descriptors.fitConnectionLimit(self.limiter)
@@ -373,6 +374,12 @@ class ReferralService(MultiService):
     def startService(self) -> None:
         _log.info("imapreferral serving {description}", description=self.description)
         super().startService()
+
+    def stopService(self) -> Any:
+        """Stop listening, and end the proxied sessions cleanly (both sides)."""
+        if self.factory is not None:
+            self.factory.closeRelays()
+        return super().stopService()
 
 
 def selfAddresses(config: Any) -> set[tuple[str, int]]:
@@ -449,6 +456,7 @@ def makeService(config: Any) -> IService:
     service = ReferralService(
         f"{', '.join(listeners)} with passdbs " + ", ".join(repr(p) for p in config["passdb"]),
         factory.limiter,
+        factory,
     )
     verifier.setServiceParent(service)
     for passdb in config["passdb"]:

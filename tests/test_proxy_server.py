@@ -321,3 +321,14 @@ async def test_idleSeesAMessageDeliveredMeanwhile(front, dovecot):
     await _send(peer, b"DONE\r\n", b"c OK Idle completed")
     peer.transport.loseConnection()
     await peer.lost
+
+
+@pytest_twisted.ensureDeferred
+async def test_shutdownClosesRelayedSessions(front):
+    baseline = openDescriptors()
+    client = await front.connect()
+    assert isBackendOK((await client.command(b"a LOGIN alice secret"))[-1])
+    front.factory.closeRelays()
+    await client.lost.addTimeout(1, reactor)
+    await descriptorsBackTo(baseline)
+    assert front.factory.relays == set()

@@ -98,6 +98,8 @@ class ReferralServerFactory(ServerFactory):
 
             connector = BackendConnector(reactor, clock)
         self.connector = connector
+        #: The proxied sessions being relayed, for L{closeRelays}.
+        self.relays: set[Any] = set()
         self.policy = ServerPolicy(
             mechanisms=tuple(m.upper() for m in mechanisms),
             referralAuth=referralAuth,
@@ -117,6 +119,11 @@ class ReferralServerFactory(ServerFactory):
 
     def _referralText(self, referral: Referral, mechanism: str) -> str:
         return referralURL(referral, "*" if self.policy.referralAuth == "*" else mechanism)
+
+    def closeRelays(self) -> None:
+        """Shutdown: end every relayed session (both sides flushed, then closed)."""
+        for relay in list(self.relays):
+            relay.close()
 
     def buildProtocol(self, addr: IAddress) -> ReferralIMAP4Server:
         proto = self.protocol(self.attempts, self.policy, self.limiter, self.connector)

@@ -154,6 +154,10 @@ class ProxiedLogin:
         )
         logProxy("started", **fields)
         relay.done.addCallback(self._ended, fields)
+        relays = getattr(getattr(server, "factory", None), "relays", None)
+        if relays is not None:  # so that shutdown can close them
+            relays.add(relay)
+            relay.done.addBoth(lambda result: (relays.discard(relay), result)[1])
         relay.start(toBackend=pipelined, toClient=session.attach(relay.backend))
 
     @staticmethod
