@@ -332,3 +332,17 @@ async def test_shutdownClosesRelayedSessions(front):
     await client.lost.addTimeout(1, reactor)
     await descriptorsBackTo(baseline)
     assert front.factory.relays == set()
+
+
+@pytest_twisted.ensureDeferred
+async def test_clientAddressFromATrustedProxyReachesDovecotsLog(client, dovecot):
+    """HAProxy-style chain: a trusted peer's ID names the client; Dovecot logs it."""
+    forward = b'x ID ("x-originating-ip" "192.0.2.77" "x-originating-port" "40777")'
+    assert (await client.command(forward))[-1] == b"x OK ID completed."
+    assert isBackendOK((await client.command(b"a LOGIN bob secret2"))[-1])
+    for _ in range(200):
+        lines = [line for line in dovecot.log().splitlines() if "rip=192.0.2.77" in line]
+        if lines:
+            break
+        await task.deferLater(reactor, 0.01, lambda: None)
+    assert lines and "user=<bob>" in lines[0]
