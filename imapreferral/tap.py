@@ -4,11 +4,14 @@ C{twistd imapreferral}: command-line strings to objects, no rules.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shlex
+import socket
 import sys
 from typing import Any
 
+from OpenSSL import crypto
 from twisted.application.service import IService, MultiService, Service
 from twisted.cred.portal import Portal
 from twisted.internet import endpoints
@@ -32,11 +35,15 @@ from imapreferral.listeners import (
 )
 from imapreferral.login.attempt import DEFAULT_FAILURE_DELAY
 from imapreferral.login.checker import PassdbChecker
+from imapreferral.login.destination import proxyDestination
+from imapreferral.login.fields import FieldError, PassdbReply, splitExtraFields
+from imapreferral.login.outcome import Unavailable
 from imapreferral.login.sasl import MECHANISMS
 from imapreferral.networks import NetworkList
 from imapreferral.passdbs import PassdbConfigError, passdbFromString
 from imapreferral.passdbs.sql import DEFAULT_TIMEOUT
 from imapreferral.passwords import SchemeVerifier
+from imapreferral.proxy.connect import MAX_RECONNECTS, BackendConnector, loadTrustRoot
 from imapreferral.tls import TLSConfigError, loadTLS
 
 _log = Logger()
@@ -152,6 +159,15 @@ class Options(usage.Options):
          "CRAM-MD5 when a passdb may hold plaintext passwords).", _mechanisms],
         ["id-name", None, "imapreferral", "The name we give in answer to ID (RFC 2971)."],
         ["id-version", None, __version__, "The version we give in answer to ID; '' for none."],
+        ["proxy-max-reconnects", None, MAX_RECONNECTS,
+         "Retries of a proxy backend that is down, 1 s apart, within proxy_timeout.",
+         _count("proxy-max-reconnects")],
+        ["local-backend", None, None,
+         "Proxy every login that succeeds here to this server (the old mail server behind "
+         "us), static passdb fields: 'host=... [port=...] [starttls=yes] [master=... pass=...]'."],
+        ["backend-ca", None, None,
+         "PEM CA certificates proxy backends' certificates must chain to "
+         "(default: the system trust store)."],
     ]  # fmt: skip
 
     def __init__(self) -> None:
@@ -160,6 +176,7 @@ class Options(usage.Options):
         self["listen-tls"] = []
         self["listeners"] = []
         self["passdb"] = []
+        self["proxy-self"] = []
 
     def parseOptions(self, options: Any = None) -> None:
         """
@@ -193,6 +210,23 @@ class Options(usage.Options):
     def opt_listen_tls(self, description: str) -> None:
         """Listen for implicit TLS (imaps), e.g. tcp:993 (repeatable); needs --tls-cert."""
         self._listener("listen-tls", description)
+
+    def opt_proxy_self(self, address: str) -> None:
+        """
+        An ADDRESS:PORT that is this server too (behind NAT, a load
+        balancer), for proxy_maybe and the proxy loop check (repeatable);
+        our listeners count without it.
+        """
+        host, _, port = address.rpartition(":")
+        try:
+            ip = str(ipaddress.ip_address(host.strip("[]")))
+            if not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError
+        except ValueError:
+            raise usage.UsageError(
+                f"{_shown('proxy-self', address)}: not ADDRESS:PORT (e.g. 192.0.2.1:143)"
+            ) from None
+        self["proxy-self"].append((ip, int(port)))
 
     def opt_passdb(self, description: str) -> None:
         """
@@ -233,6 +267,17 @@ class Options(usage.Options):
         except PassdbConfigError as e:
             raise usage.UsageError(str(e)) from None
         self._checkMechanisms()
+        self["local-backend"] = self._localBackend(self["local-backend"])
+        if self["backend-ca"] is not None:
+            shown = _shown("backend-ca", self["backend-ca"])
+            try:
+                self["backend-trust"] = loadTrustRoot(self["backend-ca"])
+            except OSError as e:
+                raise usage.UsageError(f"{shown}: cannot read ({e.strerror})") from None
+            except (ValueError, crypto.Error):
+                raise usage.UsageError(f"{shown}: no valid PEM certificate in it") from None
+        else:
+            self["backend-trust"] = None
         if self.parent is not None and not self["adopt-listeners"]:
             # Starting under twistd: bind now, before logging and daemonising,
             # so a port in use is this one line on stderr. Parsing alone
@@ -254,6 +299,21 @@ class Options(usage.Options):
                 f"{proxied[0].shown} expects PROXY headers: say who may send them with "
                 "--haproxy-trusted-networks"
             )
+
+    @staticmethod
+    def _localBackend(value: str | None) -> PassdbReply | None:
+        """C{--local-backend}: static passdb fields naming a backend."""
+        if value is None:
+            return None
+        shown = _shown("local-backend", value)
+        try:
+            reply = PassdbReply.fromFields(splitExtraFields(value))
+        except FieldError as e:
+            raise usage.UsageError(f"{shown}: {e}") from None
+        destination = proxyDestination(reply, "user", "password")
+        if isinstance(destination, Unavailable):
+            raise usage.UsageError(f"{shown}: give host= (and port= unless 143)") from None
+        return reply
 
     def _checkMechanisms(self) -> None:
         """CRAM-MD5 needs a stored plaintext (or {CRAM-MD5}) password to check against."""
@@ -301,10 +361,11 @@ class ReferralService(MultiService):
         descriptors this process may open cannot hold them.
     """
 
-    def __init__(self, description: str, limiter: ConnectionLimiter) -> None:
+    def __init__(self, description: str, limiter: ConnectionLimiter, factory: Any = None) -> None:
         super().__init__()
         self.description = description
         self.limiter = limiter
+        self.factory = factory
 
     def privilegedStartService(self) -> None:
         descriptors.fitConnectionLimit(self.limiter)
@@ -314,11 +375,57 @@ class ReferralService(MultiService):
         _log.info("imapreferral serving {description}", description=self.description)
         super().startService()
 
+    def stopService(self) -> Any:
+        """Stop listening, and end the proxied sessions cleanly (both sides)."""
+        if self.factory is not None:
+            self.factory.closeRelays()
+        return super().stopService()
+
+
+def selfAddresses(config: Any) -> set[tuple[str, int]]:
+    """
+    Where this server can be reached: C{--proxy-self} and each TCP
+    listener's address; a listener on every address counts as loopback and
+    this host's name's addresses.
+    """
+    found = set(config["proxy-self"])
+    for listener in config["listeners"]:
+        if listener.family is None or not listener.port:
+            continue
+        interface = listener.interface.strip("[]")
+        if interface in ("", "0.0.0.0", "::"):
+            hosts = {"127.0.0.1", "::1"}
+            try:
+                infos = socket.getaddrinfo(socket.gethostname(), None)
+            except OSError:
+                infos = []
+            hosts |= {str(info[4][0]) for info in infos}
+        else:
+            hosts = {interface}
+        for host in hosts:
+            try:
+                found.add((str(ipaddress.ip_address(host)), listener.port))
+            except ValueError:
+                continue
+    return found
+
 
 def makeService(config: Any) -> IService:
+    from twisted.internet import reactor
+
     verifier = SchemeVerifier()  # slow hashes on its own bounded thread pool
+    ourselves = selfAddresses(config)
     checker = PassdbChecker(
-        config["passdb"], verifier=verifier, lowercaseUsernames=not config["keep-username-case"]
+        config["passdb"],
+        verifier=verifier,
+        lowercaseUsernames=not config["keep-username-case"],
+        selfAddresses=ourselves,
+    )
+    connector = BackendConnector(
+        reactor,
+        trustRoot=config["backend-trust"],
+        maxReconnects=config["proxy-max-reconnects"],
+        selfAddresses=ourselves,
     )
     idFields = [("name", config["id-name"])]
     if config["id-version"]:
@@ -342,11 +449,14 @@ def makeService(config: Any) -> IService:
         preauthIdle=config["preauth-idle-timeout"],
         preauthLifetime=config["preauth-lifetime"],
         idFields=tuple(idFields),
+        connector=connector,
+        localBackend=config["local-backend"],
     )
     listeners = [*config["listen"], *(f"{d} (TLS)" for d in config["listen-tls"])]
     service = ReferralService(
         f"{', '.join(listeners)} with passdbs " + ", ".join(repr(p) for p in config["passdb"]),
         factory.limiter,
+        factory,
     )
     verifier.setServiceParent(service)
     for passdb in config["passdb"]:
@@ -366,8 +476,6 @@ def makeService(config: Any) -> IService:
         workers.dieWithParent()
         _AdoptedListeners([f for _, f in factories]).setServiceParent(service)
         return service
-    from twisted.internet import reactor
-
     ports = []
     for listener, listening in factories:
         endpoint = endpoints.serverFromString(reactor, listener.endpoint)

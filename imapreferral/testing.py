@@ -40,6 +40,7 @@ from imapreferral.login.checker import PassdbChecker
 from imapreferral.login.context import LoginContext
 from imapreferral.login.fields import PassdbReply, splitExtraFields
 from imapreferral.passwords import allowsCramMD5
+from imapreferral.proxy.connect import BackendConnector
 
 
 @implementer(IPassdb)
@@ -171,10 +172,17 @@ class ServerHarness:
         clock: IReactorTime | None = None,
         **factoryArgs: object,
     ) -> ServerHarness:
-        """A harness around a L{ReferralServerFactory} for C{checker}."""
+        """
+        A harness around a L{ReferralServerFactory} for C{checker}. Unless
+        given a C{connector}, proxy logins are not retried: a backend that
+        refuses is answered at once, with no clock to advance.
+        """
+        from twisted.internet import reactor
+
         portal = Portal(ReferralRealm(), [checker])
         implicitTLS = factoryArgs.pop("implicitTLS", None)
         unixSocket: str | None = factoryArgs.pop("unixSocket", None)  # type: ignore[assignment]
+        factoryArgs.setdefault("connector", BackendConnector(reactor, clock, maxReconnects=0))
         factory = ReferralServerFactory(portal, clock=clock, **factoryArgs)  # type: ignore[arg-type]
         return cls(factory, implicitTLS=implicitTLS, unixSocket=unixSocket)
 
@@ -296,6 +304,15 @@ class TranscriptClient:
             lines.append(received)
             if not received or received.startswith((tag + b" ", b"+")):
                 return lines
+
+    @property
+    def lost(self) -> Deferred[None]:
+        """Fires once the connection is gone."""
+        return self._proto.lost
+
+    def abort(self) -> None:
+        """Vanish: close at once, without flushing (a client that crashed)."""
+        self._proto.transport.abortConnection()
 
     async def close(self) -> None:
         """Close and wait until the connection is gone."""

@@ -77,7 +77,7 @@ USERS = {
     "nlreason": ("{PLAIN}pass", "nologin reason=Maintenance"),
     "emptyhost": ("{PLAIN}pass", "host= nologin"),
     "prox": ("{PLAIN}pass", "proxy host=127.0.0.1 port=10144"),
-    "proxnl": ("{PLAIN}pass", "proxy host=127.0.0.1 nologin"),
+    "proxnl": ("{PLAIN}pass", "proxy host=127.0.0.1 port=10144 nologin"),
     "weird": ("{NOSUCH}pass", "host=imap2.example.com nologin"),
 }
 

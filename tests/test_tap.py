@@ -93,6 +93,19 @@ def _refusal(args: list[str]) -> str:
         ("--greeting-referral imap://h", "--greeting-referral: "),
         ("--passdb ldap:x", "--passdb ldap:x: expected TYPE:ARGUMENT"),
         ("--passdb passwd-file:/nonexistent/u", "/nonexistent/u: cannot read"),
+        ("--proxy-max-reconnects x", "--proxy-max-reconnects x: not a whole number"),
+        (
+            "--local-backend port=143",
+            "--local-backend port=143: give host= (and port= unless 143)",
+        ),
+        ("--local-backend port=x", "--local-backend port=x: port='x' is not a port number"),
+        ("--proxy-self nonsense", "--proxy-self nonsense: not ADDRESS:PORT (e.g. 192.0.2.1:143)"),
+        ("--proxy-self 192.0.2.1:0", "--proxy-self 192.0.2.1:0: not ADDRESS:PORT"),
+        (
+            "--backend-ca /nonexistent/ca.pem",
+            "--backend-ca /nonexistent/ca.pem: cannot read (No such file or directory)",
+        ),
+        ("--backend-ca /etc/hostname", "--backend-ca /etc/hostname: no valid PEM certificate"),
         (
             "--listen tcp:0:interface=127.0.0.1 --listen haproxy:tcp:0",
             "--listen haproxy:tcp:0 expects PROXY headers: say who may send them with "
@@ -503,3 +516,14 @@ def test_daemonisedTwistdReportsAListenerThatCannotBind(tmp_path):
     while line not in (tmp_path / "log").read_text() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert line in (tmp_path / "log").read_text()
+
+
+def test_selfAddressesAreProxySelfAndListenersWithWildcardsExpanded():
+    config = tap.Options()
+    config.parseOptions(
+        ["--listen", "tcp:1143:interface=0.0.0.0", "--listen", "tcp:1144:interface=127.0.0.2",
+         "--proxy-self", "[2001:db8::1]:143", "--passdb", "static:password=x"]
+    )  # fmt: skip
+    found = tap.selfAddresses(config)
+    assert {("127.0.0.1", 1143), ("127.0.0.2", 1144), ("2001:db8::1", 143)} <= found
+    assert ("127.0.0.1", 1144) not in found

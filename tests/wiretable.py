@@ -6,6 +6,8 @@ REFER = b"Try this server instead."
 SUGGEST = b"Logged in, but you should use this server instead."
 FAILED = b"NO [AUTHENTICATIONFAILED] Authentication failed."
 UNAVAILABLE = b"NO [UNAVAILABLE] Temporary authentication failure."
+#: A proxy backend nobody listens on (Dovecot's words).
+BACKEND_UNAVAILABLE = b"NO [UNAVAILABLE] Account is temporarily unavailable."
 
 
 # (user, expected tagged reply with {mech} for the ;AUTH= value)
@@ -68,7 +70,11 @@ REFERRAL_ROWS = {
     "nologin-no-host": (b"nl", b"NO [CONTACTADMIN] Login disabled for this user"),
     "nologin-no-host-reason": (b"nlreason", b"NO [CONTACTADMIN] Maintenance"),
     "empty-host": (b"emptyhost", UNAVAILABLE),
-    "proxy": (b"prox", UNAVAILABLE),
-    "proxy-beats-nologin": (b"proxnl", UNAVAILABLE),
+    "proxy": (b"prox", BACKEND_UNAVAILABLE),
+    "proxy-beats-nologin": (b"proxnl", BACKEND_UNAVAILABLE),
     "unknown-scheme": (b"weird", UNAVAILABLE),
 }
+
+#: Rows whose reply differs with CRAM-MD5: it carries no password to log in
+#: to a proxy backend with, and the passdb gives no C{pass}.
+CRAM_MD5_ROWS = {"proxy": UNAVAILABLE, "proxy-beats-nologin": UNAVAILABLE}

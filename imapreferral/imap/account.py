@@ -22,7 +22,15 @@ from imapreferral.login.outcome import Referral
 
 
 class EmptyAccount(MemoryAccount):
-    """An account with no mailboxes that refuses to create any."""
+    """
+    An account with no mailboxes that refuses to create any. C{username}
+    is the name the passdb settled on (its C{user} field, else the login
+    name): what a C{--local-backend} login uses.
+    """
+
+    @property
+    def username(self) -> str:
+        return self.name
 
     def _emptyMailbox(self, name: str, id: int) -> Any:
         raise MailboxException("No mail store on this server.")
@@ -38,6 +46,8 @@ class SuggestingAccount(proxyForInterface(IAccount, "account")):  # type: ignore
     def __init__(self, account: IAccount, referral: Referral) -> None:
         self.account = account
         self.referral = referral
+        if hasattr(account, "username"):
+            self.username = account.username
 
     def __conform__(self, interface: Any) -> Any:
         return interface(self.account, None)

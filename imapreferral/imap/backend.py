@@ -59,6 +59,9 @@ MAX_UNTAGGED = 65536
 #: (Dovecot's limit for the ID it receives).
 _MAX_ID_NAME, _MAX_ID_VALUE = 30, 1024
 
+#: What may not go in a quoted string besides 8-bit bytes.
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
+
 #: Longest string we send quoted; longer ones go as literals.
 _MAX_QUOTED = 1024
 
@@ -174,7 +177,7 @@ class BackendLogin:
 
 def _quotable(value: bytes) -> bool:
     """RFC 3501 quoted: 7-bit text; we also keep controls out, and length."""
-    return len(value) <= _MAX_QUOTED and all(0x20 <= b < 0x7F for b in value)
+    return len(value) <= _MAX_QUOTED and value.isascii() and _CONTROL.search(value) is None
 
 
 def quoted(value: bytes) -> bytes:
@@ -193,6 +196,10 @@ def _respCode(text: bytes) -> tuple[bytes, bytes, bytes]:
     """
     if not text.startswith(b"["):
         return b"", b"", text
+    end = text.find(b"]")
+    if end > 0 and text.find(b"[", 1, end) < 0:  # no nesting: no byte-by-byte walk
+        name, _, args = text[1:end].partition(b" ")
+        return name.upper(), args, text[end + 1 :].lstrip(b" ")
     depth = 0
     for end, byte in enumerate(text):
         depth += (byte == 0x5B) - (byte == 0x5D)
@@ -221,7 +228,9 @@ class BackendDialogue:
 
     def __init__(self, login: BackendLogin) -> None:
         self._login = login
-        self._user, self._password = login.user.encode(), login.password.encode()
+        # Surrogates: the client's bytes as sent, even when not UTF-8.
+        self._user = login.user.encode("utf-8", "surrogateescape")
+        self._password = login.password.encode("utf-8", "surrogateescape")
         self._master = None if login.master is None else login.master.encode()
         self.state = BANNER
         self.finished = False

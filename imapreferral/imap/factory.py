@@ -22,6 +22,7 @@ from imapreferral.login.attempt import DEFAULT_FAILURE_DELAY, LoginAttempts
 from imapreferral.login.outcome import Referral
 from imapreferral.login.penalty import AuthPenalty
 from imapreferral.login.sasl import MECHANISMS
+from imapreferral.proxy.connect import BackendConnector
 
 REFERRAL_AUTH_CHOICES = ("mech", "*")
 
@@ -57,6 +58,9 @@ class ReferralServerFactory(ServerFactory):
     @param authPenaltyCap: Longest wait before the credentials of an address
         with recent failures are checked (0 disables the penalty); see
         L{AuthPenalty}.
+    @param connector: Logs in to proxy backends (C{proxy} passdb replies);
+        by default one on the global reactor and C{clock} with the system
+        trust store and Dovecot's retry policy.
     @param policyFields: Any other L{ServerPolicy} field (C{tlsContext},
         C{trustedNetworks}, C{plaintextAuth}, C{greetingReferral}, ...).
     """
@@ -74,6 +78,7 @@ class ReferralServerFactory(ServerFactory):
         maxConnections: int = 2000,
         maxConnectionsPerAddress: int = 20,
         authPenaltyCap: float = 15.0,
+        connector: BackendConnector | None = None,
         **policyFields: Any,
     ) -> None:
         if referralAuth not in REFERRAL_AUTH_CHOICES:
@@ -88,6 +93,13 @@ class ReferralServerFactory(ServerFactory):
         if policyFields.get("greetingReferral") is not None:
             validateServerURL(policyFields["greetingReferral"])
         self.portal = portal
+        if connector is None:
+            from twisted.internet import reactor
+
+            connector = BackendConnector(reactor, clock)
+        self.connector = connector
+        #: The proxied sessions being relayed, for L{closeRelays}.
+        self.relays: set[Any] = set()
         self.policy = ServerPolicy(
             mechanisms=tuple(m.upper() for m in mechanisms),
             referralAuth=referralAuth,
@@ -108,8 +120,13 @@ class ReferralServerFactory(ServerFactory):
     def _referralText(self, referral: Referral, mechanism: str) -> str:
         return referralURL(referral, "*" if self.policy.referralAuth == "*" else mechanism)
 
+    def closeRelays(self) -> None:
+        """Shutdown: end every relayed session (both sides flushed, then closed)."""
+        for relay in list(self.relays):
+            relay.close()
+
     def buildProtocol(self, addr: IAddress) -> ReferralIMAP4Server:
-        proto = self.protocol(self.attempts, self.policy, self.limiter)
+        proto = self.protocol(self.attempts, self.policy, self.limiter, self.connector)
         proto.factory = self
         proto.portal = self.portal
         return proto

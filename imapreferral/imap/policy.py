@@ -11,6 +11,7 @@ from typing import Any
 
 import attrs
 
+from imapreferral.login.fields import PassdbReply
 from imapreferral.networks import LOOPBACK, NetworkList
 
 PLAINTEXT_AUTH_CHOICES = ("secure", "always")
@@ -76,6 +77,10 @@ class ServerPolicy:
     @ivar outputBuffer: Unread output (bytes) beyond which we stop reading
         from a pre-login client.
     @ivar idFields: What we answer to C{ID} (RFC 2971).
+    @ivar localBackend: Where a login that succeeds here is proxied
+        (C{--local-backend}, static passdb fields: C{host}, C{port},
+        C{starttls}, C{master}, C{pass}, ...), or L{None} for the realm's
+        account.
     """
 
     mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN")
@@ -94,3 +99,4 @@ class ServerPolicy:
     maxLineLength: int = 16384
     outputBuffer: int = 256 * 1024
     idFields: tuple[tuple[str, str], ...] = (("name", "imapreferral"),)
+    localBackend: PassdbReply | None = None

@@ -31,15 +31,22 @@ from twisted.mail.imap4 import IllegalClientResponse, IMAP4Server
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from imapreferral.imap.backend import DEFAULT_PROXY_TTL
 from imapreferral.imap.idcommand import formatID, formatIDForLog, parseID
 from imapreferral.imap.policy import ServerPolicy
+from imapreferral.imap.proxying import (
+    ProxiedLogin,
+    acceptForwardedID,
+    forwardedClient,
+    localBackendLogin,
+)
 from imapreferral.imap.responses import UNAVAILABLE, renderOutcome, sanitiseText
 from imapreferral.limits import ConnectionLimiter
 from imapreferral.login.attempt import LoginAttempts
 from imapreferral.login.context import LoginContext
 from imapreferral.login.credentials import PasswordCredentials
 from imapreferral.login.logline import localText, logRefusal, remoteText
-from imapreferral.login.outcome import Disable, LoggedIn, Outcome, Reject
+from imapreferral.login.outcome import Disable, LoggedIn, Outcome, ProxyLogin, Reject
 from imapreferral.login.sasl import (
     MECHANISMS,
     AuthorizationRefused,
@@ -47,6 +54,7 @@ from imapreferral.login.sasl import (
     SASLError,
     SASLMechanism,
 )
+from imapreferral.proxy.connect import BackendConnector
 
 _log = Logger()
 
@@ -93,6 +101,10 @@ class ReferralIMAP4Server(IMAP4Server):
     @ivar attempts: Runs logins (portal, failure delay, clock).
     @ivar policy: What this listener allows; see L{ServerPolicy}.
     @ivar limiter: Counts connections across the listener, or L{None}.
+    @ivar connector: Logs in to proxy backends, or L{None}: then a C{proxy}
+        login is a temporary failure.
+    @ivar capabilityAsked: Whether the client sent C{CAPABILITY} before
+        logging in (a proxied login then sends the backend's first).
     """
 
     #: Lines end at LF; a CR before it is dropped in L{lineReceived}. RFC 3501
@@ -105,6 +117,7 @@ class ReferralIMAP4Server(IMAP4Server):
         attempts: LoginAttempts,
         policy: ServerPolicy | None = None,
         limiter: ConnectionLimiter | None = None,
+        connector: BackendConnector | None = None,
     ) -> None:
         policy = policy if policy is not None else ServerPolicy()
         super().__init__(chal={}, contextFactory=policy.tlsContext)
@@ -131,6 +144,11 @@ class ReferralIMAP4Server(IMAP4Server):
         self._addresses: LoginContext | None = None
         self._fromTrusted: bool | None = None
         self._closing = False
+        self.connector = connector
+        self.capabilityAsked = False
+        self._proxy: ProxiedLogin | None = None
+        self._idSeen = False
+        self.proxyTTL = DEFAULT_PROXY_TTL
 
     # Connection guards
 
@@ -290,6 +308,10 @@ class ReferralIMAP4Server(IMAP4Server):
         """Dovecot's C{disable_plaintext_auth}: TLS, a trusted network, or C{always}."""
         if self.policy.plaintextAuth == "always" or self._secured():
             return True
+        return self._fromTrustedNetwork()
+
+    def _fromTrustedNetwork(self) -> bool:
+        """Whether the peer (behind HAProxy, the PROXY header's) is in C{--trusted-networks}."""
         if self._fromTrusted is None:
             peer = getattr(self.transport.getPeer(), "host", None)
             self._fromTrusted = self.policy.trustedNetworks.contains(peer)
@@ -359,6 +381,11 @@ class ReferralIMAP4Server(IMAP4Server):
                 remote=remote,
                 fields=text,
             )
+        if not self._idSeen and self.state == "unauth" and self._fromTrustedNetwork():
+            acceptForwardedID(self, fields)
+        self._idSeen = True
+        if self._closing:
+            return
         self.sendUntaggedResponse(formatID(self.policy.idFields))
         self.sendPositiveResponse(tag, b"ID completed.")
 
@@ -490,12 +517,22 @@ class ReferralIMAP4Server(IMAP4Server):
         self._holdInput()
         d = self.attempts.attempt(credentials, credentials.username.decode("utf-8", "replace"))  # type: ignore[attr-defined]
         self._pendingLogin = d
-        d.addCallback(self._loginDone, tag, mechanism)
+        d.addCallback(self._loginDone, tag, mechanism, credentials)
         d.addErrback(self._loginError, tag)
         d.addBoth(self._loginFinished)
 
-    def _loginDone(self, outcome: Outcome, tag: bytes, mechanism: str) -> None:
+    def _loginDone(
+        self, outcome: Outcome, tag: bytes, mechanism: str, credentials: object = None
+    ) -> None:
         auth = "*" if self.policy.referralAuth == "*" else mechanism
+        local = self.policy.localBackend
+        if isinstance(outcome, LoggedIn) and local is not None and self.connector is not None:
+            outcome = localBackendLogin(local, outcome, credentials)
+        if isinstance(outcome, ProxyLogin) and self.connector is not None:
+            if not self._lost:
+                self._proxy = ProxiedLogin(self, tag, outcome, auth)
+                self._proxy.start(self.connector, forwardedClient(self, self.proxyTTL))
+            return
         if isinstance(outcome, LoggedIn):
             if self._lost:
                 outcome.logout()
@@ -509,6 +546,42 @@ class ReferralIMAP4Server(IMAP4Server):
         self._respond(status, tag, text)
         if isinstance(outcome, Reject | Disable):
             self._countAuthFailure()
+
+    # Proxying (imapreferral.imap.proxying)
+
+    def enterRelay(self) -> None:
+        """The backend took the login: no pre-login timers, only relaying from now."""
+        self.setTimeout(None)
+        self.state = "proxied"
+        self._leavePreauth()
+
+    def readmit(self, remoteIP: str) -> None:
+        """
+        A trusted proxy named the real client: count the connection against
+        that address's limit instead of the proxy's.
+        """
+        if self._admitted and self.limiter is not None:
+            self.limiter.release(self._admittedFrom)
+            self._admitted = False
+            refusal = self.limiter.admit(remoteIP)
+            if refusal is not None:
+                self._bye(b"[UNAVAILABLE] " + refusal.encode("ascii"))
+                return
+            self._admittedFrom, self._admitted = remoteIP, True
+
+    def proxyFailed(self, authFailed: bool) -> None:
+        """The backend login failed and the client was told: read on."""
+        self._proxy = None
+        if authFailed:
+            self._countAuthFailure()
+        self._loginFinished(None)
+
+    def do_CAPABILITY(self, tag: bytes) -> None:
+        if self.state == "unauth":
+            self.capabilityAsked = True
+        IMAP4Server.do_CAPABILITY(self, tag)
+
+    unauth_CAPABILITY = (do_CAPABILITY,)
 
     def _countAuthFailure(self) -> None:
         self._authFailures += 1
@@ -526,6 +599,8 @@ class ReferralIMAP4Server(IMAP4Server):
 
     def _loginFinished(self, _: object) -> None:
         self._pendingLogin = None
+        if self._proxy is not None:
+            return  # input stays held until the backend answers
         self._waitingForLogin = self._heldTooMuch = False
         if not self._lost:
             self._applyFlow()
@@ -551,6 +626,9 @@ class ReferralIMAP4Server(IMAP4Server):
         self._applyFlow()
 
     def dataReceived(self, data: bytes) -> None:
+        if self._proxy is not None and self._proxy.relay is not None:
+            self._proxy.dataReceived(data)
+            return
         super().dataReceived(data)
         if self._waitingForLogin and len(self._buffer) > _MAX_HELD and not self._heldTooMuch:
             self._heldTooMuch = True
@@ -617,6 +695,8 @@ class ReferralIMAP4Server(IMAP4Server):
 
     def connectionLost(self, reason: Failure) -> None:
         self._lost = True
+        if self._proxy is not None:
+            self._proxy.connectionLost(reason)
         if self._pendingLogin is not None:
             self._pendingLogin.cancel()
         if self._lifetime is not None and self._lifetime.active():

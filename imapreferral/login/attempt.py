@@ -31,12 +31,18 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from imapreferral.interfaces import IReferralCarrier
-from imapreferral.login.errors import AuthenticationFailed, LoginDisabled, TemporaryFailure
+from imapreferral.login.errors import (
+    AuthenticationFailed,
+    LoginDisabled,
+    LoginProxied,
+    TemporaryFailure,
+)
 from imapreferral.login.logline import logAuthentication, plainReferralText
 from imapreferral.login.outcome import (
     Disable,
     LoggedIn,
     Outcome,
+    ProxyLogin,
     Refer,
     Referral,
     Reject,
@@ -70,6 +76,8 @@ def outcomeOfFailure(failure: Failure) -> Outcome | Failure:
             return Refer(referral, verified=getattr(error, "verified", True))
         if isinstance(error, LoginDisabled):
             return Disable(error.reason)
+        if isinstance(error, LoginProxied):
+            return ProxyLogin(error.destination, verified=error.verified)
         return Reject(nodelay=isinstance(error, AuthenticationFailed) and error.nodelay)
     if isinstance(error, TemporaryFailure):
         return Unavailable(error.why)
@@ -157,7 +165,7 @@ class LoginAttempts:
         """
         if not isinstance(outcome, Reject):
             proven = isinstance(outcome, LoggedIn) or (
-                isinstance(outcome, Refer) and outcome.verified
+                isinstance(outcome, Refer | ProxyLogin) and outcome.verified
             )
             if self.penalty is not None and proven:
                 self.penalty.succeeded(remote, started)

@@ -8,8 +8,10 @@ asks L{decide} and turns the decision into an avatar id or an error.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import ipaddress
+from collections.abc import Collection, Sequence
 
+import attrs
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.internet.defer import CancelledError, Deferred
@@ -21,9 +23,11 @@ from imapreferral.login.context import LoginContext
 from imapreferral.login.credentials import CramMD5Credentials
 from imapreferral.login.decision import decide
 from imapreferral.login.decoy import Decoys
+from imapreferral.login.destination import proxyDestination
 from imapreferral.login.errors import (
     AuthenticationFailed,
     LoginDisabled,
+    LoginProxied,
     LoginReferral,
     TemporaryFailure,
 )
@@ -68,7 +72,7 @@ class PassdbChecker:
 
     The avatar id is an L{AvatarId} (with the referral for the
     log-in-anyway case); C{nologin} fails with L{LoginReferral} or
-    L{LoginDisabled}; a wrong password with L{AuthenticationFailed}; a
+    L{LoginDisabled}; C{proxy} with L{LoginProxied}; a wrong password with L{AuthenticationFailed}; a
     broken passdb with L{TemporaryFailure}. Cancelling the Deferred (the
     client went away) cancels the pending lookup or verification and fails
     with C{CancelledError}: no further passdb is asked.
@@ -76,6 +80,9 @@ class PassdbChecker:
     @ivar passdbs: The L{IPassdb}s, in order.
     @ivar verifier: Checks stored passwords; see L{IPasswordVerifier}.
     @ivar lowercaseUsernames: See L{normaliseUsername}.
+    @ivar selfAddresses: C{(ip, port)} pairs that are this server besides
+        the address the client connected to (C{--proxy-self}), for
+        C{proxy_maybe}. Held, not copied: it may be filled once listening.
     """
 
     credentialInterfaces = (IUsernamePassword, IUsernameHashedPassword)
@@ -85,12 +92,14 @@ class PassdbChecker:
         passdbs: Sequence[IPassdb],
         verifier: IPasswordVerifier | None = None,
         lowercaseUsernames: bool = True,
+        selfAddresses: Collection[tuple[str, int]] = (),
     ) -> None:
         if not passdbs:
             raise ValueError("PassdbChecker needs at least one passdb")
         self.passdbs = tuple(passdbs)
         self.verifier = verifier if verifier is not None else SchemeVerifier()
         self.lowercaseUsernames = lowercaseUsernames
+        self.selfAddresses = selfAddresses
         self._decoys = Decoys(self.verifier)
 
     def canProvidePlaintext(self) -> bool:
@@ -121,7 +130,12 @@ class PassdbChecker:
                 self._decoys.saw(reply.password)
                 checked = checked or not reply.nopassword
             passwordOk = await self._passwordMatches(reply, credentials)
+            if reply.proxyMaybe and self._pointsHere(reply, context):
+                # Log in here; as Dovecot, the proxy fields go (no referral to self).
+                reply = attrs.evolve(reply, proxyMaybe=False, host=None, port=None, destuser=None)
             decision = decide(reply, passwordOk, username)
+            if isinstance(decision, Proxy):
+                return self._proxy(decision, reply, credentials, verified=passwordOk)
             if not isinstance(decision, Reject):
                 break
         if isinstance(decision, Reject) and tempfail is not None:
@@ -149,6 +163,42 @@ class PassdbChecker:
         except Exception as e:
             raise TemporaryFailure(f"cannot verify the stored password: {e}") from e
 
+    def _pointsHere(self, reply: PassdbReply, context: LoginContext) -> bool:
+        """
+        C{proxy_maybe}: whether C{hostip} (else C{host}, when an address)
+        and C{port} are the address the client connected to, as Dovecot
+        compares them, or one of L{selfAddresses}. A C{host} name without
+        C{hostip} is not resolved here; the connector refuses it if it
+        turns out to be this server.
+        """
+        host = (reply.proxyFields.hostip or reply.host or "").strip().strip("[]")
+        try:
+            ip = str(ipaddress.ip_address(host))
+        except ValueError:
+            return False
+        tls = reply.proxyFields.ssl and not reply.proxyFields.starttls
+        port = reply.port or (993 if tls else 143)
+        if context.localIP is not None and (ip, port) == (
+            str(ipaddress.ip_address(context.localIP)),
+            context.localPort,
+        ):
+            return True
+        return (ip, port) in self.selfAddresses
+
+    @staticmethod
+    def _proxy(decision: Proxy, reply: PassdbReply, credentials: object, verified: bool):
+        """
+        C{proxy}: fail with L{LoginProxied} holding the backend destination,
+        whose password is C{pass} or else the one the client sent.
+        """
+        password = None
+        if IUsernamePassword.providedBy(credentials):
+            password = credentials.password.decode("utf-8", "surrogateescape")  # type: ignore[attr-defined]
+        destination = proxyDestination(reply, decision.user, password)
+        if isinstance(destination, Unavailable):
+            raise TemporaryFailure(destination.why)
+        raise LoginProxied(destination, verified=verified and not reply.nopassword)
+
     def _conclude(self, decision: Decision) -> AvatarId:
         if isinstance(decision, Accept):
             return AvatarId(username=decision.user, referral=decision.referral)
@@ -158,8 +208,4 @@ class PassdbChecker:
             raise LoginDisabled(decision.reason)
         if isinstance(decision, Reject):
             raise AuthenticationFailed(nodelay=decision.nodelay)
-        if isinstance(decision, Proxy):
-            raise TemporaryFailure(
-                f"passdb asks to proxy to {decision.host}, but proxying is not available"
-            )
         raise TemporaryFailure(decision.why)

@@ -3,7 +3,8 @@ The referral rule, whole, as one pure function.
 
 Dovecot's C{client_auth_handle_reply()} order: C{proxy} wins over C{host},
 C{host} makes a referral, C{nologin} decides between "refer only" and "log
-in and suggest". A wrong password never reaches the referral fields.
+in and suggest". C{proxy_maybe} is C{proxy} here: the checker clears it
+first when the destination is this server. A wrong password never reaches the referral fields.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def decide(reply: PassdbReply | None, passwordOk: bool, loginName: str) -> Decis
     user = reply.user if reply.user is not None else loginName
     target = reply.destuser if reply.destuser is not None else user
     host = None if reply.host is None else reply.host.strip()
-    if reply.proxy:
+    if reply.proxy or reply.proxyMaybe:
         if not host:
             return Unavailable("passdb set proxy without a host")
         return Proxy(host=host, port=reply.port, user=target)

@@ -11,7 +11,7 @@ from twisted.cred.error import UnauthorizedLogin
 from zope.interface import implementer
 
 from imapreferral.interfaces import IReferralCarrier
-from imapreferral.login.outcome import Referral
+from imapreferral.login.outcome import ProxyDestination, Referral
 
 
 @implementer(IReferralCarrier)
@@ -28,6 +28,20 @@ class LoginReferral(UnauthorizedLogin):
         """
         super().__init__(f"referred to {referral.host}")
         self.referral = referral
+        self.verified = verified
+
+
+class LoginProxied(UnauthorizedLogin):
+    """
+    Not logged in here: the passdb says C{proxy}, so the protocol layer logs
+    in to C{destination} and relays the session there.
+
+    @ivar verified: Whether the password was checked here (not C{nopassword}).
+    """
+
+    def __init__(self, destination: ProxyDestination, verified: bool = True) -> None:
+        super().__init__(f"proxied to {destination.address}")
+        self.destination = destination
         self.verified = verified
 
 

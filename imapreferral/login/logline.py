@@ -19,7 +19,15 @@ from collections.abc import Callable
 
 from twisted.logger import Logger
 
-from imapreferral.login.outcome import Disable, LoggedIn, Outcome, Refer, Referral, Reject
+from imapreferral.login.outcome import (
+    Disable,
+    LoggedIn,
+    Outcome,
+    ProxyLogin,
+    Refer,
+    Referral,
+    Reject,
+)
 from imapreferral.logtext import literalFormat, quote
 
 _log = Logger()
@@ -46,6 +54,8 @@ def describeOutcome(outcome: Outcome) -> str:
         return "login disabled"
     if isinstance(outcome, Reject):
         return "authentication failed"
+    if isinstance(outcome, ProxyLogin):
+        return "proxying"
     return "temporary failure"
 
 
@@ -114,6 +124,8 @@ def logAuthentication(
     if referral is not None:
         text = referralText(referral, mechanism)
         summary += f" referral={quote(text)}"
+    elif isinstance(outcome, ProxyLogin):
+        summary += f" backend={quote(outcome.destination.address)}"
     elif result == "temporary failure":
         why = outcome.why  # type: ignore[union-attr]
         summary += f" why={quote(why, WHY_LIMIT)}"

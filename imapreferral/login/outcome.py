@@ -3,7 +3,8 @@ Immutable values for what a login comes to.
 
 L{decide} returns one of L{Accept}, L{Refer}, L{Disable}, L{Reject},
 L{Unavailable}, L{Proxy}; the login attempt turns an accepted login into
-L{LoggedIn}, which carries the avatar. Protocol layers render these and
+L{LoggedIn}, which carries the avatar, and a proxy decision into
+L{ProxyLogin}, which carries the backend destination. Protocol layers render these and
 nothing else.
 """
 
@@ -172,5 +173,23 @@ class LoggedIn:
     referral: Referral | None = None
 
 
+@attrs.frozen
+class ProxyLogin:
+    """
+    Log the user in to a backend and relay the session there (C{proxy}).
+
+    @ivar destination: Where and with what credentials.
+    @ivar verified: Whether the front checked the password. With
+        C{nopassword} it did not: the backend's answer is what counts, so
+        only a backend login clears the address's penalty.
+    @ivar referral: For a local login proxied to C{--local-backend}: the
+        referral to suggest in the tagged OK, if any.
+    """
+
+    destination: ProxyDestination
+    verified: bool = True
+    referral: Referral | None = None
+
+
 Decision = Accept | Refer | Disable | Reject | Unavailable | Proxy
-Outcome = LoggedIn | Refer | Disable | Reject | Unavailable
+Outcome = LoggedIn | Refer | Disable | Reject | Unavailable | ProxyLogin
