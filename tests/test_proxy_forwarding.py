@@ -7,6 +7,7 @@ fronts.
 
 from __future__ import annotations
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.logger import capturedLogs
@@ -101,3 +102,26 @@ async def test_proxyMaybeToThisServerLogsInHere(clock):
     ]
     await client.close()
     await harness.stop()
+
+
+@pytest.mark.parametrize(
+    "forward",
+    [
+        b'x ID ("x-originating-ip" "fe80::1%eth0")',
+        b'x ID ("x-originating-ip" "fe80::1% remote=6.6.6.6")',
+        b'x ID ("x-originating-ip" "not an address")',
+    ],
+    ids=["zone id", "zone id forging a field", "not an address"],
+)
+@pytest_twisted.ensureDeferred
+async def test_forwardedAddressMustBeAPlainAddress(passdb, clock, forward):
+    """A zone id could carry any text into the log's C{remote=}: such a value is ignored."""
+    events = await _loginAfter(ServerHarness.forPassdbs([passdb], clock=clock), forward)
+    assert loginRemotes(events) == ["127.0.0.1"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_forwardedPortThatIsNotASCIIDigitsIsIgnored(passdb, clock):
+    forward = 'x ID ("x-originating-ip" "192.0.2.9" "x-originating-port" "²")'.encode()
+    events = await _loginAfter(ServerHarness.forPassdbs([passdb], clock=clock), forward)
+    assert loginRemotes(events) == ["192.0.2.9"]
