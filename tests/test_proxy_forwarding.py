@@ -89,12 +89,14 @@ async def test_twoFrontsProxyingToEachOtherStopAtTheTTL(clock):
     assert len(causes) == 7  # one per hop: Dovecot's TTL of 7
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"], ids=["address", "name"])
 @pytest_twisted.ensureDeferred
-async def test_proxyMaybeToThisServerLogsInHere(clock):
+async def test_proxyMaybeToThisServerLogsInHere(clock, host):
+    """A host name is resolved (without blocking) for the check, as Dovecot's auth does."""
     passdb = MemoryPassdb()
     harness = await ServerHarness.forPassdbs([passdb], clock=clock).start()
     passdb.users = MemoryPassdb.fromLines(
-        {"maybe": ("{PLAIN}pass", f"proxy_maybe host=127.0.0.1 port={harness.port}")}
+        {"maybe": ("{PLAIN}pass", f"proxy_maybe host={host} port={harness.port}")}
     ).users
     client = await harness.connect()
     assert await client.command(b"a LOGIN maybe pass") == [
@@ -125,3 +127,27 @@ async def test_forwardedPortThatIsNotASCIIDigitsIsIgnored(passdb, clock):
     forward = 'x ID ("x-originating-ip" "192.0.2.9" "x-originating-port" "²")'.encode()
     events = await _loginAfter(ServerHarness.forPassdbs([passdb], clock=clock), forward)
     assert loginRemotes(events) == ["192.0.2.9"]
+
+
+def test_twistdProxyMaybeToItsOwnListenerByNameLogsInHere(tmp_path):
+    """The service wires the connector's resolver into the checker."""
+    from test_tap import _connectWhenListening, _freePort, _twistd
+
+    port = _freePort()
+    passwd = tmp_path / "users.passwd"
+    passwd.write_text(f"maybe:{{PLAIN}}pass::::::proxy_maybe host=localhost port={port}\n")
+    proc = _twistd(
+        "--listen", f"tcp:{port}:interface=127.0.0.1", "--passdb", f"passwd-file:{passwd}",
+        cwd=str(tmp_path),
+    )  # fmt: skip
+    try:
+        with _connectWhenListening(proc, port) as sock:
+            f = sock.makefile("rb")
+            f.readline()
+            sock.sendall(b"a LOGIN maybe pass\r\n")
+            reply = f.readline()
+            assert reply.startswith(b"a OK [CAPABILITY IMAP4rev1 ") and b"] Logged in" in reply
+            sock.sendall(b"z LOGOUT\r\n")
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=20)

@@ -211,3 +211,11 @@ async def test_referralFollowedToASecondBackendAndSessionWorks(server, client, c
     assert await client.command(b"b NOOP") == [b"b OK done"]
     assert second.lines[-1] == b"b NOOP"
     assert (first.connections, second.connections) == (1, 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_proxyMaybeToAnotherServerByNameProxies(server, client, clock, backends):
+    backend, port = await backends()
+    server.route("maybe", f"proxy_maybe host=localhost port={port}")
+    assert await reply(clock, client, b"a LOGIN maybe secret\r\n") == [b"a " + LOGGED_IN]
+    assert backend.lines[-1].endswith(b' LOGIN "maybe" "secret"')

@@ -398,19 +398,31 @@ class BackendConnector:
             return [destination.hostip]
         if _isAddress(destination.host):
             return [str(ipaddress.ip_address(destination.host))]
-        receiver = _Addresses()
-        self._reactor.nameResolver.resolveHostName(
-            receiver, destination.host, portNumber=destination.port,
-            addressTypes=[IPv4Address, IPv6Address], transportSemantics="TCP",
-        )  # fmt: skip
-        timer: IDelayedCall = self._clock.callLater(
-            max(0.0, deadline - self._clock.seconds()), receiver.resolutionComplete
-        )
-        found = await receiver.done
-        if timer.active():
-            timer.cancel()
+        left = deadline - self._clock.seconds()
+        found = await self.resolveHost(destination.host, destination.port, left)
         if not found:
             return BackendUnavailable(CONNECT, f"cannot resolve {destination.host}")
+        return found
+
+    async def resolveHost(self, host: str, port: int, timeout: float) -> list[str]:
+        """
+        The addresses of the name C{host}, in the resolver's order without
+        repeats, looked up through the reactor's resolver (a thread, never
+        blocking the reactor); what was found by then if C{timeout} seconds
+        pass, and nothing if it cannot be resolved. Also what the passdb
+        checker uses to see whether a C{proxy_maybe} host is this server.
+        """
+        receiver = _Addresses()
+        self._reactor.nameResolver.resolveHostName(
+            receiver, host, portNumber=port,
+            addressTypes=[IPv4Address, IPv6Address], transportSemantics="TCP",
+        )  # fmt: skip
+        timer: IDelayedCall = self._clock.callLater(max(0.0, timeout), receiver.resolutionComplete)
+        try:
+            found = await receiver.done
+        finally:  # also when cancelled: the client went away
+            if timer.active():
+                timer.cancel()
         return list(dict.fromkeys(found))
 
     def _start(self, destination: ProxyDestination, client: ForwardedClient, address: str):
