@@ -81,9 +81,9 @@ async def backends():
 async def server(clock, backends):
     """
     Our server on C{clock} with Dovecot's retry policy (conftest's C{client}
-    connects to it). C{server.route(user,
-    fields)} adds a user (password C{secret}) with passdb fields; C{good}
-    is proxied to a backend that accepts every login.
+    connects to it). C{server.route(user, fields)} adds a user (password
+    C{secret}) with passdb fields; C{good} is proxied to a backend that
+    accepts every login.
     """
     passdb = MemoryPassdb()
     harness = ServerHarness.forPassdbs(
@@ -219,3 +219,36 @@ async def test_proxyMaybeToAnotherServerByNameProxies(server, client, clock, bac
     server.route("maybe", f"proxy_maybe host=localhost port={port}")
     assert await reply(clock, client, b"a LOGIN maybe secret\r\n") == [b"a " + LOGGED_IN]
     assert backend.lines[-1].endswith(b' LOGIN "maybe" "secret"')
+
+
+@pytest.mark.parametrize(
+    ("banner", "fields"),
+    [
+        (b"* OK [CAPABILITY IMAP4rev1 LOGINDISABLED] plaintext", ""),
+        (b"* OK [CAPABILITY IMAP4rev1] no tls", " starttls=yes"),
+    ],
+    ids=["logindisabled-on-plaintext", "starttls-not-offered"],
+)
+@pytest_twisted.ensureDeferred
+async def test_misconfiguredBackendIsServerBugWithoutRetry(
+    server, client, clock, backends, banner, fields
+):
+    backend, port = await backends(banner=banner)
+    server.route("alice", f"proxy host=127.0.0.1 port={port}{fields}")
+    assert await reply(clock, client, b"a LOGIN alice secret\r\n") == [b"a " + SERVERBUG]
+    assert backend.connections == 1
+    assert not any(b"LOGIN" in line for line in backend.lines)  # no password sent
+    await triesAgain(clock, client)
+
+
+@pytest_twisted.ensureDeferred
+async def test_failureIsOneLogLineWithUserBackendStateAndCause(
+    server, client, clock, backends, logged
+):
+    _, port = await backends(LOGIN=b"TAG NO [LIMIT] x")
+    server.route("alice", f"proxy host=127.0.0.1 port={port}")
+    await reply(clock, client, b"a LOGIN alice secret\r\n")
+    failed = [e for e in logged if e.get("event") == "failed"]
+    assert [(e["user"], e["backend"], e["state"], e["cause"]) for e in failed] == [
+        ("alice", f"127.0.0.1:{port}", "login", f"NO [LIMIT] x (127.0.0.1:{port})")
+    ]
