@@ -39,6 +39,9 @@ class ScriptedBackend(LineReceiver):
         if self.factory.banner is not None:
             self.sendLine(self.factory.banner)
 
+    def connectionLost(self, reason: object) -> None:
+        self.factory.closed += 1
+
     def lineReceived(self, line: bytes) -> None:
         self.factory.lines.append(line)
         tag, _, rest = line.partition(b" ")
@@ -58,7 +61,7 @@ class ScriptedListener(Listener):
     def __init__(self, banner: bytes | None, script: dict[bytes, bytes]) -> None:
         super().__init__(ScriptedBackend)
         self.banner, self.script = banner, script
-        self.connections = 0
+        self.connections = self.closed = 0
         self.lines: list[bytes] = []
 
 
@@ -252,3 +255,39 @@ async def test_failureIsOneLogLineWithUserBackendStateAndCause(
     assert [(e["user"], e["backend"], e["state"], e["cause"]) for e in failed] == [
         ("alice", f"127.0.0.1:{port}", "login", f"NO [LIMIT] x (127.0.0.1:{port})")
     ]
+
+
+async def waitUntil(done, seconds: float = 1.0) -> None:
+    """Let real I/O happen until C{done()}, bounded by C{seconds} of real time."""
+    for _ in range(int(seconds / 0.005)):
+        if done():
+            return
+        await task.deferLater(reactor, 0.005, lambda: None)
+    raise AssertionError("condition not met in time")
+
+
+@pytest_twisted.ensureDeferred
+async def test_clientGoneDuringBackendLoginClosesTheBackendAtOnce(server, clock, backends):
+    """Not after proxy_timeout: a vanished client holds no backend connection."""
+    backend, port = await backends(banner=None)
+    server.route("alice", f"proxy host=127.0.0.1 port={port}")
+    client = await server.connect()
+    client.send(b"a LOGIN alice secret\r\n")
+    await waitUntil(lambda: backend.connections == 1)
+    await client.close()
+    await waitUntil(lambda: backend.closed == 1)
+    assert clock.getDelayedCalls() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_clientGoneBetweenRetriesStopsRetrying(server, clock, backends):
+    backend, port = await backends(LOGIN=b"TAG NO [UNAVAILABLE] x")
+    server.route("alice", f"proxy host=127.0.0.1 port={port}")
+    client = await server.connect()
+    client.send(b"a LOGIN alice secret\r\n")
+    retry = clock.seconds() + 1.0
+    await waitUntil(lambda: any(c.getTime() == retry for c in clock.getDelayedCalls()))
+    await client.close()
+    await waitUntil(lambda: not any(c.getTime() == retry for c in clock.getDelayedCalls()))
+    clock.advance(30)
+    assert backend.connections == 1
