@@ -291,3 +291,18 @@ async def test_clientGoneBetweenRetriesStopsRetrying(server, clock, backends):
     await waitUntil(lambda: not any(c.getTime() == retry for c in clock.getDelayedCalls()))
     clock.advance(30)
     assert backend.connections == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_commandsPipelinedBehindAFailedLoginAreAnsweredHereInOrder(
+    server, client, clock, backends
+):
+    backend, port = await backends(LOGIN=b"TAG NO [LIMIT] x")
+    server.route("alice", f"proxy host=127.0.0.1 port={port}")
+    lines = await reply(
+        clock, client, b"a LOGIN alice secret\r\nb NOOP\r\nc LOGIN good secret\r\n"
+    )
+    assert lines == [b"a NO [LIMIT] x"]
+    assert await client.line() == b"b OK NOOP No operation performed"
+    assert await client.line() == b"c " + LOGGED_IN
+    assert not any(b"NOOP" in line for line in backend.lines)
