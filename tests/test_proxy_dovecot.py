@@ -15,7 +15,7 @@ import pytest_twisted
 from dovecotbackend import USERS, marker, startDovecot
 from loopback import RelayedClient
 from test_proxy_server import fetchMarker as fetchMarkerThroughServer
-from test_proxy_server import isBackendOK
+from test_proxy_server import isBackendOK, twistdSession
 from tlscerts import makeCertificate
 from twisted.internet import reactor, task
 
@@ -232,3 +232,14 @@ async def test_masterUserLoginThroughTheServerOpensTheDestinationUsersMailbox(cl
             return
         await task.deferLater(reactor, 0.01, lambda: None)
     raise AssertionError("Dovecot did not log a master-user login")
+
+
+def test_twistdWithBackendCAProxiesOverVerifiedTLS(tmp_path, dovecot, certificate):
+    line = (
+        "alice:{PLAIN}secret::::::proxy host=localhost hostip=127.0.0.1 "
+        f"port={dovecot.tlsPort} ssl=yes"
+    )
+    commands = b"a LOGIN alice secret\r\nb SELECT INBOX\r\nc FETCH 1 BODY[]\r\n"
+    lines, out = twistdSession(tmp_path, line, commands, b"c", "--backend-ca", str(certificate[0]))
+    assert isBackendOK(lines[0]), out
+    assert b"hello alice\r\n" in lines

@@ -131,23 +131,9 @@ async def test_forwardedPortThatIsNotASCIIDigitsIsIgnored(passdb, clock):
 
 def test_twistdProxyMaybeToItsOwnListenerByNameLogsInHere(tmp_path):
     """The service wires the connector's resolver into the checker."""
-    from test_tap import _connectWhenListening, _freePort, _twistd
+    from test_proxy_server import twistdSession
 
-    port = _freePort()
-    passwd = tmp_path / "users.passwd"
-    passwd.write_text(f"maybe:{{PLAIN}}pass::::::proxy_maybe host=localhost port={port}\n")
-    proc = _twistd(
-        "--listen", f"tcp:{port}:interface=127.0.0.1", "--passdb", f"passwd-file:{passwd}",
-        cwd=str(tmp_path),
-    )  # fmt: skip
-    try:
-        with _connectWhenListening(proc, port) as sock:
-            f = sock.makefile("rb")
-            f.readline()
-            sock.sendall(b"a LOGIN maybe pass\r\n")
-            reply = f.readline()
-            assert reply.startswith(b"a OK [CAPABILITY IMAP4rev1 ") and b"] Logged in" in reply
-            sock.sendall(b"z LOGOUT\r\n")
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=20)
+    line = "maybe:{PLAIN}pass::::::proxy_maybe host=localhost port=LISTENPORT"
+    lines, _ = twistdSession(tmp_path, line, b"a LOGIN maybe pass\r\n", b"a")
+    assert lines[-1].startswith(b"a OK [CAPABILITY IMAP4rev1 ")
+    assert lines[-1].endswith(b"] Logged in\r\n")
