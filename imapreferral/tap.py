@@ -415,17 +415,18 @@ def makeService(config: Any) -> IService:
 
     verifier = SchemeVerifier()  # slow hashes on its own bounded thread pool
     ourselves = selfAddresses(config)
-    checker = PassdbChecker(
-        config["passdb"],
-        verifier=verifier,
-        lowercaseUsernames=not config["keep-username-case"],
-        selfAddresses=ourselves,
-    )
     connector = BackendConnector(
         reactor,
         trustRoot=config["backend-trust"],
         maxReconnects=config["proxy-max-reconnects"],
         selfAddresses=ourselves,
+    )
+    checker = PassdbChecker(
+        config["passdb"],
+        verifier=verifier,
+        lowercaseUsernames=not config["keep-username-case"],
+        selfAddresses=ourselves,
+        resolveHost=connector.resolveHost,
     )
     idFields = [("name", config["id-name"])]
     if config["id-version"]:

@@ -190,7 +190,19 @@ class ServerHarness:
     def forPassdbs(
         cls, passdbs: Iterable[IPassdb], clock: IReactorTime | None = None, **factoryArgs: object
     ) -> ServerHarness:
-        return cls.forChecker(PassdbChecker(list(passdbs)), clock, **factoryArgs)
+        """
+        A harness around a L{PassdbChecker} over C{passdbs}, which resolves
+        C{proxy_maybe} host names with the server's connector.
+        """
+        from twisted.internet import reactor
+
+        connector = factoryArgs.get("connector")
+        if connector is None:
+            connector = factoryArgs["connector"] = BackendConnector(
+                reactor, clock, maxReconnects=0
+            )
+        checker = PassdbChecker(list(passdbs), resolveHost=connector.resolveHost)  # type: ignore[attr-defined]
+        return cls.forChecker(checker, clock, **factoryArgs)
 
     async def start(self) -> ServerHarness:
         if self.unixSocket is not None:

@@ -11,7 +11,7 @@ import pytest_twisted
 from haproxyserver import freePort
 from loopback import Listener, RelayedClient
 from twisted.internet import reactor, task
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import CancelledError, ensureDeferred
 from twisted.protocols.basic import LineReceiver
 
 from imapreferral.imap.backend import ForwardedClient
@@ -293,3 +293,33 @@ async def test_loggedInSessionRelaysWithLeftover(clock, fakes):
     client = await RelayedClient.start(session, clock, toBackend=b"b NOOP\r\n")
     assert await client.command(b"", b"b OK done\r\n") == b"* 1 EXISTS\r\nb OK done\r\n"
     await client.close()
+
+
+class _SilentResolver:
+    """A name resolver that never answers (a DNS server gone quiet)."""
+
+    def resolveHostName(self, receiver, hostName, portNumber=0, **kwargs):
+        receiver.resolutionBegan(None)
+
+
+class _QuietReactor:
+    nameResolver = _SilentResolver()
+
+
+@pytest_twisted.ensureDeferred
+async def test_resolveHostGivesUpAfterItsTimeout(clock):
+    lookup = ensureDeferred(BackendConnector(_QuietReactor(), clock).resolveHost("h", 143, 5.0))
+    clock.advance(4.9)
+    assert not lookup.called
+    clock.advance(0.1)
+    assert await lookup == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_resolveHostCancelledLeavesNoTimer(clock):
+    """The client went away while its proxy_maybe host was being resolved."""
+    lookup = ensureDeferred(BackendConnector(_QuietReactor(), clock).resolveHost("h", 143, 5.0))
+    lookup.cancel()
+    with pytest.raises(CancelledError):
+        await lookup
+    assert clock.getDelayedCalls() == []

@@ -1,9 +1,11 @@
 """
-End to end against a real Dovecot backend, without our server: connect and
-log in (C{LOGIN}, C{AUTHENTICATE PLAIN} as a master user), relay, then
+End to end against a real Dovecot backend, first without our server: connect
+and log in (C{LOGIN}, C{AUTHENTICATE PLAIN} as a master user), relay, then
 C{SELECT}/C{FETCH} the marker message through the relay as raw bytes; ID
 forwarding seen in Dovecot's log; STARTTLS and implicit TLS checked
-against the test CA; a Dovecot referral followed.
+against the test CA; a Dovecot referral followed. Then the same TLS and
+master-user logins through our IMAP server, a real client on the front
+(the test CA given to the connector, as C{--backend-ca} does).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import pytest
 import pytest_twisted
 from dovecotbackend import USERS, marker, startDovecot
 from loopback import RelayedClient
+from test_proxy_server import fetchMarker as fetchMarkerThroughServer
+from test_proxy_server import isBackendOK, twistdSession
 from tlscerts import makeCertificate
 from twisted.internet import reactor, task
 
@@ -19,6 +23,7 @@ from imapreferral.imap.backend import ForwardedClient
 from imapreferral.imap.backendresult import BackendAuthFailed, BackendMisconfigured
 from imapreferral.login.outcome import IMPLICIT_TLS, STARTTLS, ProxyDestination
 from imapreferral.proxy.connect import BackendConnector, BackendSession, loadTrustRoot
+from imapreferral.testing import MemoryPassdb, ServerHarness
 
 FETCH = b"b SELECT INBOX\r\nc FETCH 1 BODY[]\r\nd LOGOUT\r\n"
 
@@ -163,3 +168,78 @@ async def test_anyCertSkipsVerification(dovecot, connector, clock, tls):
     session = await connector.connect(target, ForwardedClient())
     assert isinstance(session, BackendSession)
     assert marker("alice") in await fetchMarker(session, clock)
+
+
+# Through our server
+
+SERVERBUG = b"a NO [SERVERBUG] Account is temporarily unavailable."
+
+
+def tlsUsers(dovecot) -> MemoryPassdb:
+    """Front users proxied to C{dovecot}'s alice in each TLS way (password C{secret})."""
+    ssl = f"proxy hostip=127.0.0.1 port={dovecot.tlsPort} destuser=alice ssl"
+    starttls = f"proxy hostip=127.0.0.1 port={dovecot.port} destuser=alice starttls"
+    return MemoryPassdb.fromLines(
+        {
+            "ssl": ("{PLAIN}secret", f"{ssl}=yes host=localhost"),
+            "starttls": ("{PLAIN}secret", f"{starttls}=yes host=localhost"),
+            "sslwrong": ("{PLAIN}secret", f"{ssl}=yes host=wrong.example"),
+            "starttlswrong": ("{PLAIN}secret", f"{starttls}=yes host=wrong.example"),
+            "sslany": ("{PLAIN}secret", f"{ssl}=any-cert host=wrong.example"),
+            "starttlsany": ("{PLAIN}secret", f"{starttls}=any-cert host=wrong.example"),
+            "master": (
+                "{PLAIN}front",
+                f"proxy host=127.0.0.1 port={dovecot.port} destuser=alice "
+                "master=admin pass=masterpw",
+            ),
+        }
+    )
+
+
+@pytest_twisted.async_yield_fixture
+async def server(dovecot, connector, clock):
+    """Our server proxying to C{dovecot}, trusting the test CA (C{--backend-ca})."""
+    harness = ServerHarness.forPassdbs([tlsUsers(dovecot)], clock=clock, connector=connector)
+    await harness.start()
+    yield harness
+    await harness.stop()
+
+
+@pytest.mark.parametrize(
+    "user", ["ssl", "starttls", "sslany", "starttlsany"],
+    ids=["ssl-verified", "starttls-verified", "ssl-any-cert", "starttls-any-cert"],
+)  # fmt: skip
+@pytest_twisted.ensureDeferred
+async def test_tlsBackendProxiedThroughTheServer(client, user):
+    assert isBackendOK((await client.command(b"a LOGIN %s secret" % user.encode()))[-1])
+    assert (await fetchMarkerThroughServer(client))[-1].startswith(b"c OK Fetch completed")
+
+
+@pytest.mark.parametrize("user", ["sslwrong", "starttlswrong"], ids=["ssl", "starttls"])
+@pytest_twisted.ensureDeferred
+async def test_wrongCertificateNameIsServerBugThroughTheServer(client, user):
+    assert await client.command(b"a LOGIN %s secret" % user.encode()) == [SERVERBUG]
+    assert isBackendOK((await client.command(b"a LOGIN ssl secret"))[-1])
+
+
+@pytest_twisted.ensureDeferred
+async def test_masterUserLoginThroughTheServerOpensTheDestinationUsersMailbox(client, dovecot):
+    masterLogins = dovecot.log().count("Master user logging in as alice")
+    assert isBackendOK((await client.command(b"a LOGIN master front"))[-1])
+    assert (await fetchMarkerThroughServer(client))[-1].startswith(b"c OK Fetch completed")
+    for _ in range(200):  # Dovecot's log process writes a little later
+        if dovecot.log().count("Master user logging in as alice") > masterLogins:
+            return
+        await task.deferLater(reactor, 0.01, lambda: None)
+    raise AssertionError("Dovecot did not log a master-user login")
+
+
+def test_twistdWithBackendCAProxiesOverVerifiedTLS(tmp_path, dovecot, certificate):
+    line = (
+        "alice:{PLAIN}secret::::::proxy host=localhost hostip=127.0.0.1 "
+        f"port={dovecot.tlsPort} ssl=yes"
+    )
+    commands = b"a LOGIN alice secret\r\nb SELECT INBOX\r\nc FETCH 1 BODY[]\r\n"
+    lines, out = twistdSession(tmp_path, line, commands, b"c", "--backend-ca", str(certificate[0]))
+    assert isBackendOK(lines[0]), out
+    assert b"hello alice\r\n" in lines

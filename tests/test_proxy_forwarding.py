@@ -89,12 +89,14 @@ async def test_twoFrontsProxyingToEachOtherStopAtTheTTL(clock):
     assert len(causes) == 7  # one per hop: Dovecot's TTL of 7
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"], ids=["address", "name"])
 @pytest_twisted.ensureDeferred
-async def test_proxyMaybeToThisServerLogsInHere(clock):
+async def test_proxyMaybeToThisServerLogsInHere(clock, host):
+    """A host name is resolved (without blocking) for the check, as Dovecot's auth does."""
     passdb = MemoryPassdb()
     harness = await ServerHarness.forPassdbs([passdb], clock=clock).start()
     passdb.users = MemoryPassdb.fromLines(
-        {"maybe": ("{PLAIN}pass", f"proxy_maybe host=127.0.0.1 port={harness.port}")}
+        {"maybe": ("{PLAIN}pass", f"proxy_maybe host={host} port={harness.port}")}
     ).users
     client = await harness.connect()
     assert await client.command(b"a LOGIN maybe pass") == [
@@ -125,3 +127,13 @@ async def test_forwardedPortThatIsNotASCIIDigitsIsIgnored(passdb, clock):
     forward = 'x ID ("x-originating-ip" "192.0.2.9" "x-originating-port" "²")'.encode()
     events = await _loginAfter(ServerHarness.forPassdbs([passdb], clock=clock), forward)
     assert loginRemotes(events) == ["192.0.2.9"]
+
+
+def test_twistdProxyMaybeToItsOwnListenerByNameLogsInHere(tmp_path):
+    """The service wires the connector's resolver into the checker."""
+    from test_proxy_server import twistdSession
+
+    line = "maybe:{PLAIN}pass::::::proxy_maybe host=localhost port=LISTENPORT"
+    lines, _ = twistdSession(tmp_path, line, b"a LOGIN maybe pass\r\n", b"a")
+    assert lines[-1].startswith(b"a OK [CAPABILITY IMAP4rev1 ")
+    assert lines[-1].endswith(b"] Logged in\r\n")

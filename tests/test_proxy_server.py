@@ -211,30 +211,50 @@ async def test_backendThatVanishesMidIdleClosesTheClient(front, dovecot):
     await descriptorsBackTo(baseline)
 
 
-def test_twistdProxiesToDovecot(tmp_path, dovecot):
+def twistdSession(
+    tmp_path, passwdLine: str, commands: bytes, lastTag: bytes, *options: str
+) -> tuple[list[bytes], str]:
+    """
+    Run our twistd plugin on a passwd-file of one line (C{LISTENPORT} in
+    it becomes the port it listens on) and C{options},
+    send C{commands} and read up to the line tagged C{lastTag}, bounded:
+    the lines read and what twistd logged.
+    """
     from test_tap import _connectWhenListening, _freePort, _twistd
 
     passwd = tmp_path / "users.passwd"
-    passwd.write_text(f"alice:{{PLAIN}}secret::::::proxy host=127.0.0.1 port={dovecot.port}\n")
     port = _freePort()
+    passwdLine = passwdLine.replace("LISTENPORT", str(port))
+    passwd.write_text(passwdLine + "\n")
     proc = _twistd(
         "--listen", f"tcp:{port}:interface=127.0.0.1", "--passdb", f"passwd-file:{passwd}",
-        "--proxy-max-reconnects", "1", cwd=str(tmp_path),
+        *options, cwd=str(tmp_path),
     )  # fmt: skip
     try:
         with _connectWhenListening(proc, port) as sock:
             f = sock.makefile("rb")
             f.readline()
-            sock.sendall(b"a LOGIN alice secret\r\nb SELECT INBOX\r\nc FETCH 1 BODY[]\r\n")
-            assert isBackendOK(f.readline())
+            sock.sendall(commands)
             lines = [f.readline()]
-            while not lines[-1].startswith(b"c ") and len(lines) < 40:
+            while not lines[-1].startswith(lastTag + b" ") and len(lines) < 40:
                 lines.append(f.readline())
-            assert b"hello alice\r\n" in lines
             sock.sendall(b"z LOGOUT\r\n")
     finally:
         proc.terminate()
         out = proc.communicate(timeout=20)[0].decode()
+    return lines, out
+
+
+def test_twistdProxiesToDovecot(tmp_path, dovecot):
+    lines, out = twistdSession(
+        tmp_path,
+        f"alice:{{PLAIN}}secret::::::proxy host=127.0.0.1 port={dovecot.port}",
+        b"a LOGIN alice secret\r\nb SELECT INBOX\r\nc FETCH 1 BODY[]\r\n",
+        b"c",
+        "--proxy-max-reconnects", "1",
+    )  # fmt: skip
+    assert isBackendOK(lines[0])
+    assert b"hello alice\r\n" in lines
     assert "proxy started" in out and "backend=127.0.0.1:" in out
     assert "secret" not in out
 

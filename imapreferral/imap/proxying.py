@@ -68,7 +68,10 @@ class ProxiedLogin:
         client may go on).
     """
 
-    __slots__ = ("_auth", "_lost", "_outcome", "_server", "_tag", "_waiting", "finished", "relay")
+    __slots__ = (
+        "_auth", "_connecting", "_lost", "_outcome", "_server", "_tag", "_waiting",
+        "finished", "relay",
+    )  # fmt: skip
 
     def __init__(
         self, server: ReferralIMAP4Server, tag: bytes, outcome: ProxyLogin, auth: str
@@ -82,6 +85,7 @@ class ProxiedLogin:
         self._outcome = outcome
         self._auth = auth
         self._waiting: Deferred[object] | None = None
+        self._connecting: Deferred[object] | None = None
         self._lost = False
         self.finished = False
         self.relay: Relay | None = None
@@ -103,7 +107,15 @@ class ProxiedLogin:
     async def _run(self, connector: BackendConnector, client: ForwardedClient) -> None:
         attempts = self._server.attempts
         started = attempts.clock.seconds()
-        result = await connector.connect(self._outcome.destination, client)
+        self._connecting = Deferred.fromCoroutine(
+            connector.connect(self._outcome.destination, client)
+        )
+        try:
+            result = await self._connecting
+        except CancelledError:
+            logProxy("client gone", **self._fields(session=client.sessionID))
+            return
+        self._connecting = None
         if self._lost:
             if isinstance(result, BackendSession):
                 result.transport.abortConnection()
@@ -188,14 +200,16 @@ class ProxiedLogin:
 
     def connectionLost(self, reason: Failure) -> None:
         """
-        The client is gone: end the relay, or stop waiting; a backend
-        connection still being set up is aborted when it is ready.
+        The client is gone: end the relay, or stop waiting, or cut the
+        backend connection being set up (no retries either).
         """
         self._lost = True
         if self.relay is not None:
             self.relay.client.connectionLost(reason)
         elif self._waiting is not None:
             self._waiting.cancel()
+        elif self._connecting is not None:
+            self._connecting.cancel()
 
     def close(self) -> None:
         """Shutdown: end the relayed session (both sides flushed, then closed)."""

@@ -9,7 +9,7 @@ asks L{decide} and turns the decision into an avatar id or an error.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 
 import attrs
 from twisted.cred.checkers import ICredentialsChecker
@@ -23,7 +23,7 @@ from imapreferral.login.context import LoginContext
 from imapreferral.login.credentials import CramMD5Credentials
 from imapreferral.login.decision import decide
 from imapreferral.login.decoy import Decoys
-from imapreferral.login.destination import proxyDestination
+from imapreferral.login.destination import DEFAULT_PROXY_TIMEOUT, proxyDestination
 from imapreferral.login.errors import (
     AuthenticationFailed,
     LoginDisabled,
@@ -83,6 +83,12 @@ class PassdbChecker:
     @ivar selfAddresses: C{(ip, port)} pairs that are this server besides
         the address the client connected to (C{--proxy-self}), for
         C{proxy_maybe}. Held, not copied: it may be filled once listening.
+    @ivar resolveHost: Looks up a host name without blocking,
+        C{(host, port, timeout)} to its addresses (the proxy connector's
+        L{imapreferral.proxy.connect.BackendConnector.resolveHost}), so a
+        C{proxy_maybe} host given as a name can be found to be this server;
+        L{None}: names are never this server (the connector then refuses
+        to proxy to itself).
     """
 
     credentialInterfaces = (IUsernamePassword, IUsernameHashedPassword)
@@ -93,6 +99,7 @@ class PassdbChecker:
         verifier: IPasswordVerifier | None = None,
         lowercaseUsernames: bool = True,
         selfAddresses: Collection[tuple[str, int]] = (),
+        resolveHost: Callable[[str, int, float], Awaitable[Sequence[str]]] | None = None,
     ) -> None:
         if not passdbs:
             raise ValueError("PassdbChecker needs at least one passdb")
@@ -100,6 +107,7 @@ class PassdbChecker:
         self.verifier = verifier if verifier is not None else SchemeVerifier()
         self.lowercaseUsernames = lowercaseUsernames
         self.selfAddresses = selfAddresses
+        self.resolveHost = resolveHost
         self._decoys = Decoys(self.verifier)
 
     def canProvidePlaintext(self) -> bool:
@@ -130,7 +138,7 @@ class PassdbChecker:
                 self._decoys.saw(reply.password)
                 checked = checked or not reply.nopassword
             passwordOk = await self._passwordMatches(reply, credentials)
-            if reply.proxyMaybe and self._pointsHere(reply, context):
+            if reply.proxyMaybe and await self._pointsHere(reply, context):
                 # Log in here; as Dovecot, the proxy fields go (no referral to self).
                 reply = attrs.evolve(reply, proxyMaybe=False, host=None, port=None, destuser=None)
             decision = decide(reply, passwordOk, username)
@@ -163,21 +171,29 @@ class PassdbChecker:
         except Exception as e:
             raise TemporaryFailure(f"cannot verify the stored password: {e}") from e
 
-    def _pointsHere(self, reply: PassdbReply, context: LoginContext) -> bool:
+    async def _pointsHere(self, reply: PassdbReply, context: LoginContext) -> bool:
         """
-        C{proxy_maybe}: whether C{hostip} (else C{host}, when an address)
-        and C{port} are the address the client connected to, as Dovecot
-        compares them, or one of L{selfAddresses}. A C{host} name without
-        C{hostip} is not resolved here; the connector refuses it if it
-        turns out to be this server.
+        C{proxy_maybe}: whether C{hostip} (else C{host}) and C{port} are the
+        address the client connected to, as Dovecot compares them, or one
+        of L{selfAddresses}. A C{host} name without C{hostip} is resolved
+        (L{resolveHost}, bounded by C{proxy_timeout}) and any of its
+        addresses counts, as in Dovecot's auth process; if it cannot be
+        resolved it is not here, and the connector says why.
         """
-        host = (reply.proxyFields.hostip or reply.host or "").strip().strip("[]")
-        try:
-            ip = str(ipaddress.ip_address(host))
-        except ValueError:
-            return False
-        tls = reply.proxyFields.ssl and not reply.proxyFields.starttls
+        fields = reply.proxyFields
+        host = (fields.hostip or reply.host or "").strip().strip("[]")
+        tls = fields.ssl and not fields.starttls
         port = reply.port or (993 if tls else 143)
+        try:
+            addresses: Sequence[str] = [str(ipaddress.ip_address(host))]
+        except ValueError:
+            if self.resolveHost is None or not host:
+                return False
+            timeout = fields.timeout if fields.timeout is not None else DEFAULT_PROXY_TIMEOUT
+            addresses = await self.resolveHost(host, port, timeout)
+        return any(self._isSelf(ip, port, context) for ip in addresses)
+
+    def _isSelf(self, ip: str, port: int, context: LoginContext) -> bool:
         if context.localIP is not None and (ip, port) == (
             str(ipaddress.ip_address(context.localIP)),
             context.localPort,

@@ -32,7 +32,7 @@ import attrs
 from OpenSSL import SSL
 from service_identity import VerificationError
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import UserError
 from twisted.internet.interfaces import (
     IDelayedCall,
@@ -237,6 +237,10 @@ class _Attempt(ClientFactory):
         """The deadline passed: fail in the state we are in, and cut."""
         state = self.protocol.state if self._connected else CONNECT
         self._finish(BackendUnavailable(state, f"timed out after {seconds:g}s"))
+        self.abort()
+
+    def abort(self) -> None:
+        """Cut the connection, or stop making it."""
         if not self._connected:
             self.connector.stopConnecting()
         elif self.protocol.transport is not None:
@@ -305,7 +309,9 @@ class BackendConnector:
     ) -> BackendSession | BackendFailure:
         """
         Log in to C{destination} on behalf of C{client}, following one
-        referral; a session ready for the relay, or why not.
+        referral; a session ready for the relay, or why not. Cancelling
+        (the client went away) cuts the backend connection at once and
+        stops retrying.
         """
         deadline = self._clock.seconds() + destination.timeout
         visited: set[tuple[str, int]] = set()  # earlier hops' addresses
@@ -382,9 +388,14 @@ class BackendConnector:
             here.add(target)
             attempt = self._start(destination, client, address)
             timer = self._clock.callLater(left, attempt.timeout, destination.timeout)
-            outcome = await attempt.done
-            if timer.active():
-                timer.cancel()
+            try:
+                outcome = await attempt.done
+            except CancelledError:  # the client went away: so does this backend
+                attempt.abort()
+                raise
+            finally:
+                if timer.active():
+                    timer.cancel()
             if isinstance(outcome, BackendLoggedIn):
                 return BackendSession(destination, outcome, 1, attempt.protocol)
             await attempt.closed()
@@ -398,19 +409,31 @@ class BackendConnector:
             return [destination.hostip]
         if _isAddress(destination.host):
             return [str(ipaddress.ip_address(destination.host))]
-        receiver = _Addresses()
-        self._reactor.nameResolver.resolveHostName(
-            receiver, destination.host, portNumber=destination.port,
-            addressTypes=[IPv4Address, IPv6Address], transportSemantics="TCP",
-        )  # fmt: skip
-        timer: IDelayedCall = self._clock.callLater(
-            max(0.0, deadline - self._clock.seconds()), receiver.resolutionComplete
-        )
-        found = await receiver.done
-        if timer.active():
-            timer.cancel()
+        left = deadline - self._clock.seconds()
+        found = await self.resolveHost(destination.host, destination.port, left)
         if not found:
             return BackendUnavailable(CONNECT, f"cannot resolve {destination.host}")
+        return found
+
+    async def resolveHost(self, host: str, port: int, timeout: float) -> list[str]:
+        """
+        The addresses of the name C{host}, in the resolver's order without
+        repeats, looked up through the reactor's resolver (a thread, never
+        blocking the reactor); what was found by then if C{timeout} seconds
+        pass, and nothing if it cannot be resolved. Also what the passdb
+        checker uses to see whether a C{proxy_maybe} host is this server.
+        """
+        receiver = _Addresses()
+        self._reactor.nameResolver.resolveHostName(
+            receiver, host, portNumber=port,
+            addressTypes=[IPv4Address, IPv6Address], transportSemantics="TCP",
+        )  # fmt: skip
+        timer: IDelayedCall = self._clock.callLater(max(0.0, timeout), receiver.resolutionComplete)
+        try:
+            found = await receiver.done
+        finally:  # also when cancelled: the client went away
+            if timer.active():
+                timer.cancel()
         return list(dict.fromkeys(found))
 
     def _start(self, destination: ProxyDestination, client: ForwardedClient, address: str):
