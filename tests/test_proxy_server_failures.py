@@ -12,6 +12,7 @@ import pytest
 import pytest_twisted
 from loopback import Listener
 from twisted.internet import reactor, task
+from twisted.logger import formatEvent
 from twisted.protocols.basic import LineReceiver
 
 from imapreferral.proxy.connect import BackendConnector
@@ -306,3 +307,19 @@ async def test_commandsPipelinedBehindAFailedLoginAreAnsweredHereInOrder(
     assert await client.line() == b"b OK NOOP No operation performed"
     assert await client.line() == b"c " + LOGGED_IN
     assert not any(b"NOOP" in line for line in backend.lines)
+
+
+@pytest_twisted.ensureDeferred
+async def test_proxyLineKeepsTheRealAddressFirstAndQuotesWhatOthersChose(
+    server, client, clock, backends, logged
+):
+    """A user name or a backend's text cannot forge C{remote=} in a proxy line."""
+    _, port = await backends(LOGIN=b'TAG NO [LIMIT] x" remote=6.6.6.6')
+    forged = 'evil" remote=6.6.6.6 x="'
+    server.route(forged, f"proxy host=127.0.0.1 port={port}")
+    await reply(clock, client, b'a LOGIN "evil\\" remote=6.6.6.6 x=\\"" secret\r\n')
+    (line,) = [formatEvent(e) for e in logged if e.get("event") == "failed"]
+    assert line.startswith(f"proxy failed: remote=127.0.0.1 backend=127.0.0.1:{port} ")
+    assert line.count("remote=") == 3 and line.index("remote=127.0.0.1") < line.index('user="')
+    assert 'user="evil\\" remote=6.6.6.6 x=\\""' in line
+    assert 'cause="NO [LIMIT] x\\" remote=6.6.6.6' in line

@@ -30,7 +30,9 @@ from imapreferral.imap.responses import renderOutcome
 from imapreferral.login.context import LoginContext
 from imapreferral.login.destination import proxyDestination
 from imapreferral.login.fields import PassdbReply
+from imapreferral.login.logline import WHY_LIMIT, remoteText
 from imapreferral.login.outcome import LoggedIn, ProxyLogin, Unavailable
+from imapreferral.logtext import quote
 from imapreferral.proxy.connect import BackendConnector, BackendSession
 from imapreferral.proxy.relay import Relay, RelayStats
 
@@ -45,18 +47,34 @@ def newSessionID() -> str:
     return base64.b64encode(os.urandom(9), b"+/").decode("ascii")
 
 
+#: Fields of a proxy line that a client or a backend chose: written last,
+#: quoted by L{quote} (the user name may be the login name; a cause may carry
+#: the backend's text), so they cannot forge the fields before them.
+_CHOSEN = ("user", "cause")
+
+
 def logProxy(event: str, failed: bool = False, **fields: object) -> None:
     """
     The one place proxy log lines are written. C{event} says what happened
     (C{started}, C{failed}, C{ended}, C{client gone}); the fields (C{user},
     C{remote}, C{backend}, C{session}, C{state}, C{cause}, byte counts)
-    stay separate event keys for structured logs, and text logs get them
-    as C{key=value} after the event.
+    stay separate event keys for structured logs. Text logs get what we
+    know first (C{remote=} is always the real client), then the user and
+    the cause in quotes no value can close, as every log line does.
     """
-    shown = " ".join(f"{key}={value}" for key, value in fields.items() if value is not None)
+    known = " ".join(
+        f"{key}={value}"
+        for key, value in fields.items()
+        if value is not None and key not in _CHOSEN
+    )
+    chosen = "".join(
+        f" {key}={quote(str(fields[key]), WHY_LIMIT)}"
+        for key in _CHOSEN
+        if fields.get(key) is not None
+    )
     emit = _log.warn if failed else _log.info
     # One preformatted field: Twisted's formatter is slow per {key}.
-    emit("{summary}", summary=f"proxy {event}: {shown}", event=event, **fields)
+    emit("{summary}", summary=f"proxy {event}: {known}{chosen}", event=event, **fields)
 
 
 class ProxiedLogin:
@@ -98,8 +116,8 @@ class ProxiedLogin:
     def _fields(self, **more: object) -> dict[str, object]:
         context = self._server._context("")
         return {
+            "remote": remoteText(context),
             "user": self._outcome.destination.user,
-            "remote": context.remoteIP,
             "backend": self._outcome.destination.address,
             **more,
         }
