@@ -5,7 +5,17 @@ from __future__ import annotations
 import pytest
 
 from imapreferral.imap.responses import renderOutcome, sanitiseText
-from imapreferral.login.outcome import Disable, Refer, Referral, Reject, Unavailable
+from imapreferral.login.context import LoginContext
+from imapreferral.login.outcome import (
+    AuthorizationRefused,
+    Disable,
+    PrivacyRequired,
+    Refer,
+    Referral,
+    Reject,
+    Unavailable,
+)
+from imapreferral.login.sasl import PlainMechanism
 
 
 @pytest.mark.parametrize(
@@ -45,3 +55,24 @@ def test_failureRepliesSayNothingMore():
         b"NO",
         b"[CONTACTADMIN] Login disabled for this user",
     )
+
+
+@pytest.mark.parametrize(
+    ("outcome", "reply"),
+    [
+        (
+            PrivacyRequired(),
+            b"[PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure"
+            b" (SSL/TLS) connections.",
+        ),
+        (AuthorizationRefused("alice", "bob"), b"[AUTHORIZATIONFAILED] Authorization failed."),
+    ],
+    ids=["privacyRequired", "authorizationRefused"],
+)
+def test_refusalsBeforeAnyCheckAreTaggedNo(outcome, reply):
+    assert renderOutcome(outcome, "PLAIN", bytes) == (b"NO", reply)
+
+
+def test_plainWithAnotherAuthzidIsTheAuthorizationRefusedOutcome():
+    mechanism = PlainMechanism(LoginContext("192.0.2.7", 1, "192.0.2.1", 143, "PLAIN"))
+    assert mechanism.step(b"bob\0alice\0secret") == AuthorizationRefused("alice", "bob")

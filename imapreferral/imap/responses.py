@@ -12,7 +12,16 @@ from collections.abc import Callable
 from functools import lru_cache
 
 from imapreferral.imap.url import IMAPURL
-from imapreferral.login.outcome import Disable, LoggedIn, Outcome, Refer, Referral, Reject
+from imapreferral.login.outcome import (
+    AuthorizationRefused,
+    Disable,
+    LoggedIn,
+    Outcome,
+    PrivacyRequired,
+    Refer,
+    Referral,
+    Reject,
+)
 
 REFER_TEXT = "Try this server instead."
 SUGGEST_TEXT = "Logged in, but you should use this server instead."
@@ -20,6 +29,10 @@ DISABLED_TEXT = "Login disabled for this user"
 LOGGED_IN_TEXT = b"Logged in"
 FAILED = b"[AUTHENTICATIONFAILED] Authentication failed."
 UNAVAILABLE = b"[UNAVAILABLE] Temporary authentication failure."
+PRIVACY_REQUIRED = (
+    b"[PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure (SSL/TLS) connections."
+)
+AUTHORIZATION_FAILED = b"[AUTHORIZATIONFAILED] Authorization failed."
 
 
 #: Unicode category Cc: C0 controls, DEL and C1 controls.
@@ -74,4 +87,8 @@ def renderOutcome(
         return b"NO", b"[CONTACTADMIN] " + sanitiseText(outcome.reason, DISABLED_TEXT)
     if isinstance(outcome, Reject):
         return b"NO", FAILED
+    if isinstance(outcome, PrivacyRequired):
+        return b"NO", PRIVACY_REQUIRED  # RFC 3501 §6.2.3 wants NO (Twisted says BAD)
+    if isinstance(outcome, AuthorizationRefused):
+        return b"NO", AUTHORIZATION_FAILED
     return b"NO", UNAVAILABLE

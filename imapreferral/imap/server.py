@@ -40,29 +40,29 @@ from imapreferral.imap.proxying import (
     forwardedClient,
     localBackendLogin,
 )
-from imapreferral.imap.responses import UNAVAILABLE, renderOutcome, sanitiseText
+from imapreferral.imap.responses import renderOutcome, sanitiseText
 from imapreferral.limits import ConnectionLimiter
 from imapreferral.login.attempt import LoginAttempts
 from imapreferral.login.context import LoginContext
 from imapreferral.login.credentials import PasswordCredentials
 from imapreferral.login.logline import localText, logRefusal, remoteText
-from imapreferral.login.outcome import Disable, LoggedIn, Outcome, ProxyLogin, Reject
-from imapreferral.login.sasl import (
-    MECHANISMS,
+from imapreferral.login.outcome import (
     AuthorizationRefused,
-    Challenge,
-    SASLError,
-    SASLMechanism,
+    Disable,
+    LoggedIn,
+    Outcome,
+    PrivacyRequired,
+    ProxyLogin,
+    Reject,
+    Unavailable,
 )
+from imapreferral.login.sasl import MECHANISMS, Challenge, SASLError, SASLMechanism
 from imapreferral.proxy.connect import BackendConnector
 
 _log = Logger()
 
 _ALWAYS = {b"SASL-IR": None, b"LOGIN-REFERRALS": None, b"ID": None}
 _PLAINTEXT_MECHANISMS = frozenset({"PLAIN", "LOGIN"})
-PRIVACY_REQUIRED = (
-    b"[PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure (SSL/TLS) connections."
-)
 _LITERAL = re.compile(rb"\{[0-9]{1,10}\}")
 #: RFC 3501 §9 quoted = DQUOTE *QUOTED-CHAR DQUOTE, with \" and \\ escapes.
 _QUOTED = re.compile(rb'"((?:[^"\\\r\n]|\\["\\])*)"(?: |$)')
@@ -402,11 +402,11 @@ class ReferralIMAP4Server(IMAP4Server):
         self._login(tag, PasswordCredentials(user, passwd, self._context("PLAIN")), "PLAIN")
 
     def _refusePlaintext(self, tag: bytes, mechanism: str) -> None:
-        """RFC 3501 §6.2.3 wants NO here (Twisted says BAD); no password is checked."""
+        """No password is checked: the plaintext policy refuses it."""
         logRefusal(
             self._readAddresses(), mechanism, "plaintext authentication refused without TLS"
         )
-        self.sendNegativeResponse(tag, PRIVACY_REQUIRED)
+        self._reply(tag, PrivacyRequired(), mechanism)
         self._countAuthFailure()
 
     def arg_loginUser(self, line: bytes | None) -> object:
@@ -496,13 +496,16 @@ class ReferralIMAP4Server(IMAP4Server):
         except SASLError as e:
             self.sendBadResponse(tag, str(e).encode("ascii"))
             return
-        except AuthorizationRefused as e:
+        if isinstance(result, AuthorizationRefused):
             logRefusal(
-                self._readAddresses(), mechanism.name, "authorization refused", e.user, e.authzid
+                self._readAddresses(),
+                mechanism.name,
+                "authorization refused",
+                result.user,
+                result.authzid,
             )
-            self.sendNegativeResponse(tag, b"[AUTHORIZATIONFAILED] Authorization failed.")
-            return
-        if isinstance(result, Challenge):
+            self._reply(tag, result, mechanism.name)
+        elif isinstance(result, Challenge):
             self._challenge(tag, mechanism, result)
         else:
             self._login(tag, result, mechanism.name)
@@ -542,10 +545,15 @@ class ReferralIMAP4Server(IMAP4Server):
             self.state = "auth"
             self.setTimeout(self.POSTAUTH_TIMEOUT)
             self._leavePreauth()
-        status, text = renderOutcome(outcome, auth, self._capabilityList)
-        self._respond(status, tag, text)
+        self._reply(tag, outcome, mechanism)
         if isinstance(outcome, Reject | Disable):
             self._countAuthFailure()
+
+    def _reply(self, tag: bytes, outcome: Outcome, mechanism: str) -> None:
+        """The tagged reply to a login: the one place login results become bytes."""
+        auth = "*" if self.policy.referralAuth == "*" else mechanism
+        status, text = renderOutcome(outcome, auth, self._capabilityList)
+        self._respond(status, tag, text)
 
     # Proxying (imapreferral.imap.proxying)
 
@@ -595,7 +603,7 @@ class ReferralIMAP4Server(IMAP4Server):
         if failure.check(CancelledError) or self._lost:
             return
         _log.failure("login failed unexpectedly", failure)
-        self.sendNegativeResponse(tag, UNAVAILABLE)
+        self._reply(tag, Unavailable("unexpected error"), "")
 
     def _loginFinished(self, _: object) -> None:
         self._pendingLogin = None

@@ -16,25 +16,11 @@ import attrs
 
 from imapreferral.login.context import LoginContext
 from imapreferral.login.credentials import CramMD5Credentials, PasswordCredentials
+from imapreferral.login.outcome import AuthorizationRefused
 
 
 class SASLError(ValueError):
     """The client's SASL message is malformed; the text is safe to show."""
-
-
-class AuthorizationRefused(Exception):
-    """
-    PLAIN asked to act as another user (an authzid other than the authcid).
-    We have no master users, so this is refused without checking anything.
-
-    @ivar user: The authentication identity (non-UTF-8 bytes as surrogates).
-    @ivar authzid: The identity it asked to act as.
-    """
-
-    def __init__(self, user: str, authzid: str) -> None:
-        super().__init__(user, authzid)
-        self.user = user
-        self.authzid = authzid
 
 
 @attrs.frozen
@@ -57,13 +43,15 @@ class SASLMechanism(Protocol):
     def initial(self) -> Challenge:
         """The first challenge, when the client sent no initial response."""
 
-    def step(self, response: bytes) -> Challenge | PasswordCredentials | CramMD5Credentials:
+    def step(
+        self, response: bytes
+    ) -> Challenge | PasswordCredentials | CramMD5Credentials | AuthorizationRefused:
         """
-        Take the client's (decoded) response: another challenge, or the
-        credentials to log in with.
+        Take the client's (decoded) response: another challenge, the
+        credentials to log in with, or (PLAIN naming another authorization
+        identity) the outcome L{AuthorizationRefused}.
 
         @raise SASLError: the response is malformed.
-        @raise AuthorizationRefused: PLAIN named another authorization identity.
         """
 
 
@@ -79,13 +67,13 @@ class PlainMechanism:
     def initial(self) -> Challenge:
         return Challenge(b"")
 
-    def step(self, response: bytes) -> Challenge | PasswordCredentials:
+    def step(self, response: bytes) -> Challenge | PasswordCredentials | AuthorizationRefused:
         parts = response.split(b"\0")
         if len(parts) != 3 or not parts[1]:
             raise SASLError("Invalid PLAIN response.")
         authzid, authcid, password = parts
         if authzid and authzid != authcid:
-            raise AuthorizationRefused(
+            return AuthorizationRefused(
                 authcid.decode("utf-8", "surrogateescape"),
                 authzid.decode("utf-8", "surrogateescape"),
             )
