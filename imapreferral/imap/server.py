@@ -20,12 +20,7 @@ from base64 import b64decode, b64encode
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import (
-    IDelayedCall,
-    IHandshakeListener,
-    INegotiated,
-    ISSLTransport,
-)
+from twisted.internet.interfaces import IHandshakeListener, INegotiated, ISSLTransport
 from twisted.logger import Logger
 from twisted.mail.imap4 import IllegalClientResponse, IMAP4Server
 from twisted.python.failure import Failure
@@ -45,6 +40,7 @@ from imapreferral.limits import ConnectionLimiter
 from imapreferral.login.attempt import LoginAttempts
 from imapreferral.login.context import LoginContext
 from imapreferral.login.credentials import PasswordCredentials
+from imapreferral.login.guard import PreLoginGuard
 from imapreferral.login.logline import localText, logRefusal, remoteText
 from imapreferral.login.outcome import (
     AuthorizationRefused,
@@ -67,8 +63,6 @@ _LITERAL = re.compile(rb"\{[0-9]{1,10}\}")
 #: RFC 3501 §9 quoted = DQUOTE *QUOTED-CHAR DQUOTE, with \" and \\ escapes.
 _QUOTED = re.compile(rb'"((?:[^"\\\r\n]|\\["\\])*)"(?: |$)')
 _UNESCAPE = re.compile(rb'\\(["\\])')
-#: Bytes a client may send behind a pending login before we stop reading.
-_MAX_HELD = 64 * 1024
 #: RFC 3501 §9: tag = 1*<any ASTRING-CHAR except "+">.
 _TAG = re.compile(rb"[^\x00-\x20\x7f-\xff(){%*\"\\+]+")
 #: Twisted puts reprs and exception text in some replies ("...: b'x'").
@@ -101,6 +95,8 @@ class ReferralIMAP4Server(IMAP4Server):
     @ivar attempts: Runs logins (portal, failure delay, clock).
     @ivar policy: What this listener allows; see L{ServerPolicy}.
     @ivar limiter: Counts connections across the listener, or L{None}.
+    @ivar guard: The connection's pre-login guard (admission, time limit,
+        budgets, back-pressure, plaintext policy); we word its decisions.
     @ivar connector: Logs in to proxy backends, or L{None}: then a C{proxy}
         login is a temporary failure.
     @ivar capabilityAsked: Whether the client sent C{CAPABILITY} before
@@ -128,22 +124,19 @@ class ReferralIMAP4Server(IMAP4Server):
         self.timeOut = policy.preauthIdle
         self.MAX_LENGTH = policy.maxLineLength
         self.callLater = attempts.clock.callLater  # TimeoutMixin's idle timer
+        self.guard = PreLoginGuard(
+            self,
+            attempts.clock,
+            limiter,
+            lifetime=policy.preauthLifetime,
+            maxBadCommands=policy.maxBadCommands,
+            maxAuthFailures=policy.maxAuthFailures,
+            plaintextAuth=policy.plaintextAuth,
+            trustedNetworks=policy.trustedNetworks,
+        )
         self._pendingLogin: Deferred[None] | None = None
         self._sasl: tuple[bytes, SASLMechanism] | None = None
-        self._lost = False
-        self._admittedFrom: str | None = None
-        self._admitted = False
-        self._lifetime: IDelayedCall | None = None
-        self._badCommands = 0
-        self._authFailures = 0
-        self._producing = False
-        self._waitingForLogin = False
-        self._outputPaused = False
-        self._heldTooMuch = False
-        self._readPaused = False
         self._addresses: LoginContext | None = None
-        self._fromTrusted: bool | None = None
-        self._closing = False
         self.connector = connector
         self.capabilityAsked = False
         self._proxy: ProxiedLogin | None = None
@@ -160,49 +153,33 @@ class ReferralIMAP4Server(IMAP4Server):
             )  # fmt: skip
             self.transport.loseConnection()
             return
-        host = getattr(self.transport.getPeer(), "host", None)
-        if self.limiter is not None:
-            refusal = self.limiter.admit(host)
-            if refusal is not None:
-                unlogged = self.limiter.refusalToLog(host)
-                if unlogged is not None:
-                    remote, local = self._where()
-                    more = f" ({unlogged:,} more refused since the last line)" if unlogged else ""
-                    _log.warn(
-                        "{summary}",
-                        summary=f"refused connection remote={remote} local={local}: {refusal}{more}",
-                        remote=remote,
-                        why=refusal,
-                        unlogged=unlogged,
-                    )
-                self.transport.write(b"* BYE [UNAVAILABLE] " + refusal.encode("ascii") + b"\r\n")
-                self.transport.loseConnection()
-                return
-            self._admittedFrom, self._admitted = host, True
-        if not _isTLS(self.transport):
-            self._startBackPressure()  # implicit TLS: once the handshake is done
-        self._lifetime = self.callLater(self.policy.preauthLifetime, self._lifetimeExceeded)
+        refusal = self.guard.admit(self._where)
+        if refusal is not None:
+            self.transport.write(b"* BYE [UNAVAILABLE] " + refusal.encode("ascii") + b"\r\n")
+            self.transport.loseConnection()
+            return
+        # Implicit TLS: back-pressure once the handshake is done (handshakeCompleted).
+        self.guard.start(handshakePending=_isTLS(self.transport))
         super().connectionMade()
 
-    def _startBackPressure(self) -> None:
-        """
-        Register as the transport's producer: it pauses us (we stop reading)
-        while a client does not read what we write, where Twisted would
-        buffer without bound. Not during a TLS handshake: the TLS layer
-        pauses its producer while the handshake holds our greeting back,
-        and would then stop reading the handshake itself.
-        """
-        if not self._producing and self.state == "unauth" and not self._lost:
-            self.transport.registerProducer(self, True)
-            self._producing = True
+    @property
+    def _lost(self) -> bool:
+        return self.guard.lost
 
     def handshakeCompleted(self) -> None:
         """C{IHandshakeListener}: the implicit-TLS handshake is done."""
-        self._startBackPressure()
+        self.guard.startBackPressure()
 
-    def _lifetimeExceeded(self) -> None:
-        self._lifetime = None
+    def preLoginExpired(self) -> None:
+        """The guard's pre-login time limit ran out."""
         self._bye(b"Pre-login time limit exceeded.")
+
+    def holdLines(self, hold: bool) -> None:
+        """For the guard: stop running received lines, or run what waited."""
+        if self.paused != hold:
+            self.paused = hold
+            if not hold:
+                self.dataReceived(b"")
 
     def _bye(self, text: bytes) -> None:
         """Say goodbye (RFC 3501 §7.1.5) and close; nothing more is read."""
@@ -210,35 +187,15 @@ class ReferralIMAP4Server(IMAP4Server):
         self._close()
 
     def _close(self) -> None:
-        """
-        Close after what was written, reading nothing more. The producer goes
-        first: Twisted's TLS layer does not shut down while one is registered,
-        so the connection would stay open and keep being served.
-        """
-        self._closing = True
+        """Close after what was written, reading nothing more."""
         self.blocked = None
         self.clearLineBuffer()
-        self._stopBackPressure()
+        self.guard.close()
         self.transport.loseConnection()
 
     def timeoutConnection(self) -> None:
         """The idle timer: Twisted's words, our way of closing."""
         self._bye(b"Autologout; connection idle too long")
-
-    def _stopBackPressure(self) -> None:
-        if self._producing:
-            # Twisted's FETCH registers its own producer on the transport.
-            self.transport.unregisterProducer()
-            self._producing = False
-            self._outputPaused = False
-            self._applyFlow()
-
-    def _leavePreauth(self) -> None:
-        """Logged in: the pre-login time limit and back-pressure end."""
-        if self._lifetime is not None and self._lifetime.active():
-            self._lifetime.cancel()
-        self._lifetime = None
-        self._stopBackPressure()
 
     def _literalSizeValid(self, line: bytes) -> bool:
         """
@@ -260,10 +217,8 @@ class ReferralIMAP4Server(IMAP4Server):
     def sendBadResponse(self, tag: bytes | None = None, message: bytes = b"") -> None:
         """Every pre-login BAD counts; Dovecot's budget is 10."""
         super().sendBadResponse(tag, _withoutInternals(message))
-        if self.state == "unauth" and not self._lost:
-            self._badCommands += 1
-            if self._badCommands >= self.policy.maxBadCommands:
-                self._bye(b"Too many invalid IMAP commands.")
+        if self.guard.badCommand():
+            self._bye(b"Too many invalid IMAP commands.")
 
     def sendNegativeResponse(self, tag: bytes | None = None, message: bytes = b"") -> None:
         super().sendNegativeResponse(tag, _withoutInternals(message))
@@ -305,17 +260,7 @@ class ReferralIMAP4Server(IMAP4Server):
         return bool(self.ctx and self.canStartTLS and not self._secured())
 
     def _plaintextAllowed(self) -> bool:
-        """Dovecot's C{disable_plaintext_auth}: TLS, a trusted network, or C{always}."""
-        if self.policy.plaintextAuth == "always" or self._secured():
-            return True
-        return self._fromTrustedNetwork()
-
-    def _fromTrustedNetwork(self) -> bool:
-        """Whether the peer (behind HAProxy, the PROXY header's) is in C{--trusted-networks}."""
-        if self._fromTrusted is None:
-            peer = getattr(self.transport.getPeer(), "host", None)
-            self._fromTrusted = self.policy.trustedNetworks.contains(peer)
-        return self._fromTrusted
+        return self.guard.plaintextAllowed(self._secured())
 
     def do_STARTTLS(self, tag: bytes) -> None:
         """
@@ -381,10 +326,10 @@ class ReferralIMAP4Server(IMAP4Server):
                 remote=remote,
                 fields=text,
             )
-        if not self._idSeen and self.state == "unauth" and self._fromTrustedNetwork():
+        if not self._idSeen and self.state == "unauth" and self.guard.fromTrustedNetwork():
             acceptForwardedID(self, fields)
         self._idSeen = True
-        if self._closing:
+        if self.guard.closing:
             return
         self.sendUntaggedResponse(formatID(self.policy.idFields))
         self.sendPositiveResponse(tag, b"ID completed.")
@@ -517,7 +462,7 @@ class ReferralIMAP4Server(IMAP4Server):
         Run one login. Input pipelined behind it stays unread until its reply
         is out (we stop reading; literals and STARTTLS then work as usual).
         """
-        self._holdInput()
+        self.guard.holdInput()
         d = self.attempts.attempt(credentials, credentials.username.decode("utf-8", "replace"))  # type: ignore[attr-defined]
         self._pendingLogin = d
         d.addCallback(self._loginDone, tag, mechanism, credentials)
@@ -544,7 +489,7 @@ class ReferralIMAP4Server(IMAP4Server):
             self._onLogout = outcome.logout
             self.state = "auth"
             self.setTimeout(self.POSTAUTH_TIMEOUT)
-            self._leavePreauth()
+            self.guard.leave()
         self._reply(tag, outcome, mechanism)
         if isinstance(outcome, Reject | Disable):
             self._countAuthFailure()
@@ -561,21 +506,16 @@ class ReferralIMAP4Server(IMAP4Server):
         """The backend took the login: no pre-login timers, only relaying from now."""
         self.setTimeout(None)
         self.state = "proxied"
-        self._leavePreauth()
+        self.guard.leave()
 
     def readmit(self, remoteIP: str) -> None:
         """
         A trusted proxy named the real client: count the connection against
         that address's limit instead of the proxy's.
         """
-        if self._admitted and self.limiter is not None:
-            self.limiter.release(self._admittedFrom)
-            self._admitted = False
-            refusal = self.limiter.admit(remoteIP)
-            if refusal is not None:
-                self._bye(b"[UNAVAILABLE] " + refusal.encode("ascii"))
-                return
-            self._admittedFrom, self._admitted = remoteIP, True
+        refusal = self.guard.readmit(remoteIP)
+        if refusal is not None:
+            self._bye(b"[UNAVAILABLE] " + refusal.encode("ascii"))
 
     def proxyFailed(self, authFailed: bool) -> None:
         """The backend login failed and the client was told: read on."""
@@ -592,8 +532,7 @@ class ReferralIMAP4Server(IMAP4Server):
     unauth_CAPABILITY = (do_CAPABILITY,)
 
     def _countAuthFailure(self) -> None:
-        self._authFailures += 1
-        if self._authFailures >= self.policy.maxAuthFailures:
+        if self.guard.authFailed():
             self._bye(b"Too many authentication failures.")
 
     def _capabilityList(self) -> bytes:
@@ -609,52 +548,14 @@ class ReferralIMAP4Server(IMAP4Server):
         self._pendingLogin = None
         if self._proxy is not None:
             return  # input stays held until the backend answers
-        self._waitingForLogin = self._heldTooMuch = False
-        if not self._lost:
-            self._applyFlow()
-
-    # Flow control. Lines are not processed while a login is pending (they
-    # wait in LineReceiver's buffer, so literals and STARTTLS work as usual
-    # afterwards) nor while the client does not read our output (the
-    # transport calls pauseProducing/resumeProducing, we are its producer).
-    # We stop reading the socket when output backs up, or when more than
-    # _MAX_HELD bytes wait behind a login; otherwise we keep reading, so a
-    # client that hangs up is noticed at once.
-
-    def _holdInput(self) -> None:
-        self._waitingForLogin = True
-        self._applyFlow()
-
-    def pauseProducing(self) -> None:
-        self._outputPaused = True
-        self._applyFlow()
-
-    def resumeProducing(self) -> None:
-        self._outputPaused = False
-        self._applyFlow()
+        self.guard.loginFinished()
 
     def dataReceived(self, data: bytes) -> None:
         if self._proxy is not None and self._proxy.relay is not None:
             self._proxy.dataReceived(data)
             return
         super().dataReceived(data)
-        if self._waitingForLogin and len(self._buffer) > _MAX_HELD and not self._heldTooMuch:
-            self._heldTooMuch = True
-            self._applyFlow()
-
-    def _applyFlow(self) -> None:
-        readPaused = self._outputPaused or self._heldTooMuch
-        if readPaused != self._readPaused and not self._lost:
-            self._readPaused = readPaused
-            if readPaused:
-                self.transport.pauseProducing()
-            else:
-                self.transport.resumeProducing()
-        hold = self._outputPaused or self._waitingForLogin or self._closing
-        if self.paused != hold:
-            self.paused = hold
-            if not hold:
-                self.dataReceived(b"")  # run what waited
+        self.guard.received(len(self._buffer))
 
     # Errors
 
@@ -667,7 +568,7 @@ class ReferralIMAP4Server(IMAP4Server):
         As Twisted's, but an unexpected error is logged with its traceback
         and the client gets a fixed text, not the exception's.
         """
-        if self._closing:
+        if self.guard.closing:
             return
         if line.endswith(b"\r"):
             line = line[:-1]
@@ -702,14 +603,9 @@ class ReferralIMAP4Server(IMAP4Server):
     logout_LOGOUT = unauth_LOGOUT
 
     def connectionLost(self, reason: Failure) -> None:
-        self._lost = True
+        self.guard.connectionLost()
         if self._proxy is not None:
             self._proxy.connectionLost(reason)
         if self._pendingLogin is not None:
             self._pendingLogin.cancel()
-        if self._lifetime is not None and self._lifetime.active():
-            self._lifetime.cancel()
-        if self._admitted and self.limiter is not None:
-            self.limiter.release(self._admittedFrom)
-            self._admitted = False
         super().connectionLost(reason)
