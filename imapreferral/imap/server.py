@@ -14,9 +14,7 @@ commands through class attributes holding the base class's functions
 
 from __future__ import annotations
 
-import binascii
-import re
-from base64 import b64decode, b64encode
+from base64 import b64encode
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -36,6 +34,13 @@ from imapreferral.imap.proxying import (
     localBackendLogin,
 )
 from imapreferral.imap.responses import renderOutcome, sanitiseText
+from imapreferral.imap.syntax import (
+    decodeBase64,
+    literalSizeValid,
+    parseQuoted,
+    validTag,
+    withoutInternals,
+)
 from imapreferral.limits import ConnectionLimiter
 from imapreferral.login.attempt import LoginAttempts
 from imapreferral.login.context import LoginContext
@@ -59,22 +64,6 @@ _log = Logger()
 
 _ALWAYS = {b"SASL-IR": None, b"LOGIN-REFERRALS": None, b"ID": None}
 _PLAINTEXT_MECHANISMS = frozenset({"PLAIN", "LOGIN"})
-_LITERAL = re.compile(rb"\{[0-9]{1,10}\}")
-#: RFC 3501 §9 quoted = DQUOTE *QUOTED-CHAR DQUOTE, with \" and \\ escapes.
-_QUOTED = re.compile(rb'"((?:[^"\\\r\n]|\\["\\])*)"(?: |$)')
-_UNESCAPE = re.compile(rb'\\(["\\])')
-#: RFC 3501 §9: tag = 1*<any ASTRING-CHAR except "+">.
-_TAG = re.compile(rb"[^\x00-\x20\x7f-\xff(){%*\"\\+]+")
-#: Twisted puts reprs and exception text in some replies ("...: b'x'").
-_INTERNALS = re.compile(rb"(?::\s*b['\"].*|Server error: .*)$", re.S)
-
-
-def _withoutInternals(message: bytes) -> bytes:
-    """Drop Python reprs and exception text from a reply's text."""
-    cleaned = _INTERNALS.sub(b"", message).rstrip(b": ")
-    if message.startswith(b"Server error") or (cleaned and cleaned != message):
-        cleaned = (cleaned or b"Server error").rstrip(b".") + b"."
-    return cleaned
 
 
 def _isTLS(transport: object) -> bool:
@@ -197,31 +186,17 @@ class ReferralIMAP4Server(IMAP4Server):
         """The idle timer: Twisted's words, our way of closing."""
         self._bye(b"Autologout; connection idle too long")
 
-    def _literalSizeValid(self, line: bytes) -> bool:
-        """
-        A line ending in C{{...}} announces a literal. Twisted reads the size
-        with C{int()}, so C{{-5}} or C{{ 4}} would swallow the next command;
-        only C{{digits}} passes (RFC 3501 §9: number = 1*DIGIT).
-        """
-        if not line.endswith(b"}"):
-            return True
-        start = line.rfind(b"{")
-        if start < 0 or _LITERAL.fullmatch(line[start:]):
-            return True
-        self.sendBadResponse(line.split(b" ", 1)[0] or None, b"Invalid literal size.")
-        return False
-
     def lineLengthExceeded(self, line: bytes) -> None:
         self._bye(b"Too long argument.")
 
     def sendBadResponse(self, tag: bytes | None = None, message: bytes = b"") -> None:
         """Every pre-login BAD counts; Dovecot's budget is 10."""
-        super().sendBadResponse(tag, _withoutInternals(message))
+        super().sendBadResponse(tag, withoutInternals(message))
         if self.guard.badCommand():
             self._bye(b"Too many invalid IMAP commands.")
 
     def sendNegativeResponse(self, tag: bytes | None = None, message: bytes = b"") -> None:
-        super().sendNegativeResponse(tag, _withoutInternals(message))
+        super().sendNegativeResponse(tag, withoutInternals(message))
 
     def lookupCommand(self, cmd: bytes) -> Any:
         """Command names are ASCII words; Twisted's lookup fails on others."""
@@ -368,10 +343,10 @@ class ReferralIMAP4Server(IMAP4Server):
         """
         stripped = (line or b"").strip()
         if stripped.startswith(b'"'):
-            match = _QUOTED.match(stripped)
-            if match is None:
+            quoted = parseQuoted(stripped)
+            if quoted is None:
                 raise IllegalClientResponse("Unmatched quotes or bad escape")
-            return _UNESCAPE.sub(rb"\1", match.group(1)), stripped[match.end() :]
+            return quoted
         return IMAP4Server.arg_astring(self, line, final)
 
     unauth_LOGIN = (do_LOGIN, arg_loginUser, IMAP4Server.arg_finalastring)
@@ -397,23 +372,13 @@ class ReferralIMAP4Server(IMAP4Server):
         if not mechanism.allowsInitialResponse:
             self.sendBadResponse(tag, b"This mechanism does not take an initial response.")
             return
-        data = self._decode(args[1], initial=True)
+        data = decodeBase64(args[1], initial=True)
         if data is None:
             self.sendBadResponse(tag, b"Invalid base64 data in initial response.")
             return
         self._step(tag, mechanism, data)
 
     unauth_AUTHENTICATE = (do_AUTHENTICATE, IMAP4Server.arg_line)
-
-    @staticmethod
-    def _decode(data: bytes, initial: bool = False) -> bytes | None:
-        """Strict base64 (RFC 4648); C{=} is an empty initial response (RFC 4959)."""
-        if initial and data == b"=":
-            return b""
-        try:
-            return b64decode(data, validate=True)
-        except (binascii.Error, ValueError):
-            return None
 
     def _challenge(self, tag: bytes, mechanism: SASLMechanism, challenge: Challenge) -> None:
         self._sasl = (tag, mechanism)
@@ -429,7 +394,7 @@ class ReferralIMAP4Server(IMAP4Server):
         if line.strip() == b"*":
             self.sendBadResponse(tag, b"Authentication aborted by client.")
             return
-        data = self._decode(line.strip())
+        data = decodeBase64(line.strip())
         if data is None:
             self.sendBadResponse(tag, b"Invalid base64 data in continued response.")
             return
@@ -578,11 +543,13 @@ class ReferralIMAP4Server(IMAP4Server):
         self.resetTimeout()
         if self.parseState == "command":
             tag = line.split(b" ", 1)[0]
-            if tag and not _TAG.fullmatch(tag):
+            if tag and not validTag(tag):
                 # Echoing it would put controls, "*" or "+" where a tag goes.
                 self.sendBadResponse(None, b"Invalid tag.")
                 return
-            if not self._literalSizeValid(line):
+            if not literalSizeValid(line):
+                # RFC 3501 §9: number = 1*DIGIT; Twisted's int() takes more.
+                self.sendBadResponse(tag or None, b"Invalid literal size.")
                 return
         try:
             getattr(self, "parse_" + self.parseState)(line)
