@@ -317,17 +317,18 @@ class ReferralIMAP4Server(IMAP4Server):
 
     def do_LOGIN(self, tag: bytes, user: bytes, passwd: bytes) -> None:
         if not self._plaintextAllowed():
-            self._refusePlaintext(tag, "PLAIN")
+            self._refuse(tag, PrivacyRequired(), "PLAIN")
             return
         self._login(tag, PasswordCredentials(user, passwd, self._context("PLAIN")), "PLAIN")
 
-    def _refusePlaintext(self, tag: bytes, mechanism: str) -> None:
-        """No password is checked: the plaintext policy refuses it."""
-        logRefusal(
-            self._readAddresses(), mechanism, "plaintext authentication refused without TLS"
-        )
-        self._reply(tag, PrivacyRequired(), mechanism)
-        self._countAuthFailure()
+    def _refuse(
+        self, tag: bytes, outcome: PrivacyRequired | AuthorizationRefused, mechanism: str
+    ) -> None:
+        """A login refused before any check: logged, answered, and plaintext counted."""
+        logRefusal(self._readAddresses(), mechanism, outcome)
+        self._reply(tag, outcome, mechanism)
+        if isinstance(outcome, PrivacyRequired):
+            self._countAuthFailure()
 
     def arg_loginUser(self, line: bytes | None) -> object:
         """C{arg_astring}, but a missing argument is a plain syntax error."""
@@ -363,7 +364,7 @@ class ReferralIMAP4Server(IMAP4Server):
             self.sendNegativeResponse(tag, b"Unsupported authentication mechanism.")
             return
         if name in _PLAINTEXT_MECHANISMS and not self._plaintextAllowed():
-            self._refusePlaintext(tag, name)
+            self._refuse(tag, PrivacyRequired(), name)
             return
         mechanism = MECHANISMS[name](self._context(name), self.policy.hostname)
         if len(args) == 1:
@@ -407,14 +408,7 @@ class ReferralIMAP4Server(IMAP4Server):
             self.sendBadResponse(tag, str(e).encode("ascii"))
             return
         if isinstance(result, AuthorizationRefused):
-            logRefusal(
-                self._readAddresses(),
-                mechanism.name,
-                "authorization refused",
-                result.user,
-                result.authzid,
-            )
-            self._reply(tag, result, mechanism.name)
+            self._refuse(tag, result, mechanism.name)
         elif isinstance(result, Challenge):
             self._challenge(tag, mechanism, result)
         else:
