@@ -8,6 +8,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from imapreferral.limits import ConnectionLimiter
+from imapreferral.login.context import LoginContext
 from imapreferral.login.guard import MAX_HELD, PreLoginGuard
 from imapreferral.networks import LOOPBACK, NetworkList
 
@@ -18,7 +19,10 @@ class Connection:
     """What a protocol gives the guard: a transport and two hooks."""
 
     def __init__(self, peer: str = CLIENT) -> None:
-        self.transport = StringTransport(peerAddress=IPv4Address("TCP", peer, 40000))
+        self.transport = StringTransport(
+            hostAddress=IPv4Address("TCP", "192.0.2.1", 143),
+            peerAddress=IPv4Address("TCP", peer, 40000),
+        )
         self.expired = 0
         self.held = False
         self.runs = 0
@@ -101,8 +105,8 @@ def test_plaintextPolicy(plaintextAuth, secured, peer, allowed):
 
 def test_refusedAdmissionIsLoggedAndReturned(logged):
     limiter = ConnectionLimiter(0, 1, NetworkList())
-    assert makeGuard(limiter=limiter).admit(lambda: (CLIENT, "192.0.2.1:143")) is None
-    refusal = makeGuard(limiter=limiter).admit(lambda: (CLIENT, "192.0.2.1:143"))
+    assert makeGuard(limiter=limiter).admit() is None
+    refusal = makeGuard(limiter=limiter).admit()
     assert refusal == "Maximum number of connections from your address reached."
     assert [e["summary"] for e in logged if "summary" in e] == [
         f"refused connection remote={CLIENT} local=192.0.2.1:143: {refusal}"
@@ -112,18 +116,30 @@ def test_refusedAdmissionIsLoggedAndReturned(logged):
 def test_lostConnectionFreesItsPlace():
     limiter = ConnectionLimiter(0, 1, NetworkList())
     first = makeGuard(limiter=limiter)
-    first.admit(lambda: ("", ""))
+    first.admit()
     first.connectionLost()
-    assert makeGuard(limiter=limiter).admit(lambda: ("", "")) is None
+    assert makeGuard(limiter=limiter).admit() is None
 
 
-def test_readmitCountsTheNamedClientInstead():
+def test_aForwardedClientCountsInsteadOfItsProxy():
     limiter = ConnectionLimiter(0, 1, NetworkList())
     proxied = makeGuard(limiter=limiter)
-    proxied.admit(lambda: ("", ""))
-    assert proxied.readmit("198.51.100.9") is None
-    assert makeGuard(limiter=limiter).admit(lambda: ("", "")) is None  # the proxy's place is free
-    assert proxied.readmit("198.51.100.9") is None  # its own place, released and taken again
+    proxied.admit()
+    named = LoginContext("198.51.100.9", 5000, "192.0.2.1", 143)
+    assert proxied.forwardedFrom(named) is None
+    assert proxied.addresses() == named
+    assert proxied.where() == ("198.51.100.9", "192.0.2.1:143")
+    assert makeGuard(limiter=limiter).admit() is None  # the proxy's place is free
+
+
+def test_aForwardedClientOverItsLimitIsRefused():
+    limiter = ConnectionLimiter(0, 1, NetworkList())
+    makeGuard(Connection("198.51.100.9"), limiter=limiter).admit()
+    proxied = makeGuard(limiter=limiter)
+    proxied.admit()
+    named = LoginContext("198.51.100.9", 5000, "192.0.2.1", 143)
+    refusal = proxied.forwardedFrom(named)
+    assert refusal == "Maximum number of connections from your address reached."
 
 
 def test_backPressureWaitsForTheTLSHandshake():

@@ -253,13 +253,14 @@ def acceptForwardedID(server: ReferralIMAP4Server, fields: list[tuple[str, str]]
         server.proxyTTL = ttl
     if remoteIP is None:
         return
-    server._addresses = LoginContext(
-        remoteIP=remoteIP,
-        remotePort=_number(given.get("x-originating-port"), 0, 65535),
-        localIP=_address(given.get("x-connected-ip")) or context.localIP,
-        localPort=_number(given.get("x-connected-port"), 0, 65535) or context.localPort,
+    server.clientForwarded(
+        LoginContext(
+            remoteIP=remoteIP,
+            remotePort=_number(given.get("x-originating-port"), 0, 65535),
+            localIP=_address(given.get("x-connected-ip")) or context.localIP,
+            localPort=_number(given.get("x-connected-port"), 0, 65535) or context.localPort,
+        )
     )
-    server.readmit(remoteIP)
 
 
 def localBackendLogin(

@@ -46,7 +46,7 @@ from imapreferral.login.attempt import LoginAttempts
 from imapreferral.login.context import LoginContext
 from imapreferral.login.credentials import PasswordCredentials
 from imapreferral.login.guard import PreLoginGuard
-from imapreferral.login.logline import localText, logRefusal, remoteText
+from imapreferral.login.logline import logRefusal
 from imapreferral.login.outcome import (
     AuthorizationRefused,
     Disable,
@@ -125,7 +125,6 @@ class ReferralIMAP4Server(IMAP4Server):
         )
         self._pendingLogin: Deferred[None] | None = None
         self._sasl: tuple[bytes, SASLMechanism] | None = None
-        self._addresses: LoginContext | None = None
         self.connector = connector
         self.capabilityAsked = False
         self._proxy: ProxiedLogin | None = None
@@ -142,7 +141,7 @@ class ReferralIMAP4Server(IMAP4Server):
             )  # fmt: skip
             self.transport.loseConnection()
             return
-        refusal = self.guard.admit(self._where)
+        refusal = self.guard.admit()
         if refusal is not None:
             self.transport.write(b"* BYE [UNAVAILABLE] " + refusal.encode("ascii") + b"\r\n")
             self.transport.loseConnection()
@@ -257,12 +256,8 @@ class ReferralIMAP4Server(IMAP4Server):
     unauth_STARTTLS = (do_STARTTLS,)
 
     def _context(self, mechanism: str) -> LoginContext:
-        """
-        Where this login comes from. Read once per connection (C{getHost}
-        is a system call) and after PROXY-protocol parsing, which happens
-        before we are connected.
-        """
-        a = self._readAddresses()
+        """Where this login comes from (L{PreLoginGuard.addresses}), and how."""
+        a = self.guard.addresses()
         return LoginContext(
             a.remoteIP,
             a.remotePort,
@@ -272,16 +267,6 @@ class ReferralIMAP4Server(IMAP4Server):
             self._secured(),
             socketPath=a.socketPath,
         )
-
-    def _readAddresses(self) -> LoginContext:
-        if self._addresses is None:
-            self._addresses = LoginContext.fromTransport(self.transport, "")
-        return self._addresses
-
-    def _where(self) -> tuple[str, str]:
-        """The client's and our address as the log writes them."""
-        addresses = self._readAddresses()
-        return remoteText(addresses), localText(addresses)
 
     # ID (RFC 2971)
 
@@ -293,7 +278,7 @@ class ReferralIMAP4Server(IMAP4Server):
             self.sendBadResponse(tag, b"Invalid ID parameters.")
             return
         if fields:
-            remote, local = self._where()
+            remote, local = self.guard.where()
             text = formatIDForLog(fields)
             _log.info(
                 "{summary}",
@@ -325,7 +310,7 @@ class ReferralIMAP4Server(IMAP4Server):
         self, tag: bytes, outcome: PrivacyRequired | AuthorizationRefused, mechanism: str
     ) -> None:
         """A login refused before any check: logged, answered, and plaintext counted."""
-        logRefusal(self._readAddresses(), mechanism, outcome)
+        logRefusal(self.guard.addresses(), mechanism, outcome)
         self._reply(tag, outcome, mechanism)
         if isinstance(outcome, PrivacyRequired):
             self._countAuthFailure()
@@ -467,12 +452,12 @@ class ReferralIMAP4Server(IMAP4Server):
         self.state = "proxied"
         self.guard.leave()
 
-    def readmit(self, remoteIP: str) -> None:
+    def clientForwarded(self, addresses: LoginContext) -> None:
         """
-        A trusted proxy named the real client: count the connection against
-        that address's limit instead of the proxy's.
+        A trusted proxy named the real client (its C{ID}): it counts from
+        now on, against its own address's limit.
         """
-        refusal = self.guard.readmit(remoteIP)
+        refusal = self.guard.forwardedFrom(addresses)
         if refusal is not None:
             self._bye(b"[UNAVAILABLE] " + refusal.encode("ascii"))
 

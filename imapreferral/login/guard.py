@@ -16,7 +16,6 @@ ManageSieve front would reuse it unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
@@ -24,6 +23,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from imapreferral.limits import ConnectionLimiter
+from imapreferral.login.context import LoginContext
+from imapreferral.login.logline import localText, remoteText
 from imapreferral.networks import NetworkList
 
 _log = Logger()
@@ -88,6 +89,7 @@ class PreLoginGuard:
         self._admittedFrom: str | None = None
         self._admitted = False
         self._fromTrusted: bool | None = None
+        self._addresses: LoginContext | None = None
         self._lifetime: IDelayedCall | None = None
         self._preLogin = True
         self._badCommands = 0
@@ -100,18 +102,35 @@ class PreLoginGuard:
         self.closing = False
         self.lost = False
 
-    # Admission
+    # Addresses
 
     def _peer(self) -> str | None:
         return getattr(self._connection.transport.getPeer(), "host", None)
 
-    def admit(self, where: Callable[[], tuple[str, str]]) -> str | None:
+    def addresses(self) -> LoginContext:
+        """
+        Where the connection comes from and goes to. Read once (C{getHost}
+        is a system call) and after PROXY-protocol parsing, which happens
+        before the protocol is connected; replaced by what a trusted proxy
+        says (L{forwardedFrom}).
+        """
+        if self._addresses is None:
+            self._addresses = LoginContext.fromTransport(self._connection.transport, "")
+        return self._addresses
+
+    def where(self) -> tuple[str, str]:
+        """The client's and our address as the log writes them."""
+        addresses = self.addresses()
+        return remoteText(addresses), localText(addresses)
+
+    # Admission
+
+    def admit(self) -> str | None:
         """
         Count the connection against the limits. A refusal is logged (one
         line per burst, with how many went unlogged) and returned, for the
         protocol to tell the client before it closes.
 
-        @param where: The client's and our address as the log writes them.
         @return: Why the connection is refused, or L{None}: admitted.
         """
         if self._limiter is None:
@@ -123,7 +142,7 @@ class PreLoginGuard:
             return None
         unlogged = self._limiter.refusalToLog(host)
         if unlogged is not None:
-            remote, local = where()
+            remote, local = self.where()
             more = f" ({unlogged:,} more refused since the last line)" if unlogged else ""
             _log.warn(
                 "{summary}",
@@ -134,13 +153,16 @@ class PreLoginGuard:
             )
         return refusal
 
-    def readmit(self, remoteIP: str) -> str | None:
+    def forwardedFrom(self, addresses: LoginContext) -> str | None:
         """
-        A trusted proxy named the real client: count the connection against
-        that address's limit instead of the proxy's.
+        A trusted proxy named the real client: its addresses count from now
+        on (logs, penalty), and the connection counts against its address's
+        limit instead of the proxy's.
 
         @return: Why that address is refused, or L{None}.
         """
+        self._addresses = addresses
+        remoteIP = addresses.remoteIP
         if self._admitted and self._limiter is not None:
             self._limiter.release(self._admittedFrom)
             self._admitted = False
