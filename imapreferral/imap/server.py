@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from imapreferral.imap.backend import DEFAULT_PROXY_TTL
-from imapreferral.imap.idcommand import formatID, formatIDForLog, parseID
+from imapreferral.imap.idcommand import formatID, logClientID, parseID
 from imapreferral.imap.policy import ServerPolicy
 from imapreferral.imap.proxying import (
     ProxiedLogin,
@@ -278,14 +278,7 @@ class ReferralIMAP4Server(IMAP4Server):
             self.sendBadResponse(tag, b"Invalid ID parameters.")
             return
         if fields:
-            remote, local = self.guard.where()
-            text = formatIDForLog(fields)
-            _log.info(
-                "{summary}",
-                summary=f"client ID remote={remote} local={local}: {text}",
-                remote=remote,
-                fields=text,
-            )
+            logClientID(*self.guard.where(), fields)
         if not self._idSeen and self.state == "unauth" and self.guard.fromTrustedNetwork():
             acceptForwardedID(self, fields)
         self._idSeen = True
