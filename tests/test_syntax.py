@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from imapreferral.imap.syntax import (
-    decodeBase64,
     literalSizeValid,
     parseQuoted,
     validTag,
@@ -66,22 +65,6 @@ def test_literalSizeValid(line, valid):
 )
 def test_parseQuoted(text, parsed):
     assert parseQuoted(text) == parsed
-
-
-@pytest.mark.parametrize(
-    ("data", "initial", "decoded"),
-    [
-        (b"YWxpY2U=", False, b"alice"),
-        (b"=", True, b""),
-        (b"=", False, None),
-        (b"YWxp Y2U=", False, None),
-        (b"YWxpY2U", False, None),
-        (b"", False, b""),
-    ],
-    ids=["valid", "emptyInitial", "equalsLater", "space", "unpadded", "empty"],
-)
-def test_decodeBase64(data, initial, decoded):
-    assert decodeBase64(data, initial) == decoded
 
 
 @pytest.mark.parametrize(

@@ -35,7 +35,6 @@ from imapreferral.imap.proxying import (
 )
 from imapreferral.imap.responses import renderOutcome, sanitiseText
 from imapreferral.imap.syntax import (
-    decodeBase64,
     literalSizeValid,
     parseQuoted,
     validTag,
@@ -57,7 +56,7 @@ from imapreferral.login.outcome import (
     Reject,
     Unavailable,
 )
-from imapreferral.login.sasl import MECHANISMS, Challenge, SASLError, SASLMechanism
+from imapreferral.login.sasl import MECHANISMS, Challenge, SASLExchange, SASLFailed, SASLStep
 from imapreferral.proxy.connect import BackendConnector
 
 _log = Logger()
@@ -124,7 +123,7 @@ class ReferralIMAP4Server(IMAP4Server):
             trustedNetworks=policy.trustedNetworks,
         )
         self._pendingLogin: Deferred[None] | None = None
-        self._sasl: tuple[bytes, SASLMechanism] | None = None
+        self._sasl: tuple[bytes, SASLExchange] | None = None
         self.connector = connector
         self.capabilityAsked = False
         self._proxy: ProxiedLogin | None = None
@@ -344,53 +343,30 @@ class ReferralIMAP4Server(IMAP4Server):
         if name in _PLAINTEXT_MECHANISMS and not self._plaintextAllowed():
             self._refuse(tag, PrivacyRequired(), name)
             return
-        mechanism = MECHANISMS[name](self._context(name), self.policy.hostname)
-        if len(args) == 1:
-            self._challenge(tag, mechanism, mechanism.initial())
-            return
-        if not mechanism.allowsInitialResponse:
-            self.sendBadResponse(tag, b"This mechanism does not take an initial response.")
-            return
-        data = decodeBase64(args[1], initial=True)
-        if data is None:
-            self.sendBadResponse(tag, b"Invalid base64 data in initial response.")
-            return
-        self._step(tag, mechanism, data)
+        exchange = SASLExchange(MECHANISMS[name](self._context(name), self.policy.hostname))
+        self._step(tag, exchange, exchange.begin(args[1] if len(args) == 2 else None))
 
     unauth_AUTHENTICATE = (do_AUTHENTICATE, IMAP4Server.arg_line)
 
-    def _challenge(self, tag: bytes, mechanism: SASLMechanism, challenge: Challenge) -> None:
-        self._sasl = (tag, mechanism)
-        self.parseState = "sasl"
-        self.sendLine(b"+ " + b64encode(challenge.data))
-
     def parse_sasl(self, line: bytes) -> None:
-        """A continuation line of AUTHENTICATE: base64, or C{*} to cancel."""
+        """A continuation line of AUTHENTICATE."""
         assert self._sasl is not None
-        tag, mechanism = self._sasl
+        tag, exchange = self._sasl
         self._sasl = None
         self.parseState = "command"
-        if line.strip() == b"*":
-            self.sendBadResponse(tag, b"Authentication aborted by client.")
-            return
-        data = decodeBase64(line.strip())
-        if data is None:
-            self.sendBadResponse(tag, b"Invalid base64 data in continued response.")
-            return
-        self._step(tag, mechanism, data)
+        self._step(tag, exchange, exchange.respond(line))
 
-    def _step(self, tag: bytes, mechanism: SASLMechanism, data: bytes) -> None:
-        try:
-            result = mechanism.step(data)
-        except SASLError as e:
-            self.sendBadResponse(tag, str(e).encode("ascii"))
-            return
-        if isinstance(result, AuthorizationRefused):
-            self._refuse(tag, result, mechanism.name)
-        elif isinstance(result, Challenge):
-            self._challenge(tag, mechanism, result)
+    def _step(self, tag: bytes, exchange: SASLExchange, step: SASLStep) -> None:
+        if isinstance(step, SASLFailed):
+            self.sendBadResponse(tag, step.text.encode("ascii"))
+        elif isinstance(step, AuthorizationRefused):
+            self._refuse(tag, step, exchange.mechanism.name)
+        elif isinstance(step, Challenge):
+            self._sasl = (tag, exchange)
+            self.parseState = "sasl"
+            self.sendLine(b"+ " + b64encode(step.data))
         else:
-            self._login(tag, result, mechanism.name)
+            self._login(tag, step, exchange.mechanism.name)
 
     # The shared login path
 

@@ -1,14 +1,11 @@
 """
 IMAP syntax the server checks itself, where Twisted's parser is too lenient
-or leaks internals: tags, literal sizes, quoted strings, base64 for
-C{AUTHENTICATE}, reply texts. Pure functions of bytes, table-tested.
+or leaks internals: tags, literal sizes, quoted strings, reply texts. Pure functions of bytes, table-tested.
 """
 
 from __future__ import annotations
 
-import binascii
 import re
-from base64 import b64decode
 
 #: RFC 3501 §9: number = 1*DIGIT, in a literal's C{{...}}.
 _LITERAL = re.compile(rb"\{[0-9]{1,10}\}")
@@ -47,19 +44,6 @@ def parseQuoted(text: bytes) -> tuple[bytes, bytes] | None:
     if match is None:
         return None
     return _UNESCAPE.sub(rb"\1", match.group(1)), text[match.end() :]
-
-
-def decodeBase64(data: bytes, initial: bool = False) -> bytes | None:
-    """
-    Strict base64 (RFC 4648), or L{None}. An initial response (RFC 4959)
-    of C{=} is empty.
-    """
-    if initial and data == b"=":
-        return b""
-    try:
-        return b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        return None
 
 
 def withoutInternals(message: bytes) -> bytes:

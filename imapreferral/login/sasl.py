@@ -1,15 +1,18 @@
 """
 SASL mechanisms as sans-IO steps: bytes in, a challenge or credentials out.
 
-The protocol layer does the base64 and the continuation lines; these
-classes only know the mechanisms' message formats (RFC 4616 PLAIN, the
-LOGIN draft, RFC 2195 CRAM-MD5).
+The mechanism classes only know their message formats (RFC 4616 PLAIN,
+the LOGIN draft, RFC 2195 CRAM-MD5); L{SASLExchange} adds the base64 and
+the client's cancel that IMAP C{AUTHENTICATE} and POP3 C{AUTH} share, so
+the protocol layer only writes the continuation lines and the replies.
 """
 
 from __future__ import annotations
 
+import binascii
 import os
 import time
+from base64 import b64decode
 from typing import ClassVar, Protocol
 
 import attrs
@@ -131,3 +134,64 @@ class CramMD5Mechanism:
 MECHANISMS: dict[str, type[SASLMechanism]] = {
     m.name: m for m in (PlainMechanism, LoginMechanism, CramMD5Mechanism)
 }
+
+
+@attrs.frozen
+class SASLFailed:
+    """The exchange ends with a syntax error; C{text} is safe to show (as IMAP C{BAD})."""
+
+    text: str
+
+
+SASLStep = Challenge | PasswordCredentials | CramMD5Credentials | AuthorizationRefused | SASLFailed
+
+
+def decodeBase64(data: bytes, initial: bool = False) -> bytes | None:
+    """
+    Strict base64 (RFC 4648), or L{None}. An initial response (RFC 4959)
+    of C{=} is empty.
+    """
+    if initial and data == b"=":
+        return b""
+    try:
+        return b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+class SASLExchange:
+    """
+    One server-side SASL exchange, sans IO: the client's base64 lines in,
+    the next L{SASLStep} out (send the L{Challenge} base64-encoded and
+    feed the answer to L{respond}; anything else ends the exchange).
+    """
+
+    def __init__(self, mechanism: SASLMechanism) -> None:
+        self.mechanism = mechanism
+
+    def begin(self, initialResponse: bytes | None) -> SASLStep:
+        """Start, with the client's initial response (RFC 4959) if it sent one."""
+        if initialResponse is None:
+            return self.mechanism.initial()
+        if not self.mechanism.allowsInitialResponse:
+            return SASLFailed("This mechanism does not take an initial response.")
+        data = decodeBase64(initialResponse, initial=True)
+        if data is None:
+            return SASLFailed("Invalid base64 data in initial response.")
+        return self._step(data)
+
+    def respond(self, line: bytes) -> SASLStep:
+        """The client's answer to a challenge: base64, or C{*} to cancel."""
+        line = line.strip()
+        if line == b"*":
+            return SASLFailed("Authentication aborted by client.")
+        data = decodeBase64(line)
+        if data is None:
+            return SASLFailed("Invalid base64 data in continued response.")
+        return self._step(data)
+
+    def _step(self, data: bytes) -> SASLStep:
+        try:
+            return self.mechanism.step(data)
+        except SASLError as e:
+            return SASLFailed(str(e))
