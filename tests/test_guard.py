@@ -10,6 +10,15 @@ from twisted.internet.testing import StringTransport
 from imapreferral.limits import ConnectionLimiter
 from imapreferral.login.context import LoginContext
 from imapreferral.login.guard import MAX_HELD, PreLoginGuard
+from imapreferral.login.outcome import (
+    AuthorizationRefused,
+    Disable,
+    PrivacyRequired,
+    Refer,
+    Referral,
+    Reject,
+    Unavailable,
+)
 from imapreferral.networks import LOOPBACK, NetworkList
 
 CLIENT = "192.0.2.7"
@@ -86,6 +95,35 @@ def test_badCommandsAfterLoginDoNotCount():
 def test_authFailureBudgetIsSpentOnTheLastAllowed():
     guard = makeGuard()
     assert [guard.authFailed() for _ in range(2)] == [False, True]
+
+
+@pytest.mark.parametrize(
+    ("outcome", "counted"),
+    [
+        (Reject(), True),
+        (Disable(), True),
+        (PrivacyRequired(), True),
+        (AuthorizationRefused("alice", "bob"), False),
+        (Refer(Referral("alice", "imap2.example.com")), False),
+        (Unavailable("db down"), False),
+    ],
+    ids=["reject", "disable", "privacyRequired", "authorizationRefused", "refer", "unavailable"],
+)
+def test_whichOutcomesSpendTheAuthFailureBudget(outcome, counted):
+    guard = makeGuard()
+    assert [guard.loginFailed(outcome) for _ in range(2)] == [False, counted]
+
+
+def test_plaintextMechanismsAreNeitherOfferedNorTakenWithoutTLS():
+    guard = makeGuard()
+    assert guard.offeredMechanisms(("PLAIN", "CRAM-MD5", "LOGIN"), False) == ("CRAM-MD5",)
+    assert guard.offeredMechanisms(("PLAIN", "CRAM-MD5"), True) == ("PLAIN", "CRAM-MD5")
+    assert [guard.refusesPlaintext(m, False) for m in ("PLAIN", "LOGIN", "CRAM-MD5")] == [
+        True,
+        True,
+        False,
+    ]
+    assert guard.refusesPlaintext("PLAIN", True) is False
 
 
 @pytest.mark.parametrize(

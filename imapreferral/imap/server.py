@@ -48,12 +48,10 @@ from imapreferral.login.guard import PreLoginGuard
 from imapreferral.login.logline import logRefusal
 from imapreferral.login.outcome import (
     AuthorizationRefused,
-    Disable,
     LoggedIn,
     Outcome,
     PrivacyRequired,
     ProxyLogin,
-    Reject,
     Unavailable,
 )
 from imapreferral.login.sasl import MECHANISMS, Challenge, SASLExchange, SASLFailed, SASLStep
@@ -61,8 +59,9 @@ from imapreferral.proxy.connect import BackendConnector
 
 _log = Logger()
 
+_TOO_MANY_FAILURES = b"Too many authentication failures."
+
 _ALWAYS = {b"SASL-IR": None, b"LOGIN-REFERRALS": None, b"ID": None}
-_PLAINTEXT_MECHANISMS = frozenset({"PLAIN", "LOGIN"})
 
 
 def _isTLS(transport: object) -> bool:
@@ -219,10 +218,9 @@ class ReferralIMAP4Server(IMAP4Server):
             return caps
         if self._canStartTLS():
             caps[b"STARTTLS"] = None
-        mechanisms = self.policy.mechanisms
         if not self._plaintextAllowed():
             caps[b"LOGINDISABLED"] = None
-            mechanisms = tuple(m for m in mechanisms if m not in _PLAINTEXT_MECHANISMS)
+        mechanisms = self.guard.offeredMechanisms(self.policy.mechanisms, self._secured())
         caps[b"AUTH"] = [m.encode("ascii") for m in mechanisms]
         return caps
 
@@ -301,11 +299,9 @@ class ReferralIMAP4Server(IMAP4Server):
     def _refuse(
         self, tag: bytes, outcome: PrivacyRequired | AuthorizationRefused, mechanism: str
     ) -> None:
-        """A login refused before any check: logged, answered, and plaintext counted."""
+        """A login refused before any check: logged and answered."""
         logRefusal(self.guard.addresses(), mechanism, outcome)
         self._reply(tag, outcome, mechanism)
-        if isinstance(outcome, PrivacyRequired):
-            self._countAuthFailure()
 
     def arg_loginUser(self, line: bytes | None) -> object:
         """C{arg_astring}, but a missing argument is a plain syntax error."""
@@ -340,7 +336,7 @@ class ReferralIMAP4Server(IMAP4Server):
         if name not in self.policy.mechanisms:
             self.sendNegativeResponse(tag, b"Unsupported authentication mechanism.")
             return
-        if name in _PLAINTEXT_MECHANISMS and not self._plaintextAllowed():
+        if self.guard.refusesPlaintext(name, self._secured()):
             self._refuse(tag, PrivacyRequired(), name)
             return
         exchange = SASLExchange(MECHANISMS[name](self._context(name), self.policy.hostname))
@@ -404,14 +400,17 @@ class ReferralIMAP4Server(IMAP4Server):
             self.setTimeout(self.POSTAUTH_TIMEOUT)
             self.guard.leave()
         self._reply(tag, outcome, mechanism)
-        if isinstance(outcome, Reject | Disable):
-            self._countAuthFailure()
 
     def _reply(self, tag: bytes, outcome: Outcome, mechanism: str) -> None:
-        """The tagged reply to a login: the one place login results become bytes."""
+        """
+        The tagged reply to a login: the one place login results become
+        bytes; then goodbye if it spent the failed-authentication budget.
+        """
         auth = "*" if self.policy.referralAuth == "*" else mechanism
         status, text = renderOutcome(outcome, auth, self._capabilityList)
         self._respond(status, tag, text)
+        if self.guard.loginFailed(outcome):
+            self._bye(_TOO_MANY_FAILURES)
 
     # Proxying (imapreferral.imap.proxying)
 
@@ -433,8 +432,8 @@ class ReferralIMAP4Server(IMAP4Server):
     def proxyFailed(self, authFailed: bool) -> None:
         """The backend login failed and the client was told: read on."""
         self._proxy = None
-        if authFailed:
-            self._countAuthFailure()
+        if authFailed and self.guard.authFailed():
+            self._bye(_TOO_MANY_FAILURES)
         self._loginFinished(None)
 
     def do_CAPABILITY(self, tag: bytes) -> None:
@@ -443,10 +442,6 @@ class ReferralIMAP4Server(IMAP4Server):
         IMAP4Server.do_CAPABILITY(self, tag)
 
     unauth_CAPABILITY = (do_CAPABILITY,)
-
-    def _countAuthFailure(self) -> None:
-        if self.guard.authFailed():
-            self._bye(b"Too many authentication failures.")
 
     def _capabilityList(self) -> bytes:
         return b" ".join(self.listCapabilities())

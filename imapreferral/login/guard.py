@@ -25,12 +25,15 @@ from zope.interface import implementer
 from imapreferral.limits import ConnectionLimiter
 from imapreferral.login.context import LoginContext
 from imapreferral.login.logline import localText, remoteText
+from imapreferral.login.outcome import Disable, PrivacyRequired, Reject
 from imapreferral.networks import NetworkList
 
 _log = Logger()
 
 #: Bytes a client may send behind a pending login before we stop reading.
 MAX_HELD = 64 * 1024
+#: SASL mechanisms that send the password in the clear.
+PLAINTEXT_MECHANISMS = frozenset({"PLAIN", "LOGIN"})
 
 
 class GuardedConnection(Protocol):
@@ -225,6 +228,16 @@ class PreLoginGuard:
         self._badCommands += 1
         return self._badCommands >= self._maxBadCommands
 
+    def loginFailed(self, outcome: object) -> bool:
+        """
+        Count an outcome that spends the failed-authentication budget: a
+        wrong password, a disabled account, plaintext refused (not a
+        referral, a temporary failure or an authzid refusal).
+
+        @return: C{True}: the budget is spent.
+        """
+        return isinstance(outcome, Reject | Disable | PrivacyRequired) and self.authFailed()
+
     def authFailed(self) -> bool:
         """Count a failed authentication; C{True}: the budget is spent."""
         self._authFailures += 1
@@ -237,6 +250,16 @@ class PreLoginGuard:
         if self._plaintextAuth == "always" or secured:
             return True
         return self.fromTrustedNetwork()
+
+    def refusesPlaintext(self, mechanism: str, secured: bool) -> bool:
+        """Whether C{mechanism} sends the password in the clear where that is not allowed."""
+        return mechanism in PLAINTEXT_MECHANISMS and not self.plaintextAllowed(secured)
+
+    def offeredMechanisms(self, mechanisms: tuple[str, ...], secured: bool) -> tuple[str, ...]:
+        """The mechanisms to offer: without the plaintext ones where they are refused."""
+        if self.plaintextAllowed(secured):
+            return mechanisms
+        return tuple(m for m in mechanisms if m not in PLAINTEXT_MECHANISMS)
 
     def fromTrustedNetwork(self) -> bool:
         """Whether the peer (behind HAProxy, the PROXY header's) is in the trusted networks."""
