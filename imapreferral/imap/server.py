@@ -2,12 +2,13 @@
 L{ReferralIMAP4Server}: Twisted's C{IMAP4Server} with a login path that
 speaks RFC 2221 login referrals.
 
-Only plumbing lives here: parse C{LOGIN} and C{AUTHENTICATE} (with RFC 4959
-SASL-IR), run the attempt, write the reply that
-L{imapreferral.imap.responses.renderOutcome} words; and guard the
-unauthenticated surface as the L{ServerPolicy} says (STARTTLS and the
-plaintext policy, greeting referrals, connection limits, budgets for bad
-commands and failed logins, time limits, back-pressure). Twisted dispatches
+Only IMAP plumbing lives here: parse C{LOGIN} and C{AUTHENTICATE} (the
+exchange itself is L{imapreferral.login.sasl.SASLExchange}), run the
+attempt, write the reply that L{imapreferral.imap.responses} words, hand a
+proxy login to L{imapreferral.imap.proxying}, and say in IMAP words what
+the connection's L{imapreferral.login.guard.PreLoginGuard} decides
+(admission, the pre-login time limit, the budgets for bad commands and
+failed logins, back-pressure, the plaintext policy). Twisted dispatches
 commands through class attributes holding the base class's functions
 (C{unauth_LOGIN = (do_LOGIN, ...)}), so each override re-declares its tuple.
 """
@@ -378,16 +379,19 @@ class ReferralIMAP4Server(IMAP4Server):
         d.addErrback(self._loginError, tag)
         d.addBoth(self._loginFinished)
 
+    def _auth(self, mechanism: str) -> str:
+        """What a referral URL's C{;AUTH=} says: the mechanism, or C{*}."""
+        return "*" if self.policy.referralAuth == "*" else mechanism
+
     def _loginDone(
         self, outcome: Outcome, tag: bytes, mechanism: str, credentials: object = None
     ) -> None:
-        auth = "*" if self.policy.referralAuth == "*" else mechanism
         local = self.policy.localBackend
         if isinstance(outcome, LoggedIn) and local is not None and self.connector is not None:
             outcome = localBackendLogin(local, outcome, credentials)
         if isinstance(outcome, ProxyLogin) and self.connector is not None:
             if not self._lost:
-                self._proxy = ProxiedLogin(self, tag, outcome, auth)
+                self._proxy = ProxiedLogin(self, tag, outcome, self._auth(mechanism))
                 self._proxy.start(self.connector, forwardedClient(self, self.proxyTTL))
             return
         if isinstance(outcome, LoggedIn):
@@ -406,8 +410,7 @@ class ReferralIMAP4Server(IMAP4Server):
         The tagged reply to a login: the one place login results become
         bytes; then goodbye if it spent the failed-authentication budget.
         """
-        auth = "*" if self.policy.referralAuth == "*" else mechanism
-        status, text = renderOutcome(outcome, auth, self._capabilityList)
+        status, text = renderOutcome(outcome, self._auth(mechanism), self._capabilityList)
         self._respond(status, tag, text)
         if self.guard.loginFailed(outcome):
             self._bye(_TOO_MANY_FAILURES)
