@@ -167,6 +167,9 @@ def test_aForwardedClientCountsInsteadOfItsProxy():
     assert proxied.forwardedFrom(named) is None
     assert proxied.addresses() == named
     assert proxied.where() == ("198.51.100.9", "192.0.2.1:143")
+    assert proxied.loginContext("PLAIN", True) == LoginContext(
+        "198.51.100.9", 5000, "192.0.2.1", 143, "PLAIN", True
+    )
     assert makeGuard(limiter=limiter).admit() is None  # the proxy's place is free
 
 

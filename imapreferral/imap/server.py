@@ -254,17 +254,8 @@ class ReferralIMAP4Server(IMAP4Server):
     unauth_STARTTLS = (do_STARTTLS,)
 
     def _context(self, mechanism: str) -> LoginContext:
-        """Where this login comes from (L{PreLoginGuard.addresses}), and how."""
-        a = self.guard.addresses()
-        return LoginContext(
-            a.remoteIP,
-            a.remotePort,
-            a.localIP,
-            a.localPort,
-            mechanism,
-            self._secured(),
-            socketPath=a.socketPath,
-        )
+        """Where this login comes from, and how (L{PreLoginGuard.loginContext})."""
+        return self.guard.loginContext(mechanism, self._secured())
 
     # ID (RFC 2971)
 

@@ -121,6 +121,19 @@ class PreLoginGuard:
             self._addresses = LoginContext.fromTransport(self._connection.transport, "")
         return self._addresses
 
+    def loginContext(self, mechanism: str, secured: bool) -> LoginContext:
+        """The context a login carries: L{addresses}, the mechanism, whether TLS."""
+        a = self.addresses()
+        return LoginContext(
+            a.remoteIP,
+            a.remotePort,
+            a.localIP,
+            a.localPort,
+            mechanism,
+            secured,
+            socketPath=a.socketPath,
+        )
+
     def where(self) -> tuple[str, str]:
         """The client's and our address as the log writes them."""
         addresses = self.addresses()
