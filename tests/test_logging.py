@@ -15,8 +15,17 @@ from twisted.logger import formatEvent
 from imapreferral.haproxy import InvalidProxyHeader, parseV1Header
 from imapreferral.login.context import LoginContext
 from imapreferral.login.credentials import PasswordCredentials
-from imapreferral.login.logline import logAuthentication, plainReferralText
-from imapreferral.login.outcome import Disable, LoggedIn, Refer, Referral, Reject, Unavailable
+from imapreferral.login.logline import describeOutcome, logAuthentication, plainReferralText
+from imapreferral.login.outcome import (
+    AuthorizationRefused,
+    Disable,
+    LoggedIn,
+    PrivacyRequired,
+    Refer,
+    Referral,
+    Reject,
+    Unavailable,
+)
 from imapreferral.networks import NetworkList
 from imapreferral.testing import ServerHarness
 
@@ -229,3 +238,17 @@ def test_badProxyHeaderValueIsQuoted():
     with pytest.raises(InvalidProxyHeader) as e:
         parseV1Header(b"PROXY TCP4 1.2.3.4 5.6.7.8 80\x0a\x1b 143")
     assert str(e.value) == 'bad port "80\\x0a\\x1b"'
+
+
+@pytest.mark.parametrize(
+    ("outcome", "result"),
+    [
+        (PrivacyRequired(), "plaintext authentication refused without TLS"),
+        (AuthorizationRefused("alice", "bob"), "authorization refused"),
+        (Reject(), "authentication failed"),
+        (Unavailable("db down"), "temporary failure"),
+    ],
+    ids=["privacyRequired", "authorizationRefused", "reject", "unavailable"],
+)
+def test_describeOutcomeNamesEveryRefusal(outcome, result):
+    assert describeOutcome(outcome) == result

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from twisted.logger import Logger
 from twisted.mail.imap4 import parseNestedParens
 
 from imapreferral.logtext import quote
@@ -14,6 +15,8 @@ from imapreferral.logtext import quote
 #: text (values up to 1024 octets, 30 pairs); a log line need not be.
 LOGGED_VALUE_LIMIT = 64
 LOGGED_FIELDS_LIMIT = 12
+
+_log = Logger()
 
 
 def parseID(line: bytes) -> list[tuple[str, str]]:
@@ -59,3 +62,14 @@ def formatIDForLog(fields: list[tuple[str, str]]) -> str:
     if len(fields) > LOGGED_FIELDS_LIMIT:
         text += f" [cut from {len(fields)} fields]"
     return text
+
+
+def logClientID(remote: str, local: str, fields: list[tuple[str, str]]) -> None:
+    """One line for what a client said about itself."""
+    text = formatIDForLog(fields)
+    _log.info(
+        "{summary}",
+        summary=f"client ID remote={remote} local={local}: {text}",
+        remote=remote,
+        fields=text,
+    )

@@ -18,15 +18,14 @@ import ipaddress
 import os
 from typing import TYPE_CHECKING
 
-import attrs
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from imapreferral.imap.backend import DEFAULT_PROXY_TTL, ForwardedClient
-from imapreferral.imap.backendresult import NO_UNAVAILABLE, BackendAuthFailed
-from imapreferral.imap.responses import renderOutcome
+from imapreferral.imap.backendresult import BackendAuthFailed, BackendUnavailable
+from imapreferral.imap.responses import renderBackendResult
 from imapreferral.login.context import LoginContext
 from imapreferral.login.destination import proxyDestination
 from imapreferral.login.fields import PassdbReply
@@ -159,22 +158,22 @@ class ProxiedLogin:
             failed=True,
             **self._fields(session=client.sessionID, state=result.state, cause=result.cause),
         )
-        self._server.transport.write(result.clientBytes(self._tag))
+        self._server.transport.write(renderBackendResult(self._tag, result))
         self._finish(authFailed=isinstance(result, BackendAuthFailed))
 
     def _relay(self, session: BackendSession, sessionID: str | None) -> None:
         server = self._server
         if not self._outcome.verified and server.attempts.penalty is not None:
             server.attempts.penalty.succeeded(server._context("").remoteIP)
-        result = session.result
-        if self._outcome.referral is None:
-            server.transport.write(result.clientBytes(self._tag, server.capabilityAsked))
-        else:
-            # Logged in, told where to go next: the backend's capabilities first.
-            loggedIn = LoggedIn(None, lambda: None, "", self._outcome.referral)
-            status, text = renderOutcome(loggedIn, self._auth, lambda: b"")
-            reply = attrs.evolve(result, response=status + b" " + text)
-            server.transport.write(reply.clientBytes(self._tag, capabilityAsked=True))
+        server.transport.write(
+            renderBackendResult(
+                self._tag,
+                session.result,
+                server.capabilityAsked,
+                suggest=self._outcome.referral,
+                auth=self._auth,
+            )
+        )
         pipelined = server.clearLineBuffer()
         self.relay = relay = Relay(server.transport, session.transport, server.attempts.clock)
         self.finished = True
@@ -208,7 +207,8 @@ class ProxiedLogin:
     def _unexpected(self, failure: Failure) -> None:
         _log.failure("proxy login failed unexpectedly", failure)
         if not self._lost and not self.finished:
-            self._server.transport.write(self._tag + b" " + NO_UNAVAILABLE + b"\r\n")
+            unexpected = BackendUnavailable("login", "unexpected error")
+            self._server.transport.write(renderBackendResult(self._tag, unexpected))
             self._finish()
 
     def dataReceived(self, data: bytes) -> None:
@@ -285,13 +285,14 @@ def acceptForwardedID(server: ReferralIMAP4Server, fields: list[tuple[str, str]]
         server.proxyTTL = ttl
     if remoteIP is None:
         return
-    server._addresses = LoginContext(
-        remoteIP=remoteIP,
-        remotePort=_number(given.get("x-originating-port"), 0, 65535),
-        localIP=_address(given.get("x-connected-ip")) or context.localIP,
-        localPort=_number(given.get("x-connected-port"), 0, 65535) or context.localPort,
+    server.clientForwarded(
+        LoginContext(
+            remoteIP=remoteIP,
+            remotePort=_number(given.get("x-originating-port"), 0, 65535),
+            localIP=_address(given.get("x-connected-ip")) or context.localIP,
+            localPort=_number(given.get("x-connected-port"), 0, 65535) or context.localPort,
+        )
     )
-    server.readmit(remoteIP)
 
 
 def localBackendLogin(

@@ -1,8 +1,11 @@
 """
-Login outcomes in IMAP words: one function from outcome to tagged reply.
+Login outcomes in IMAP words: one function from outcome to tagged reply
+(L{renderOutcome}), and one for how a proxied login ended
+(L{renderBackendResult}).
 
 The wording is Dovecot's (C{imap_client_auth_result()}), including the
-response codes of RFC 2221 and RFC 5530.
+response codes of RFC 2221 and RFC 5530; a proxied login's is the backend
+dialogue's (L{imapreferral.imap.backendresult}).
 """
 
 from __future__ import annotations
@@ -11,8 +14,20 @@ import re
 from collections.abc import Callable
 from functools import lru_cache
 
+import attrs
+
+from imapreferral.imap.backendresult import BackendLoggedIn, BackendResult
 from imapreferral.imap.url import IMAPURL
-from imapreferral.login.outcome import Disable, LoggedIn, Outcome, Refer, Referral, Reject
+from imapreferral.login.outcome import (
+    AuthorizationRefused,
+    Disable,
+    LoggedIn,
+    Outcome,
+    PrivacyRequired,
+    Refer,
+    Referral,
+    Reject,
+)
 
 REFER_TEXT = "Try this server instead."
 SUGGEST_TEXT = "Logged in, but you should use this server instead."
@@ -20,6 +35,10 @@ DISABLED_TEXT = "Login disabled for this user"
 LOGGED_IN_TEXT = b"Logged in"
 FAILED = b"[AUTHENTICATIONFAILED] Authentication failed."
 UNAVAILABLE = b"[UNAVAILABLE] Temporary authentication failure."
+PRIVACY_REQUIRED = (
+    b"[PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure (SSL/TLS) connections."
+)
+AUTHORIZATION_FAILED = b"[AUTHORIZATIONFAILED] Authorization failed."
 
 
 #: Unicode category Cc: C0 controls, DEL and C1 controls.
@@ -74,4 +93,35 @@ def renderOutcome(
         return b"NO", b"[CONTACTADMIN] " + sanitiseText(outcome.reason, DISABLED_TEXT)
     if isinstance(outcome, Reject):
         return b"NO", FAILED
+    if isinstance(outcome, PrivacyRequired):
+        return b"NO", PRIVACY_REQUIRED  # RFC 3501 §6.2.3 wants NO (Twisted says BAD)
+    if isinstance(outcome, AuthorizationRefused):
+        return b"NO", AUTHORIZATION_FAILED
     return b"NO", UNAVAILABLE
+
+
+def renderBackendResult(
+    tag: bytes,
+    result: BackendResult,
+    capabilityAsked: bool = False,
+    suggest: Referral | None = None,
+    auth: str = "*",
+) -> bytes:
+    """
+    What the client gets when its proxied login ends, untagged lines
+    included: the backend dialogue's wording, except that a
+    C{--local-backend} login that suggests a referral gets our C{OK
+    [REFERRAL ...]} (with the backend's capabilities first, untagged).
+
+    @param capabilityAsked: Whether the client asked for C{CAPABILITY}
+        before logging in (it then gets the backend's).
+    @param suggest: The referral to suggest in the tagged C{OK}, if any.
+    @param auth: What the referral's C{;AUTH=} says.
+    """
+    if not isinstance(result, BackendLoggedIn):
+        return result.clientBytes(tag)
+    if suggest is None:
+        return result.clientBytes(tag, capabilityAsked)
+    text = sanitiseText(suggest.reason, SUGGEST_TEXT)
+    reply = attrs.evolve(result, response=b"OK " + _referralCode(suggest, auth) + text)
+    return reply.clientBytes(tag, capabilityAsked=True)

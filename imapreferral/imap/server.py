@@ -2,37 +2,31 @@
 L{ReferralIMAP4Server}: Twisted's C{IMAP4Server} with a login path that
 speaks RFC 2221 login referrals.
 
-Only plumbing lives here: parse C{LOGIN} and C{AUTHENTICATE} (with RFC 4959
-SASL-IR), run the attempt, write the reply that
-L{imapreferral.imap.responses.renderOutcome} words; and guard the
-unauthenticated surface as the L{ServerPolicy} says (STARTTLS and the
-plaintext policy, greeting referrals, connection limits, budgets for bad
-commands and failed logins, time limits, back-pressure). Twisted dispatches
+Only IMAP plumbing lives here: parse C{LOGIN} and C{AUTHENTICATE} (the
+exchange itself is L{imapreferral.login.sasl.SASLExchange}), run the
+attempt, write the reply that L{imapreferral.imap.responses} words, hand a
+proxy login to L{imapreferral.imap.proxying}, and say in IMAP words what
+the connection's L{imapreferral.login.guard.PreLoginGuard} decides
+(admission, the pre-login time limit, the budgets for bad commands and
+failed logins, back-pressure, the plaintext policy). Twisted dispatches
 commands through class attributes holding the base class's functions
 (C{unauth_LOGIN = (do_LOGIN, ...)}), so each override re-declares its tuple.
 """
 
 from __future__ import annotations
 
-import binascii
-import re
-from base64 import b64decode, b64encode
+from base64 import b64encode
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import (
-    IDelayedCall,
-    IHandshakeListener,
-    INegotiated,
-    ISSLTransport,
-)
+from twisted.internet.interfaces import IHandshakeListener, INegotiated, ISSLTransport
 from twisted.logger import Logger
 from twisted.mail.imap4 import IllegalClientResponse, IMAP4Server
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from imapreferral.imap.backend import DEFAULT_PROXY_TTL
-from imapreferral.imap.idcommand import formatID, formatIDForLog, parseID
+from imapreferral.imap.idcommand import formatID, logClientID, parseID
 from imapreferral.imap.policy import ServerPolicy
 from imapreferral.imap.proxying import (
     ProxiedLogin,
@@ -40,47 +34,35 @@ from imapreferral.imap.proxying import (
     forwardedClient,
     localBackendLogin,
 )
-from imapreferral.imap.responses import UNAVAILABLE, renderOutcome, sanitiseText
+from imapreferral.imap.responses import renderOutcome, sanitiseText
+from imapreferral.imap.syntax import (
+    literalSizeValid,
+    parseQuoted,
+    validTag,
+    withoutInternals,
+)
 from imapreferral.limits import ConnectionLimiter
 from imapreferral.login.attempt import LoginAttempts
 from imapreferral.login.context import LoginContext
 from imapreferral.login.credentials import PasswordCredentials
-from imapreferral.login.logline import localText, logRefusal, remoteText
-from imapreferral.login.outcome import Disable, LoggedIn, Outcome, ProxyLogin, Reject
-from imapreferral.login.sasl import (
-    MECHANISMS,
+from imapreferral.login.guard import PreLoginGuard
+from imapreferral.login.logline import logRefusal
+from imapreferral.login.outcome import (
     AuthorizationRefused,
-    Challenge,
-    SASLError,
-    SASLMechanism,
+    LoggedIn,
+    Outcome,
+    PrivacyRequired,
+    ProxyLogin,
+    Unavailable,
 )
+from imapreferral.login.sasl import MECHANISMS, Challenge, SASLExchange, SASLFailed, SASLStep
 from imapreferral.proxy.connect import BackendConnector
 
 _log = Logger()
 
+_TOO_MANY_FAILURES = b"Too many authentication failures."
+
 _ALWAYS = {b"SASL-IR": None, b"LOGIN-REFERRALS": None, b"ID": None}
-_PLAINTEXT_MECHANISMS = frozenset({"PLAIN", "LOGIN"})
-PRIVACY_REQUIRED = (
-    b"[PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure (SSL/TLS) connections."
-)
-_LITERAL = re.compile(rb"\{[0-9]{1,10}\}")
-#: RFC 3501 §9 quoted = DQUOTE *QUOTED-CHAR DQUOTE, with \" and \\ escapes.
-_QUOTED = re.compile(rb'"((?:[^"\\\r\n]|\\["\\])*)"(?: |$)')
-_UNESCAPE = re.compile(rb'\\(["\\])')
-#: Bytes a client may send behind a pending login before we stop reading.
-_MAX_HELD = 64 * 1024
-#: RFC 3501 §9: tag = 1*<any ASTRING-CHAR except "+">.
-_TAG = re.compile(rb"[^\x00-\x20\x7f-\xff(){%*\"\\+]+")
-#: Twisted puts reprs and exception text in some replies ("...: b'x'").
-_INTERNALS = re.compile(rb"(?::\s*b['\"].*|Server error: .*)$", re.S)
-
-
-def _withoutInternals(message: bytes) -> bytes:
-    """Drop Python reprs and exception text from a reply's text."""
-    cleaned = _INTERNALS.sub(b"", message).rstrip(b": ")
-    if message.startswith(b"Server error") or (cleaned and cleaned != message):
-        cleaned = (cleaned or b"Server error").rstrip(b".") + b"."
-    return cleaned
 
 
 def _isTLS(transport: object) -> bool:
@@ -101,6 +83,8 @@ class ReferralIMAP4Server(IMAP4Server):
     @ivar attempts: Runs logins (portal, failure delay, clock).
     @ivar policy: What this listener allows; see L{ServerPolicy}.
     @ivar limiter: Counts connections across the listener, or L{None}.
+    @ivar guard: The connection's pre-login guard (admission, time limit,
+        budgets, back-pressure, plaintext policy); we word its decisions.
     @ivar connector: Logs in to proxy backends, or L{None}: then a C{proxy}
         login is a temporary failure.
     @ivar capabilityAsked: Whether the client sent C{CAPABILITY} before
@@ -128,22 +112,18 @@ class ReferralIMAP4Server(IMAP4Server):
         self.timeOut = policy.preauthIdle
         self.MAX_LENGTH = policy.maxLineLength
         self.callLater = attempts.clock.callLater  # TimeoutMixin's idle timer
+        self.guard = PreLoginGuard(
+            self,
+            attempts.clock,
+            limiter,
+            lifetime=policy.preauthLifetime,
+            maxBadCommands=policy.maxBadCommands,
+            maxAuthFailures=policy.maxAuthFailures,
+            plaintextAuth=policy.plaintextAuth,
+            trustedNetworks=policy.trustedNetworks,
+        )
         self._pendingLogin: Deferred[None] | None = None
-        self._sasl: tuple[bytes, SASLMechanism] | None = None
-        self._lost = False
-        self._admittedFrom: str | None = None
-        self._admitted = False
-        self._lifetime: IDelayedCall | None = None
-        self._badCommands = 0
-        self._authFailures = 0
-        self._producing = False
-        self._waitingForLogin = False
-        self._outputPaused = False
-        self._heldTooMuch = False
-        self._readPaused = False
-        self._addresses: LoginContext | None = None
-        self._fromTrusted: bool | None = None
-        self._closing = False
+        self._sasl: tuple[bytes, SASLExchange] | None = None
         self.connector = connector
         self.capabilityAsked = False
         self._proxy: ProxiedLogin | None = None
@@ -160,49 +140,33 @@ class ReferralIMAP4Server(IMAP4Server):
             )  # fmt: skip
             self.transport.loseConnection()
             return
-        host = getattr(self.transport.getPeer(), "host", None)
-        if self.limiter is not None:
-            refusal = self.limiter.admit(host)
-            if refusal is not None:
-                unlogged = self.limiter.refusalToLog(host)
-                if unlogged is not None:
-                    remote, local = self._where()
-                    more = f" ({unlogged:,} more refused since the last line)" if unlogged else ""
-                    _log.warn(
-                        "{summary}",
-                        summary=f"refused connection remote={remote} local={local}: {refusal}{more}",
-                        remote=remote,
-                        why=refusal,
-                        unlogged=unlogged,
-                    )
-                self.transport.write(b"* BYE [UNAVAILABLE] " + refusal.encode("ascii") + b"\r\n")
-                self.transport.loseConnection()
-                return
-            self._admittedFrom, self._admitted = host, True
-        if not _isTLS(self.transport):
-            self._startBackPressure()  # implicit TLS: once the handshake is done
-        self._lifetime = self.callLater(self.policy.preauthLifetime, self._lifetimeExceeded)
+        refusal = self.guard.admit()
+        if refusal is not None:
+            self.transport.write(b"* BYE [UNAVAILABLE] " + refusal.encode("ascii") + b"\r\n")
+            self.transport.loseConnection()
+            return
+        # Implicit TLS: back-pressure once the handshake is done (handshakeCompleted).
+        self.guard.start(handshakePending=_isTLS(self.transport))
         super().connectionMade()
 
-    def _startBackPressure(self) -> None:
-        """
-        Register as the transport's producer: it pauses us (we stop reading)
-        while a client does not read what we write, where Twisted would
-        buffer without bound. Not during a TLS handshake: the TLS layer
-        pauses its producer while the handshake holds our greeting back,
-        and would then stop reading the handshake itself.
-        """
-        if not self._producing and self.state == "unauth" and not self._lost:
-            self.transport.registerProducer(self, True)
-            self._producing = True
+    @property
+    def _lost(self) -> bool:
+        return self.guard.lost
 
     def handshakeCompleted(self) -> None:
         """C{IHandshakeListener}: the implicit-TLS handshake is done."""
-        self._startBackPressure()
+        self.guard.startBackPressure()
 
-    def _lifetimeExceeded(self) -> None:
-        self._lifetime = None
+    def preLoginExpired(self) -> None:
+        """The guard's pre-login time limit ran out."""
         self._bye(b"Pre-login time limit exceeded.")
+
+    def holdLines(self, hold: bool) -> None:
+        """For the guard: stop running received lines, or run what waited."""
+        if self.paused != hold:
+            self.paused = hold
+            if not hold:
+                self.dataReceived(b"")
 
     def _bye(self, text: bytes) -> None:
         """Say goodbye (RFC 3501 §7.1.5) and close; nothing more is read."""
@@ -210,63 +174,27 @@ class ReferralIMAP4Server(IMAP4Server):
         self._close()
 
     def _close(self) -> None:
-        """
-        Close after what was written, reading nothing more. The producer goes
-        first: Twisted's TLS layer does not shut down while one is registered,
-        so the connection would stay open and keep being served.
-        """
-        self._closing = True
+        """Close after what was written, reading nothing more."""
         self.blocked = None
         self.clearLineBuffer()
-        self._stopBackPressure()
+        self.guard.close()
         self.transport.loseConnection()
 
     def timeoutConnection(self) -> None:
         """The idle timer: Twisted's words, our way of closing."""
         self._bye(b"Autologout; connection idle too long")
 
-    def _stopBackPressure(self) -> None:
-        if self._producing:
-            # Twisted's FETCH registers its own producer on the transport.
-            self.transport.unregisterProducer()
-            self._producing = False
-            self._outputPaused = False
-            self._applyFlow()
-
-    def _leavePreauth(self) -> None:
-        """Logged in: the pre-login time limit and back-pressure end."""
-        if self._lifetime is not None and self._lifetime.active():
-            self._lifetime.cancel()
-        self._lifetime = None
-        self._stopBackPressure()
-
-    def _literalSizeValid(self, line: bytes) -> bool:
-        """
-        A line ending in C{{...}} announces a literal. Twisted reads the size
-        with C{int()}, so C{{-5}} or C{{ 4}} would swallow the next command;
-        only C{{digits}} passes (RFC 3501 §9: number = 1*DIGIT).
-        """
-        if not line.endswith(b"}"):
-            return True
-        start = line.rfind(b"{")
-        if start < 0 or _LITERAL.fullmatch(line[start:]):
-            return True
-        self.sendBadResponse(line.split(b" ", 1)[0] or None, b"Invalid literal size.")
-        return False
-
     def lineLengthExceeded(self, line: bytes) -> None:
         self._bye(b"Too long argument.")
 
     def sendBadResponse(self, tag: bytes | None = None, message: bytes = b"") -> None:
         """Every pre-login BAD counts; Dovecot's budget is 10."""
-        super().sendBadResponse(tag, _withoutInternals(message))
-        if self.state == "unauth" and not self._lost:
-            self._badCommands += 1
-            if self._badCommands >= self.policy.maxBadCommands:
-                self._bye(b"Too many invalid IMAP commands.")
+        super().sendBadResponse(tag, withoutInternals(message))
+        if self.guard.badCommand():
+            self._bye(b"Too many invalid IMAP commands.")
 
     def sendNegativeResponse(self, tag: bytes | None = None, message: bytes = b"") -> None:
-        super().sendNegativeResponse(tag, _withoutInternals(message))
+        super().sendNegativeResponse(tag, withoutInternals(message))
 
     def lookupCommand(self, cmd: bytes) -> Any:
         """Command names are ASCII words; Twisted's lookup fails on others."""
@@ -291,10 +219,9 @@ class ReferralIMAP4Server(IMAP4Server):
             return caps
         if self._canStartTLS():
             caps[b"STARTTLS"] = None
-        mechanisms = self.policy.mechanisms
         if not self._plaintextAllowed():
             caps[b"LOGINDISABLED"] = None
-            mechanisms = tuple(m for m in mechanisms if m not in _PLAINTEXT_MECHANISMS)
+        mechanisms = self.guard.offeredMechanisms(self.policy.mechanisms, self._secured())
         caps[b"AUTH"] = [m.encode("ascii") for m in mechanisms]
         return caps
 
@@ -305,17 +232,7 @@ class ReferralIMAP4Server(IMAP4Server):
         return bool(self.ctx and self.canStartTLS and not self._secured())
 
     def _plaintextAllowed(self) -> bool:
-        """Dovecot's C{disable_plaintext_auth}: TLS, a trusted network, or C{always}."""
-        if self.policy.plaintextAuth == "always" or self._secured():
-            return True
-        return self._fromTrustedNetwork()
-
-    def _fromTrustedNetwork(self) -> bool:
-        """Whether the peer (behind HAProxy, the PROXY header's) is in C{--trusted-networks}."""
-        if self._fromTrusted is None:
-            peer = getattr(self.transport.getPeer(), "host", None)
-            self._fromTrusted = self.policy.trustedNetworks.contains(peer)
-        return self._fromTrusted
+        return self.guard.plaintextAllowed(self._secured())
 
     def do_STARTTLS(self, tag: bytes) -> None:
         """
@@ -337,31 +254,8 @@ class ReferralIMAP4Server(IMAP4Server):
     unauth_STARTTLS = (do_STARTTLS,)
 
     def _context(self, mechanism: str) -> LoginContext:
-        """
-        Where this login comes from. Read once per connection (C{getHost}
-        is a system call) and after PROXY-protocol parsing, which happens
-        before we are connected.
-        """
-        a = self._readAddresses()
-        return LoginContext(
-            a.remoteIP,
-            a.remotePort,
-            a.localIP,
-            a.localPort,
-            mechanism,
-            self._secured(),
-            socketPath=a.socketPath,
-        )
-
-    def _readAddresses(self) -> LoginContext:
-        if self._addresses is None:
-            self._addresses = LoginContext.fromTransport(self.transport, "")
-        return self._addresses
-
-    def _where(self) -> tuple[str, str]:
-        """The client's and our address as the log writes them."""
-        addresses = self._readAddresses()
-        return remoteText(addresses), localText(addresses)
+        """Where this login comes from, and how (L{PreLoginGuard.loginContext})."""
+        return self.guard.loginContext(mechanism, self._secured())
 
     # ID (RFC 2971)
 
@@ -373,18 +267,11 @@ class ReferralIMAP4Server(IMAP4Server):
             self.sendBadResponse(tag, b"Invalid ID parameters.")
             return
         if fields:
-            remote, local = self._where()
-            text = formatIDForLog(fields)
-            _log.info(
-                "{summary}",
-                summary=f"client ID remote={remote} local={local}: {text}",
-                remote=remote,
-                fields=text,
-            )
-        if not self._idSeen and self.state == "unauth" and self._fromTrustedNetwork():
+            logClientID(*self.guard.where(), fields)
+        if not self._idSeen and self.state == "unauth" and self.guard.fromTrustedNetwork():
             acceptForwardedID(self, fields)
         self._idSeen = True
-        if self._closing:
+        if self.guard.closing:
             return
         self.sendUntaggedResponse(formatID(self.policy.idFields))
         self.sendPositiveResponse(tag, b"ID completed.")
@@ -397,17 +284,16 @@ class ReferralIMAP4Server(IMAP4Server):
 
     def do_LOGIN(self, tag: bytes, user: bytes, passwd: bytes) -> None:
         if not self._plaintextAllowed():
-            self._refusePlaintext(tag, "PLAIN")
+            self._refuse(tag, PrivacyRequired(), "PLAIN")
             return
         self._login(tag, PasswordCredentials(user, passwd, self._context("PLAIN")), "PLAIN")
 
-    def _refusePlaintext(self, tag: bytes, mechanism: str) -> None:
-        """RFC 3501 §6.2.3 wants NO here (Twisted says BAD); no password is checked."""
-        logRefusal(
-            self._readAddresses(), mechanism, "plaintext authentication refused without TLS"
-        )
-        self.sendNegativeResponse(tag, PRIVACY_REQUIRED)
-        self._countAuthFailure()
+    def _refuse(
+        self, tag: bytes, outcome: PrivacyRequired | AuthorizationRefused, mechanism: str
+    ) -> None:
+        """A login refused before any check: logged and answered."""
+        logRefusal(self.guard.addresses(), mechanism, outcome)
+        self._reply(tag, outcome, mechanism)
 
     def arg_loginUser(self, line: bytes | None) -> object:
         """C{arg_astring}, but a missing argument is a plain syntax error."""
@@ -423,10 +309,10 @@ class ReferralIMAP4Server(IMAP4Server):
         """
         stripped = (line or b"").strip()
         if stripped.startswith(b'"'):
-            match = _QUOTED.match(stripped)
-            if match is None:
+            quoted = parseQuoted(stripped)
+            if quoted is None:
                 raise IllegalClientResponse("Unmatched quotes or bad escape")
-            return _UNESCAPE.sub(rb"\1", match.group(1)), stripped[match.end() :]
+            return quoted
         return IMAP4Server.arg_astring(self, line, final)
 
     unauth_LOGIN = (do_LOGIN, arg_loginUser, IMAP4Server.arg_finalastring)
@@ -442,70 +328,33 @@ class ReferralIMAP4Server(IMAP4Server):
         if name not in self.policy.mechanisms:
             self.sendNegativeResponse(tag, b"Unsupported authentication mechanism.")
             return
-        if name in _PLAINTEXT_MECHANISMS and not self._plaintextAllowed():
-            self._refusePlaintext(tag, name)
+        if self.guard.refusesPlaintext(name, self._secured()):
+            self._refuse(tag, PrivacyRequired(), name)
             return
-        mechanism = MECHANISMS[name](self._context(name), self.policy.hostname)
-        if len(args) == 1:
-            self._challenge(tag, mechanism, mechanism.initial())
-            return
-        if not mechanism.allowsInitialResponse:
-            self.sendBadResponse(tag, b"This mechanism does not take an initial response.")
-            return
-        data = self._decode(args[1], initial=True)
-        if data is None:
-            self.sendBadResponse(tag, b"Invalid base64 data in initial response.")
-            return
-        self._step(tag, mechanism, data)
+        exchange = SASLExchange(MECHANISMS[name](self._context(name), self.policy.hostname))
+        self._step(tag, exchange, exchange.begin(args[1] if len(args) == 2 else None))
 
     unauth_AUTHENTICATE = (do_AUTHENTICATE, IMAP4Server.arg_line)
 
-    @staticmethod
-    def _decode(data: bytes, initial: bool = False) -> bytes | None:
-        """Strict base64 (RFC 4648); C{=} is an empty initial response (RFC 4959)."""
-        if initial and data == b"=":
-            return b""
-        try:
-            return b64decode(data, validate=True)
-        except (binascii.Error, ValueError):
-            return None
-
-    def _challenge(self, tag: bytes, mechanism: SASLMechanism, challenge: Challenge) -> None:
-        self._sasl = (tag, mechanism)
-        self.parseState = "sasl"
-        self.sendLine(b"+ " + b64encode(challenge.data))
-
     def parse_sasl(self, line: bytes) -> None:
-        """A continuation line of AUTHENTICATE: base64, or C{*} to cancel."""
+        """A continuation line of AUTHENTICATE."""
         assert self._sasl is not None
-        tag, mechanism = self._sasl
+        tag, exchange = self._sasl
         self._sasl = None
         self.parseState = "command"
-        if line.strip() == b"*":
-            self.sendBadResponse(tag, b"Authentication aborted by client.")
-            return
-        data = self._decode(line.strip())
-        if data is None:
-            self.sendBadResponse(tag, b"Invalid base64 data in continued response.")
-            return
-        self._step(tag, mechanism, data)
+        self._step(tag, exchange, exchange.respond(line))
 
-    def _step(self, tag: bytes, mechanism: SASLMechanism, data: bytes) -> None:
-        try:
-            result = mechanism.step(data)
-        except SASLError as e:
-            self.sendBadResponse(tag, str(e).encode("ascii"))
-            return
-        except AuthorizationRefused as e:
-            logRefusal(
-                self._readAddresses(), mechanism.name, "authorization refused", e.user, e.authzid
-            )
-            self.sendNegativeResponse(tag, b"[AUTHORIZATIONFAILED] Authorization failed.")
-            return
-        if isinstance(result, Challenge):
-            self._challenge(tag, mechanism, result)
+    def _step(self, tag: bytes, exchange: SASLExchange, step: SASLStep) -> None:
+        if isinstance(step, SASLFailed):
+            self.sendBadResponse(tag, step.text.encode("ascii"))
+        elif isinstance(step, AuthorizationRefused):
+            self._refuse(tag, step, exchange.mechanism.name)
+        elif isinstance(step, Challenge):
+            self._sasl = (tag, exchange)
+            self.parseState = "sasl"
+            self.sendLine(b"+ " + b64encode(step.data))
         else:
-            self._login(tag, result, mechanism.name)
+            self._login(tag, step, exchange.mechanism.name)
 
     # The shared login path
 
@@ -514,23 +363,26 @@ class ReferralIMAP4Server(IMAP4Server):
         Run one login. Input pipelined behind it stays unread until its reply
         is out (we stop reading; literals and STARTTLS then work as usual).
         """
-        self._holdInput()
+        self.guard.holdInput()
         d = self.attempts.attempt(credentials, credentials.username.decode("utf-8", "replace"))  # type: ignore[attr-defined]
         self._pendingLogin = d
         d.addCallback(self._loginDone, tag, mechanism, credentials)
         d.addErrback(self._loginError, tag)
         d.addBoth(self._loginFinished)
 
+    def _auth(self, mechanism: str) -> str:
+        """What a referral URL's C{;AUTH=} says: the mechanism, or C{*}."""
+        return "*" if self.policy.referralAuth == "*" else mechanism
+
     def _loginDone(
         self, outcome: Outcome, tag: bytes, mechanism: str, credentials: object = None
     ) -> None:
-        auth = "*" if self.policy.referralAuth == "*" else mechanism
         local = self.policy.localBackend
         if isinstance(outcome, LoggedIn) and local is not None and self.connector is not None:
             outcome = localBackendLogin(local, outcome, credentials)
         if isinstance(outcome, ProxyLogin) and self.connector is not None:
             if not self._lost:
-                self._proxy = ProxiedLogin(self, tag, outcome, auth)
+                self._proxy = ProxiedLogin(self, tag, outcome, self._auth(mechanism))
                 self._proxy.start(self.connector, forwardedClient(self, self.proxyTTL))
             return
         if isinstance(outcome, LoggedIn):
@@ -541,11 +393,18 @@ class ReferralIMAP4Server(IMAP4Server):
             self._onLogout = outcome.logout
             self.state = "auth"
             self.setTimeout(self.POSTAUTH_TIMEOUT)
-            self._leavePreauth()
-        status, text = renderOutcome(outcome, auth, self._capabilityList)
+            self.guard.leave()
+        self._reply(tag, outcome, mechanism)
+
+    def _reply(self, tag: bytes, outcome: Outcome, mechanism: str) -> None:
+        """
+        The tagged reply to a login: the one place login results become
+        bytes; then goodbye if it spent the failed-authentication budget.
+        """
+        status, text = renderOutcome(outcome, self._auth(mechanism), self._capabilityList)
         self._respond(status, tag, text)
-        if isinstance(outcome, Reject | Disable):
-            self._countAuthFailure()
+        if self.guard.loginFailed(outcome):
+            self._bye(_TOO_MANY_FAILURES)
 
     # Proxying (imapreferral.imap.proxying)
 
@@ -553,27 +412,22 @@ class ReferralIMAP4Server(IMAP4Server):
         """The backend took the login: no pre-login timers, only relaying from now."""
         self.setTimeout(None)
         self.state = "proxied"
-        self._leavePreauth()
+        self.guard.leave()
 
-    def readmit(self, remoteIP: str) -> None:
+    def clientForwarded(self, addresses: LoginContext) -> None:
         """
-        A trusted proxy named the real client: count the connection against
-        that address's limit instead of the proxy's.
+        A trusted proxy named the real client (its C{ID}): it counts from
+        now on, against its own address's limit.
         """
-        if self._admitted and self.limiter is not None:
-            self.limiter.release(self._admittedFrom)
-            self._admitted = False
-            refusal = self.limiter.admit(remoteIP)
-            if refusal is not None:
-                self._bye(b"[UNAVAILABLE] " + refusal.encode("ascii"))
-                return
-            self._admittedFrom, self._admitted = remoteIP, True
+        refusal = self.guard.forwardedFrom(addresses)
+        if refusal is not None:
+            self._bye(b"[UNAVAILABLE] " + refusal.encode("ascii"))
 
     def proxyFailed(self, authFailed: bool) -> None:
         """The backend login failed and the client was told: read on."""
         self._proxy = None
-        if authFailed:
-            self._countAuthFailure()
+        if authFailed and self.guard.authFailed():
+            self._bye(_TOO_MANY_FAILURES)
         self._loginFinished(None)
 
     def do_CAPABILITY(self, tag: bytes) -> None:
@@ -583,11 +437,6 @@ class ReferralIMAP4Server(IMAP4Server):
 
     unauth_CAPABILITY = (do_CAPABILITY,)
 
-    def _countAuthFailure(self) -> None:
-        self._authFailures += 1
-        if self._authFailures >= self.policy.maxAuthFailures:
-            self._bye(b"Too many authentication failures.")
-
     def _capabilityList(self) -> bytes:
         return b" ".join(self.listCapabilities())
 
@@ -595,58 +444,20 @@ class ReferralIMAP4Server(IMAP4Server):
         if failure.check(CancelledError) or self._lost:
             return
         _log.failure("login failed unexpectedly", failure)
-        self.sendNegativeResponse(tag, UNAVAILABLE)
+        self._reply(tag, Unavailable("unexpected error"), "")
 
     def _loginFinished(self, _: object) -> None:
         self._pendingLogin = None
         if self._proxy is not None:
             return  # input stays held until the backend answers
-        self._waitingForLogin = self._heldTooMuch = False
-        if not self._lost:
-            self._applyFlow()
-
-    # Flow control. Lines are not processed while a login is pending (they
-    # wait in LineReceiver's buffer, so literals and STARTTLS work as usual
-    # afterwards) nor while the client does not read our output (the
-    # transport calls pauseProducing/resumeProducing, we are its producer).
-    # We stop reading the socket when output backs up, or when more than
-    # _MAX_HELD bytes wait behind a login; otherwise we keep reading, so a
-    # client that hangs up is noticed at once.
-
-    def _holdInput(self) -> None:
-        self._waitingForLogin = True
-        self._applyFlow()
-
-    def pauseProducing(self) -> None:
-        self._outputPaused = True
-        self._applyFlow()
-
-    def resumeProducing(self) -> None:
-        self._outputPaused = False
-        self._applyFlow()
+        self.guard.loginFinished()
 
     def dataReceived(self, data: bytes) -> None:
         if self._proxy is not None and self._proxy.relay is not None:
             self._proxy.dataReceived(data)
             return
         super().dataReceived(data)
-        if self._waitingForLogin and len(self._buffer) > _MAX_HELD and not self._heldTooMuch:
-            self._heldTooMuch = True
-            self._applyFlow()
-
-    def _applyFlow(self) -> None:
-        readPaused = self._outputPaused or self._heldTooMuch
-        if readPaused != self._readPaused and not self._lost:
-            self._readPaused = readPaused
-            if readPaused:
-                self.transport.pauseProducing()
-            else:
-                self.transport.resumeProducing()
-        hold = self._outputPaused or self._waitingForLogin or self._closing
-        if self.paused != hold:
-            self.paused = hold
-            if not hold:
-                self.dataReceived(b"")  # run what waited
+        self.guard.received(len(self._buffer))
 
     # Errors
 
@@ -659,7 +470,7 @@ class ReferralIMAP4Server(IMAP4Server):
         As Twisted's, but an unexpected error is logged with its traceback
         and the client gets a fixed text, not the exception's.
         """
-        if self._closing:
+        if self.guard.closing:
             return
         if line.endswith(b"\r"):
             line = line[:-1]
@@ -669,11 +480,13 @@ class ReferralIMAP4Server(IMAP4Server):
         self.resetTimeout()
         if self.parseState == "command":
             tag = line.split(b" ", 1)[0]
-            if tag and not _TAG.fullmatch(tag):
+            if tag and not validTag(tag):
                 # Echoing it would put controls, "*" or "+" where a tag goes.
                 self.sendBadResponse(None, b"Invalid tag.")
                 return
-            if not self._literalSizeValid(line):
+            if not literalSizeValid(line):
+                # RFC 3501 §9: number = 1*DIGIT; Twisted's int() takes more.
+                self.sendBadResponse(tag or None, b"Invalid literal size.")
                 return
         try:
             getattr(self, "parse_" + self.parseState)(line)
@@ -694,14 +507,9 @@ class ReferralIMAP4Server(IMAP4Server):
     logout_LOGOUT = unauth_LOGOUT
 
     def connectionLost(self, reason: Failure) -> None:
-        self._lost = True
+        self.guard.connectionLost()
         if self._proxy is not None:
             self._proxy.connectionLost(reason)
         if self._pendingLogin is not None:
             self._pendingLogin.cancel()
-        if self._lifetime is not None and self._lifetime.active():
-            self._lifetime.cancel()
-        if self._admitted and self.limiter is not None:
-            self.limiter.release(self._admittedFrom)
-            self._admitted = False
         super().connectionLost(reason)

@@ -20,9 +20,11 @@ from collections.abc import Callable
 from twisted.logger import Logger
 
 from imapreferral.login.outcome import (
+    AuthorizationRefused,
     Disable,
     LoggedIn,
     Outcome,
+    PrivacyRequired,
     ProxyLogin,
     Refer,
     Referral,
@@ -56,6 +58,10 @@ def describeOutcome(outcome: Outcome) -> str:
         return "authentication failed"
     if isinstance(outcome, ProxyLogin):
         return "proxying"
+    if isinstance(outcome, PrivacyRequired):
+        return "plaintext authentication refused without TLS"
+    if isinstance(outcome, AuthorizationRefused):
+        return "authorization refused"
     return "temporary failure"
 
 
@@ -145,19 +151,18 @@ def logAuthentication(
 
 
 def logRefusal(
-    context: object,
-    mechanism: str,
-    result: str,
-    user: str | None = None,
-    authzid: str | None = None,
+    context: object, mechanism: str, outcome: PrivacyRequired | AuthorizationRefused
 ) -> None:
     """
     A login refused before any password was checked (plaintext without
-    TLS, a PLAIN authorization identity), in the same form.
-
-    @param user: The name, if one was read (undecodable bytes as surrogates).
-    @param authzid: The identity the client asked to act as.
+    TLS, a PLAIN authorization identity), in the same form: the user name
+    if one was read (undecodable bytes as surrogates) and the identity the
+    client asked to act as.
     """
+    result = describeOutcome(outcome)
+    user = authzid = None
+    if isinstance(outcome, AuthorizationRefused):
+        user, authzid = outcome.user, outcome.authzid
     remote = remoteText(context)
     summary = loginSummary(remote, localText(context), mechanism, result, user)
     if authzid is not None:

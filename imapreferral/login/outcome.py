@@ -4,8 +4,9 @@ Immutable values for what a login comes to.
 L{decide} returns one of L{Accept}, L{Refer}, L{Disable}, L{Reject},
 L{Unavailable}, L{Proxy}; the login attempt turns an accepted login into
 L{LoggedIn}, which carries the avatar, and a proxy decision into
-L{ProxyLogin}, which carries the backend destination. Protocol layers render these and
-nothing else.
+L{ProxyLogin}, which carries the backend destination. A login refused
+before any check is L{PrivacyRequired} or L{AuthorizationRefused}.
+Protocol layers render these and nothing else.
 """
 
 from __future__ import annotations
@@ -191,5 +192,38 @@ class ProxyLogin:
     referral: Referral | None = None
 
 
+@attrs.frozen
+class PrivacyRequired:
+    """
+    A plaintext mechanism on a connection that is neither TLS nor from a
+    trusted network (Dovecot's C{disable_plaintext_auth}): refused before
+    any password is checked.
+    """
+
+
+@attrs.frozen
+class AuthorizationRefused:
+    """
+    SASL PLAIN asked to act as another user (an authzid other than the
+    authcid). We have no master users, so this is refused without checking
+    anything.
+
+    @ivar user: The authentication identity (non-UTF-8 bytes as surrogates).
+    @ivar authzid: The identity it asked to act as.
+    """
+
+    user: str
+    authzid: str
+
+
 Decision = Accept | Refer | Disable | Reject | Unavailable | Proxy
-Outcome = LoggedIn | Refer | Disable | Reject | Unavailable | ProxyLogin
+Outcome = (
+    LoggedIn
+    | Refer
+    | Disable
+    | Reject
+    | Unavailable
+    | ProxyLogin
+    | PrivacyRequired
+    | AuthorizationRefused
+)
