@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import time
+from base64 import b64encode
 
 import pytest
 import pytest_twisted
@@ -93,6 +94,24 @@ async def test_badCommandBudget(client):
     assert await client.command(b"x9 FROB") == [b"x9 BAD Unsupported command"]
     assert await client.line() == b"* BYE Too many invalid IMAP commands."
     assert await client.line() == b""
+
+
+@pytest_twisted.ensureDeferred
+async def test_authorizationRefusalsSpendTheAuthFailureBudget(passdb, clock):
+    """Asking to act as another user, over and over, ends like wrong passwords do."""
+    harness = await _serve(passdb, clock, failureDelay=0, maxAuthFailures=3)
+    client = await harness.connect()
+    ir = b64encode(b"admin\0plain\0pass")
+    try:
+        for tag in (b"a", b"b", b"c"):
+            assert await client.command(tag + b" AUTHENTICATE PLAIN " + ir) == [
+                tag + b" NO [AUTHORIZATIONFAILED] Authorization failed."
+            ]
+        assert await client.line() == b"* BYE Too many authentication failures."
+        assert await client.line() == b""
+    finally:
+        await client.close()
+        await harness.stop()
 
 
 @pytest_twisted.ensureDeferred

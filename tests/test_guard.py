@@ -103,7 +103,7 @@ def test_authFailureBudgetIsSpentOnTheLastAllowed():
         (Reject(), True),
         (Disable(), True),
         (PrivacyRequired(), True),
-        (AuthorizationRefused("alice", "bob"), False),
+        (AuthorizationRefused("alice", "bob"), True),
         (Refer(Referral("alice", "imap2.example.com")), False),
         (Unavailable("db down"), False),
     ],

@@ -25,7 +25,7 @@ from zope.interface import implementer
 from imapreferral.limits import ConnectionLimiter
 from imapreferral.login.context import LoginContext
 from imapreferral.login.logline import localText, remoteText
-from imapreferral.login.outcome import Disable, PrivacyRequired, Reject
+from imapreferral.login.outcome import AuthorizationRefused, Disable, PrivacyRequired, Reject
 from imapreferral.networks import NetworkList
 
 _log = Logger()
@@ -244,12 +244,15 @@ class PreLoginGuard:
     def loginFailed(self, outcome: object) -> bool:
         """
         Count an outcome that spends the failed-authentication budget: a
-        wrong password, a disabled account, plaintext refused (not a
-        referral, a temporary failure or an authzid refusal).
+        wrong password, a disabled account, plaintext refused, an authzid
+        refused (else a client could ask for another user's authorization
+        until the pre-login lifetime ends); not a referral or a temporary
+        failure.
 
         @return: C{True}: the budget is spent.
         """
-        return isinstance(outcome, Reject | Disable | PrivacyRequired) and self.authFailed()
+        counted = Reject | Disable | PrivacyRequired | AuthorizationRefused
+        return isinstance(outcome, counted) and self.authFailed()
 
     def authFailed(self) -> bool:
         """Count a failed authentication; C{True}: the budget is spent."""
