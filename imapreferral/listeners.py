@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import os
 import re
 import shlex
 import socket
@@ -54,6 +55,7 @@ class Listener:
     @ivar interface: The address bound (C{""}: every address).
     @ivar port: The port bound (0: any free one).
     @ivar local: A UNIX socket: reachable from this host only.
+    @ivar path: A UNIX socket's path, else L{None}.
     """
 
     option: str
@@ -64,6 +66,7 @@ class Listener:
     interface: str = ""
     port: int = 0
     local: bool = False
+    path: str | None = None
 
     @property
     def shown(self) -> str:
@@ -112,7 +115,7 @@ def parseListener(option: str, description: str, reactor: Any) -> Listener:
         raise ListenerError(f"{shown}: {_parserProblem(e)}") from None
     listener = Listener(option, description, endpoint, proxied)
     if isinstance(parsed, endpoints.UNIXServerEndpoint):
-        return attrs.evolve(listener, local=True)
+        return attrs.evolve(listener, local=True, path=parsed._address)
     port = getattr(parsed, "_port", None)
     if not isinstance(port, int):
         return listener  # systemd:, an endpoint plugin: nothing we can check
@@ -157,14 +160,19 @@ def probeListeners(listeners: Sequence[Listener]) -> None:
     Bind every TCP listener's address now, as Twisted will (with
     C{SO_REUSEADDR}, so a previous run's connections in TIME_WAIT do not
     count), and let go. The probes listen until all are made, so two
-    listeners on one port are caught too. Port 0 and endpoints we cannot
-    see into are left to Twisted.
+    listeners on one port are caught too. A UNIX socket whose path does not
+    exist yet is bound and removed again (a missing directory or a
+    permission is caught so); an existing path, port 0 and endpoints we
+    cannot see into are left to Twisted.
 
     @raise ListenerError: naming the first listener that cannot bind, and why.
     """
     held: list[socket.socket] = []
     try:
         for listener in listeners:
+            if listener.path is not None:
+                _probeUnix(listener)
+                continue
             if listener.family is None or listener.port == 0:
                 continue
             probe = socket.socket(listener.family, socket.SOCK_STREAM)
@@ -186,6 +194,22 @@ def probeListeners(listeners: Sequence[Listener]) -> None:
     finally:
         for probe in held:
             probe.close()
+
+
+def _probeUnix(listener: Listener) -> None:
+    """See L{probeListeners}: bind a UNIX socket at a free path, then remove it."""
+    path = listener.path
+    assert path is not None
+    if os.path.lexists(path):
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.bind(path)
+    except OSError as e:
+        raise ListenerError(f"{listener.shown}: {_reason(e)}") from None
+    finally:
+        probe.close()
+    os.unlink(path)
 
 
 class ListenerStartError(SystemExit, Exception):

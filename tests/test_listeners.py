@@ -101,6 +101,26 @@ def test_probeLeavesFreePortsFree():
         again.bind(("127.0.0.1", port))
 
 
+def test_probeFindsAUnixSocketInAMissingDirectory(tmp_path):
+    path = tmp_path / "missing" / "imap.sock"
+    with pytest.raises(ListenerError) as e:
+        probeListeners([listener(f"unix:{path}")])
+    assert str(e.value) == f"--listen unix:{path}: no such file or directory"
+
+
+def test_probeLeavesNoUnixSocketBehind(tmp_path):
+    path = tmp_path / "imap.sock"
+    probeListeners([listener(f"unix:{path}")])
+    assert not path.exists()
+
+
+def test_probeLeavesAnExistingUnixPathToTwisted(tmp_path):
+    path = tmp_path / "imap.sock"
+    path.write_text("")
+    probeListeners([listener(f"unix:{path}")])
+    assert path.read_text() == ""
+
+
 def test_listenerThatCannotBindStopsWithOneLine():
     """What L{probeListeners} cannot foresee (a race) is still one line, no traceback."""
     with socket.socket() as busy:

@@ -496,12 +496,7 @@ def test_workersShareTheListenerAndStopWithTheServer(tmp_path):
     assert not os.path.exists(f"/proc/{worker}"), "the worker outlived the server"
 
 
-def test_daemonisedTwistdReportsAListenerThatCannotBind(tmp_path):
-    """
-    Without C{-n} twistd daemonises before the listeners bind; the command
-    that started it must exit 1 naming the listener, not wait forever for a
-    child that is gone (a UNIX socket in a missing directory is not probed).
-    """
+def test_unixSocketInAMissingDirectoryIsOneLineOnStderrBeforeDaemonising(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent))
     done = subprocess.run(
         [*TWISTD, "--pidfile=", "--logfile", str(tmp_path / "log"), "imapreferral",
@@ -509,8 +504,28 @@ def test_daemonisedTwistdReportsAListenerThatCannotBind(tmp_path):
         cwd=str(tmp_path), env=env, capture_output=True, timeout=20,
     )  # fmt: skip
     assert done.returncode == 1
+    assert done.stderr.decode() == (
+        f"imapreferral: --listen unix:{tmp_path}/missing/imap.sock: no such file or directory\n"
+    )
+
+
+def test_daemonisedTwistdReportsAListenerThatCannotBind(tmp_path):
+    """
+    Without C{-n} twistd daemonises before the listeners bind; the command
+    that started it must exit 1 naming the listener, not wait forever for a
+    child that is gone (an existing path is left to Twisted by the probe, and
+    a regular file there fails the bind).
+    """
+    (tmp_path / "imap.sock").write_text("")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent))
+    done = subprocess.run(
+        [*TWISTD, "--pidfile=", "--logfile", str(tmp_path / "log"), "imapreferral",
+         "--listen", f"unix:{tmp_path}/imap.sock"],
+        cwd=str(tmp_path), env=env, capture_output=True, timeout=20,
+    )  # fmt: skip
+    assert done.returncode == 1
     assert "imapreferral: --listen unix:" in done.stderr.decode()  # twistd cuts it at 100 bytes
-    line = f"imapreferral: --listen unix:{tmp_path}/missing/imap.sock: no such file or directory"
+    line = f"imapreferral: --listen unix:{tmp_path}/imap.sock: "
     # The parent exits as soon as the child reports; the child's log line may come just after.
     deadline = time.monotonic() + 10
     while line not in (tmp_path / "log").read_text() and time.monotonic() < deadline:
