@@ -496,13 +496,18 @@ def test_workersShareTheListenerAndStopWithTheServer(tmp_path):
     assert not os.path.exists(f"/proc/{worker}"), "the worker outlived the server"
 
 
-def test_unixSocketInAMissingDirectoryIsOneLineOnStderrBeforeDaemonising(tmp_path):
+def _daemonisedTwistd(tmp_path: Path, listen: str) -> subprocess.CompletedProcess:
+    """Run twistd without C{-n} (it daemonises) on C{listen}; wait for the command."""
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent))
-    done = subprocess.run(
+    return subprocess.run(
         [*TWISTD, "--pidfile=", "--logfile", str(tmp_path / "log"), "imapreferral",
-         "--listen", f"unix:{tmp_path}/missing/imap.sock"],
+         "--listen", listen],
         cwd=str(tmp_path), env=env, capture_output=True, timeout=20,
     )  # fmt: skip
+
+
+def test_unixSocketInAMissingDirectoryIsOneLineOnStderrBeforeDaemonising(tmp_path):
+    done = _daemonisedTwistd(tmp_path, f"unix:{tmp_path}/missing/imap.sock")
     assert done.returncode == 1
     assert done.stderr.decode() == (
         f"imapreferral: --listen unix:{tmp_path}/missing/imap.sock: no such file or directory\n"
@@ -517,12 +522,7 @@ def test_daemonisedTwistdReportsAListenerThatCannotBind(tmp_path):
     a regular file there fails the bind).
     """
     (tmp_path / "imap.sock").write_text("")
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent))
-    done = subprocess.run(
-        [*TWISTD, "--pidfile=", "--logfile", str(tmp_path / "log"), "imapreferral",
-         "--listen", f"unix:{tmp_path}/imap.sock"],
-        cwd=str(tmp_path), env=env, capture_output=True, timeout=20,
-    )  # fmt: skip
+    done = _daemonisedTwistd(tmp_path, f"unix:{tmp_path}/imap.sock")
     assert done.returncode == 1
     assert "imapreferral: --listen unix:" in done.stderr.decode()  # twistd cuts it at 100 bytes
     line = f"imapreferral: --listen unix:{tmp_path}/imap.sock: "

@@ -55,6 +55,10 @@ def _failureBytes(failure: BackendFailure, tag: bytes) -> bytes:
     return b"".join(line + b"\r\n" for line in lines)
 
 
+#: A relayed refusal's log cause is the backend's own line, made printable.
+_CAUSE_FROM_RESPONSE = attrs.Factory(lambda self: logText(self.response), takes_self=True)
+
+
 @attrs.frozen
 class BackendUnavailable:
     """
@@ -108,9 +112,7 @@ class BackendTempFail:
     """The backend said C{NO [UNAVAILABLE] text}: retried, then relayed."""
 
     response: bytes
-    cause: str = attrs.field(
-        default=attrs.Factory(lambda self: logText(self.response), takes_self=True)
-    )
+    cause: str = attrs.field(default=_CAUSE_FROM_RESPONSE)
     untagged: tuple[bytes, ...] = ()
     state = LOGIN
     retryable = True
@@ -122,9 +124,7 @@ class BackendRefused:
     """The backend said C{NO [CODE] text} (LIMIT, EXPIRED, ...): relayed."""
 
     response: bytes
-    cause: str = attrs.field(
-        default=attrs.Factory(lambda self: logText(self.response), takes_self=True)
-    )
+    cause: str = attrs.field(default=_CAUSE_FROM_RESPONSE)
     untagged: tuple[bytes, ...] = ()
     state = LOGIN
     retryable = False
