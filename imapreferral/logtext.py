@@ -109,3 +109,14 @@ def literalFormat(text: str) -> str:
     if "{" in text or "}" in text:
         return text.replace("{", "{{").replace("}", "}}")
     return text
+
+
+def sessionSystem(namespace: str, level: str, session: str | None) -> str | None:
+    """
+    The C{log_system} of a line that belongs to a session: Twisted's usual
+    C{namespace#level} and the session id, so that text logs show
+    C{[imapreferral.login.logline#info HDvZg1ZqNBo8]} and every line of one
+    connection can be found by its id; L{None} (Twisted's default) when the
+    line has no session.
+    """
+    return None if session is None else f"{namespace}#{level} {session}"

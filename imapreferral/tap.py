@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
-from imapreferral import __version__, descriptors, workers
+from imapreferral import __version__, descriptors, jsonlog, workers
 from imapreferral.haproxy import proxyProtocolFactory
 from imapreferral.imap.account import ReferralRealm
 from imapreferral.imap.factory import REFERRAL_AUTH_CHOICES, ReferralServerFactory
@@ -129,6 +129,9 @@ class Options(usage.Options):
          "Networks that may log in without TLS and are exempt from per-IP limits (CIDR list)."],
         ["plaintext-auth", None, "secure",
          "'secure': plaintext logins only over TLS or from trusted networks; 'always'."],
+        ["log-format", None, "text",
+         "'text' (twistd's lines) or 'json' (one object per line, fixed keys), "
+         "written where twistd writes its log (--logfile)."],
         ["greeting-referral", None, None,
          "Answer every connection with * BYE [REFERRAL URL] and close (RFC 2221 4.2)."],
         ["greeting-referral-reason", None, ServerPolicy.__attrs_attrs__.greetingReferralReason.default,
@@ -235,6 +238,15 @@ class Options(usage.Options):
         """
         self["passdb"].append(description)
 
+    def _checkLogFormat(self) -> None:
+        if self["log-format"] not in ("text", "json"):
+            raise usage.UsageError(
+                f"{_shown('log-format', self['log-format'])}: use 'text' or 'json'"
+            )
+        parent = getattr(self, "parent", None)
+        if self["log-format"] == "json" and parent is not None and parent.get("syslog"):
+            raise usage.UsageError("--log-format json writes to a file or stdout, not --syslog")
+
     def postOptions(self) -> None:
         if self["referral-auth"] not in REFERRAL_AUTH_CHOICES:
             raise usage.UsageError(
@@ -244,6 +256,7 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"{_shown('plaintext-auth', self['plaintext-auth'])}: use 'secure' or 'always'"
             )
+        self._checkLogFormat()
         if self["greeting-referral"] is not None:
             try:
                 validateServerURL(self["greeting-referral"])
@@ -361,11 +374,31 @@ class ReferralService(MultiService):
         descriptors this process may open cannot hold them.
     """
 
-    def __init__(self, description: str, limiter: ConnectionLimiter, factory: Any = None) -> None:
+    def __init__(
+        self,
+        description: str,
+        limiter: ConnectionLimiter,
+        factory: Any = None,
+        jsonLogTo: Any = None,
+    ) -> None:
+        """
+        @param jsonLogTo: twistd's options, when the log is to be JSON lines
+            (L{imapreferral.jsonlog.installIn}), else L{None}.
+        """
         super().__init__()
         self.description = description
         self.limiter = limiter
         self.factory = factory
+        self.jsonLogTo = jsonLogTo
+
+    def setServiceParent(self, parent: Any) -> Any:
+        """
+        twistd makes the application, makes this its service, and only then
+        chooses its log observer: the moment to offer ours.
+        """
+        if self.jsonLogTo is not None and hasattr(parent, "setComponent"):
+            jsonlog.installIn(parent, self.jsonLogTo)
+        return super().setServiceParent(parent)
 
     def privilegedStartService(self) -> None:
         descriptors.fitConnectionLimit(self.limiter)
@@ -458,6 +491,9 @@ def makeService(config: Any) -> IService:
         f"{', '.join(listeners)} with passdbs " + ", ".join(repr(p) for p in config["passdb"]),
         factory.limiter,
         factory,
+        jsonLogTo=(getattr(config, "parent", None) or {})
+        if config["log-format"] == "json"
+        else None,
     )
     verifier.setServiceParent(service)
     for passdb in config["passdb"]:

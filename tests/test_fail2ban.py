@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from hostile import HOSTILE_NAMES
+from lineclient import LineClient
 from twisted.logger import formatEvent
 
 from imapreferral.login.context import LoginContext
@@ -90,36 +91,12 @@ def hostsInPython(log: str) -> list[str]:
     return hosts
 
 
-class _Client:
-    """A blocking IMAP client from a chosen loopback address."""
-
-    def __init__(self, port: int, source: str) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), 10, (source, 0))
-        self.file = self.sock.makefile("rb")
-        self.greeting = self.line()
-
-    def line(self) -> bytes:
-        return self.file.readline()
-
-    def command(self, data: bytes) -> bytes:
-        self.sock.sendall(data + b"\r\n")
-        return self.line()
-
-    def login(self, tag: bytes, name: bytes, password: bytes) -> bytes:
-        assert self.command(tag + b" LOGIN {%d}" % len(name)).startswith(b"+ ")
-        return self.command(name + b" " + password)
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
-
-
 FAILED = b" NO [AUTHENTICATIONFAILED] Authentication failed.\r\n"
 
 
 def _talk(port: int) -> int:
     """The clients' side; returns how many authentications failed."""
-    client = _Client(port, CLIENT)
+    client = LineClient(port, CLIENT)
     failures = 0
     for i, name in enumerate(HOSTILE_NAMES.values()):
         tag = b"h%d" % i
@@ -138,9 +115,9 @@ def _talk(port: int) -> int:
     assert client.line() == b"i OK ID completed.\r\n"
     assert client.command(b"z LOGIN alice secret").startswith(b"z OK ")
     client.close()
-    other = _Client(port, OTHER)
+    other = LineClient(port, OTHER)
     assert b"[PRIVACYREQUIRED]" in other.command(b'a LOGIN "remote=6.6.6.6" pw')
-    refused = _Client(port, OTHER)  # over --max-connections-per-ip
+    refused = LineClient(port, OTHER)  # over --max-connections-per-ip
     assert refused.greeting.startswith(b"* BYE [UNAVAILABLE] ")
     refused.close()
     other.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
@@ -163,14 +164,30 @@ def test_aForwardedClientCountsInsteadOfItsProxy():
     limiter = ConnectionLimiter(0, 1, NetworkList())
     proxied = makeGuard(limiter=limiter)
     proxied.admit()
+    session = proxied.addresses().session
     named = LoginContext("198.51.100.9", 5000, "192.0.2.1", 143)
     assert proxied.forwardedFrom(named) is None
-    assert proxied.addresses() == named
+    assert proxied.addresses() == attrs.evolve(named, session=session)
     assert proxied.where() == ("198.51.100.9", "192.0.2.1:143")
     assert proxied.loginContext("PLAIN", True) == LoginContext(
-        "198.51.100.9", 5000, "192.0.2.1", 143, "PLAIN", True
+        "198.51.100.9", 5000, "192.0.2.1", 143, "PLAIN", True, session=session
     )
     assert makeGuard(limiter=limiter).admit() is None  # the proxy's place is free
+
+
+def test_aConnectionHasOneSessionIDForAllItsLogins():
+    guard = makeGuard()
+    session = guard.addresses().session
+    assert session is not None and len(session) == 12
+    assert guard.loginContext("PLAIN", False).session == session
+    assert guard.loginContext("CRAM-MD5", True).session == session
+    assert makeGuard().addresses().session != session
+
+
+def test_aForwardedSessionIDReplacesOurs():
+    guard = makeGuard()
+    guard.forwardedFrom(LoginContext("198.51.100.9", session="front-session-1"))
+    assert guard.loginContext("PLAIN", False).session == "front-session-1"
 
 
 def test_aForwardedClientOverItsLimitIsRefused():

@@ -84,7 +84,7 @@ async def test_twoFrontsProxyingToEachOtherStopAtTheTTL(clock):
         await client.close()
     for front in fronts:
         await front.stop()
-    causes = [e.get("cause") for e in events if e.get("event") == "failed"]
+    causes = [e.get("cause") for e in events if e.get("event") == "proxy failed"]
     assert "looping" in causes[0]
     assert len(causes) == 7  # one per hop: Dovecot's TTL of 7
 

@@ -366,3 +366,30 @@ async def test_clientAddressFromATrustedProxyReachesDovecotsLog(client, dovecot)
             break
         await task.deferLater(reactor, 0.01, lambda: None)
     assert lines and "user=<bob>" in lines[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_sessionIDOfOurLogIsTheOneDovecotLogs(client, dovecot, logged):
+    """One id joins the front's lines and the backend's (ID x-session-id)."""
+    assert isBackendOK((await client.command(b"a LOGIN bob secret2"))[-1])
+    (login,) = [e for e in logged if e.get("event") == "login"]
+    (started,) = [e for e in logged if e.get("event") == "proxy started"]
+    session = login["session"]
+    assert started["session"] == session
+    assert login["log_system"].endswith(" " + session)
+    for _ in range(200):
+        lines = [line for line in dovecot.log().splitlines() if f"session=<{session}>" in line]
+        if lines:
+            break
+        await task.deferLater(reactor, 0.01, lambda: None)
+    assert lines and "user=<bob>" in lines[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_sessionIDFromATrustedProxyIsKept(client, logged):
+    """A front before us sent its session id: our lines carry it, as Dovecot's do."""
+    forward = b'x ID ("x-originating-ip" "192.0.2.78" "x-session-id" "frontSession01")'
+    assert (await client.command(forward))[-1] == b"x OK ID completed."
+    assert isBackendOK((await client.command(b"a LOGIN bob secret2"))[-1])
+    (login,) = [e for e in logged if e.get("event") == "login"]
+    assert (login["session"], login["remote"]) == ("frontSession01", "192.0.2.78")

@@ -252,7 +252,7 @@ async def test_failureIsOneLogLineWithUserBackendStateAndCause(
     _, port = await backends(LOGIN=b"TAG NO [LIMIT] x")
     server.route("alice", f"proxy host=127.0.0.1 port={port}")
     await reply(clock, client, b"a LOGIN alice secret\r\n")
-    failed = [e for e in logged if e.get("event") == "failed"]
+    failed = [e for e in logged if e.get("event") == "proxy failed"]
     assert [(e["user"], e["backend"], e["state"], e["cause"]) for e in failed] == [
         ("alice", f"127.0.0.1:{port}", "login", f"NO [LIMIT] x (127.0.0.1:{port})")
     ]
@@ -318,7 +318,7 @@ async def test_proxyLineKeepsTheRealAddressFirstAndQuotesWhatOthersChose(
     forged = 'evil" remote=6.6.6.6 x="'
     server.route(forged, f"proxy host=127.0.0.1 port={port}")
     await reply(clock, client, b'a LOGIN "evil\\" remote=6.6.6.6 x=\\"" secret\r\n')
-    (line,) = [formatEvent(e) for e in logged if e.get("event") == "failed"]
+    (line,) = [formatEvent(e) for e in logged if e.get("event") == "proxy failed"]
     assert line.startswith(f"proxy failed: remote=127.0.0.1 backend=127.0.0.1:{port} ")
     assert line.count("remote=") == 3 and line.index("remote=127.0.0.1") < line.index('user="')
     assert 'user="evil\\" remote=6.6.6.6 x=\\""' in line

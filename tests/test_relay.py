@@ -119,12 +119,16 @@ async def test_20MBEachWaySameSHA256():
         await pair.tearDown()
 
 
-async def _stalled(pair, source) -> None:
-    """Wait (bounded) until the relay reads nothing more from C{source}."""
+async def _stalled(pair, source, transport) -> None:
+    """
+    Wait (bounded) until the relay has stopped reading C{source}: its
+    C{transport} is no longer read and nothing more arrived (a quiet 10 ms
+    alone is not enough on a busy machine).
+    """
     last = -1
     for _ in range(500):
         await task.deferLater(reactor, 0.01, lambda: None)
-        if source.received == last:
+        if source.received == last and transport not in reactor.getReaders():
             return
         last = source.received
     raise AssertionError("the relay kept reading")
@@ -145,7 +149,7 @@ async def test_sideThatNeverReadsStopsReadingTheOther(stuck):
         reader.transport.pauseProducing()
         payload = os.urandom(20 * MB)
         writer.transport.write(payload)
-        await _stalled(pair, sourceEnd)
+        await _stalled(pair, sourceEnd, sourceTransport)
         held = len(sinkTransport.dataBuffer) + sinkTransport._tempDataLen
         assert held <= 256 * 1024
         assert sourceEnd.received < 8 * MB  # most of it waits in the writer
@@ -192,7 +196,7 @@ async def test_pausedSurvivorClosesOnceDrained():
     pair.client.transport.pauseProducing()
     payload = os.urandom(4 * MB)
     pair.backend.transport.write(payload)
-    await _stalled(pair, pair.relay.backend)
+    await _stalled(pair, pair.relay.backend, pair.frontBackend.transport)
     pair.backend.transport.loseConnection()
     await pair.backend.lost
     pair.client.transport.resumeProducing()
@@ -216,7 +220,7 @@ async def test_closeWhileProducerPausedFinishesOnceDrained():
     pair.client.keep = False
     pair.client.transport.pauseProducing()
     pair.backend.transport.write(os.urandom(4 * MB))
-    await _stalled(pair, pair.relay.backend)
+    await _stalled(pair, pair.relay.backend, pair.frontBackend.transport)
     assert pair.frontClient.transport.producerPaused
     pair.relay.close()
     await within(1, pair.backend.lost)
@@ -235,7 +239,7 @@ async def test_closeFlushesThenAbortsASideThatNeverDrains():
     pair.client.keep = False
     pair.client.transport.pauseProducing()
     pair.backend.transport.write(os.urandom(4 * MB))
-    await _stalled(pair, pair.relay.backend)
+    await _stalled(pair, pair.relay.backend, pair.frontBackend.transport)
     pair.relay.close()
     await within(1, pair.backend.lost)
     assert not pair.client.lost.called

@@ -9,7 +9,8 @@ from collections.abc import Iterable
 from twisted.logger import Logger
 from twisted.mail.imap4 import parseNestedParens
 
-from imapreferral.logtext import quote
+from imapreferral.login.logline import localText, remoteText
+from imapreferral.logtext import quote, sessionSystem
 
 #: What we log of a client's ID: RFC 2971's fields and values are free
 #: text (values up to 1024 octets, 30 pairs); a log line need not be.
@@ -64,12 +65,18 @@ def formatIDForLog(fields: list[tuple[str, str]]) -> str:
     return text
 
 
-def logClientID(remote: str, local: str, fields: list[tuple[str, str]]) -> None:
-    """One line for what a client said about itself."""
+def logClientID(addresses: object, fields: list[tuple[str, str]]) -> None:
+    """One line for what a client said about itself (C{addresses}: a L{LoginContext})."""
     text = formatIDForLog(fields)
+    remote, local = remoteText(addresses), localText(addresses)
+    session = getattr(addresses, "session", None)
     _log.info(
         "{summary}",
         summary=f"client ID remote={remote} local={local}: {text}",
+        event="client ID",
+        log_system=sessionSystem(_log.namespace, "info", session),
+        session=session,
         remote=remote,
+        local=local,
         fields=text,
     )

@@ -13,9 +13,7 @@ logged by L{logProxy}, one line each, with its fields as event keys.
 
 from __future__ import annotations
 
-import base64
 import ipaddress
-import os
 from typing import TYPE_CHECKING
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -26,12 +24,12 @@ from twisted.python.failure import Failure
 from imapreferral.imap.backend import DEFAULT_PROXY_TTL, ForwardedClient
 from imapreferral.imap.backendresult import BackendAuthFailed, BackendUnavailable
 from imapreferral.imap.responses import renderBackendResult
-from imapreferral.login.context import LoginContext
+from imapreferral.login.context import LoginContext, acceptableSessionID
 from imapreferral.login.destination import proxyDestination
 from imapreferral.login.fields import PassdbReply
 from imapreferral.login.logline import WHY_LIMIT, remoteText
 from imapreferral.login.outcome import LoggedIn, ProxyLogin, Unavailable
-from imapreferral.logtext import quote
+from imapreferral.logtext import quote, sessionSystem
 from imapreferral.proxy.connect import BackendConnector, BackendSession
 from imapreferral.proxy.relay import Relay, RelayStats
 
@@ -39,11 +37,6 @@ if TYPE_CHECKING:
     from imapreferral.imap.server import ReferralIMAP4Server
 
 _log = Logger()
-
-
-def newSessionID() -> str:
-    """A session id for both sides' logs: 12 base64 characters, as Dovecot's."""
-    return base64.b64encode(os.urandom(9), b"+/").decode("ascii")
 
 
 #: Fields of a proxy line that a client or a backend chose: written last,
@@ -71,9 +64,16 @@ def logProxy(event: str, failed: bool = False, **fields: object) -> None:
         for key in _CHOSEN
         if fields.get(key) is not None
     )
-    emit = _log.warn if failed else _log.info
+    emit, level = (_log.warn, "warn") if failed else (_log.info, "info")
+    session = fields.get("session")
     # One preformatted field: Twisted's formatter is slow per {key}.
-    emit("{summary}", summary=f"proxy {event}: {known}{chosen}", event=event, **fields)
+    emit(
+        "{summary}",
+        summary=f"proxy {event}: {known}{chosen}",
+        event=f"proxy {event}",
+        log_system=sessionSystem(_log.namespace, level, session),  # type: ignore[arg-type]
+        **fields,
+    )
 
 
 class ProxiedLogin:
@@ -139,7 +139,7 @@ class ProxiedLogin:
             logProxy("client gone", **self._fields(session=client.sessionID))
             return
         if isinstance(result, BackendSession):
-            self._relay(result, client.sessionID)
+            self._relay(result, client.sessionID, started)
             return
         remote = self._server._context("").remoteIP
         if isinstance(result, BackendAuthFailed):
@@ -161,8 +161,14 @@ class ProxiedLogin:
         self._server.transport.write(renderBackendResult(self._tag, result))
         self._finish(authFailed=isinstance(result, BackendAuthFailed))
 
-    def _relay(self, session: BackendSession, sessionID: str | None) -> None:
+    def _relay(self, session: BackendSession, sessionID: str | None, started: float) -> None:
+        """
+        Tell the client, and splice. C{started}: when the backend login
+        began (the C{started} line's duration; the C{ended} line's is the
+        relayed session's).
+        """
         server = self._server
+        clock = server.attempts.clock
         if not self._outcome.verified and server.attempts.penalty is not None:
             server.attempts.penalty.succeeded(server._context("").remoteIP)
         server.transport.write(
@@ -181,8 +187,11 @@ class ProxiedLogin:
         fields = self._fields(
             backend=session.destination.address, session=sessionID, attempts=session.attempts
         )
-        logProxy("started", **fields)
-        relay.done.addCallback(self._ended, fields)
+        relaying = clock.seconds()
+        logProxy("started", **fields, durationMs=_milliseconds(relaying - started))
+        relay.done.addCallback(
+            lambda stats: self._ended(stats, fields, clock.seconds() - relaying)
+        )
         relays = getattr(getattr(server, "factory", None), "relays", None)
         if relays is not None:  # so that shutdown can close them
             relays.add(relay)
@@ -190,13 +199,14 @@ class ProxiedLogin:
         relay.start(toBackend=pipelined, toClient=session.attach(relay.backend))
 
     @staticmethod
-    def _ended(stats: RelayStats, fields: dict[str, object]) -> None:
+    def _ended(stats: RelayStats, fields: dict[str, object], duration: float) -> None:
         logProxy(
             "ended",
             **fields,
             endedBy=stats.endedBy,
             toBackend=stats.toBackend,
             toClient=stats.toClient,
+            durationMs=_milliseconds(duration),
         )
 
     def _finish(self, authFailed: bool = False) -> None:
@@ -235,6 +245,10 @@ class ProxiedLogin:
             self.relay.close()
 
 
+def _milliseconds(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
 def forwardedClient(server: ReferralIMAP4Server, ttl: int = DEFAULT_PROXY_TTL) -> ForwardedClient:
     """What the backend is told about the client (C{ID}), read at login time."""
     context = server._context("")
@@ -243,7 +257,7 @@ def forwardedClient(server: ReferralIMAP4Server, ttl: int = DEFAULT_PROXY_TTL) -
         originatingPort=context.remotePort,
         connectedIP=context.localIP,
         connectedPort=context.localPort,
-        sessionID=newSessionID(),
+        sessionID=context.session,
         ttl=ttl,
         secured=context.secured,
     )
@@ -291,6 +305,7 @@ def acceptForwardedID(server: ReferralIMAP4Server, fields: list[tuple[str, str]]
             remotePort=_number(given.get("x-originating-port"), 0, 65535),
             localIP=_address(given.get("x-connected-ip")) or context.localIP,
             localPort=_number(given.get("x-connected-port"), 0, 65535) or context.localPort,
+            session=acceptableSessionID(given.get("x-session-id")) or context.session,
         )
     )
 

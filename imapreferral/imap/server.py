@@ -267,7 +267,7 @@ class ReferralIMAP4Server(IMAP4Server):
             self.sendBadResponse(tag, b"Invalid ID parameters.")
             return
         if fields:
-            logClientID(*self.guard.where(), fields)
+            logClientID(self.guard.addresses(), fields)
         if not self._idSeen and self.state == "unauth" and self.guard.fromTrustedNetwork():
             acceptForwardedID(self, fields)
         self._idSeen = True

@@ -138,12 +138,13 @@ class LoginAttempts:
         started = self.clock.seconds()
         d = self.portal.login(credentials, None, self.interface)
         d.addCallbacks(self._loggedIn, outcomeOfFailure, callbackArgs=(username,))
-        d.addCallback(self._logged, credentials)
+        d.addCallback(self._logged, credentials, started)
         d.addCallback(self._delayFailure, remote, started)
         return d
 
-    def _logged(self, outcome: Outcome, credentials: object) -> Outcome:
-        logAuthentication(outcome, credentials, self.referralText)
+    def _logged(self, outcome: Outcome, credentials: object, started: float) -> Outcome:
+        duration = self.clock.seconds() - started
+        logAuthentication(outcome, credentials, self.referralText, duration)
         return outcome
 
     def _loggedIn(self, result: tuple[Any, Any, Any], username: str) -> Outcome:

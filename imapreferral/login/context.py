@@ -4,6 +4,10 @@ Where a login comes from, for passdbs that look at it (SQL's C{%r}, C{%l}).
 
 from __future__ import annotations
 
+import base64
+import os
+import re
+
 import attrs
 from twisted.internet.interfaces import IAddress
 
@@ -24,6 +28,26 @@ def _pathOf(address: IAddress | None) -> str | None:
     return name
 
 
+#: What a session id may look like when a trusted proxy hands us its own.
+_SESSION_ID = re.compile(r"[A-Za-z0-9+/=._-]{1,64}")
+
+
+def newSessionID() -> str:
+    """A session id: 12 base64 characters, as Dovecot's (72 random bits)."""
+    return base64.b64encode(os.urandom(9), b"+/").decode("ascii")
+
+
+def acceptableSessionID(value: str | None) -> str | None:
+    """
+    A session id another proxy forwarded (C{x-session-id}), if it is one a
+    log line can carry as it is (no spaces, brackets or controls), else
+    L{None}.
+    """
+    if value is None or _SESSION_ID.fullmatch(value) is None:
+        return None
+    return value
+
+
 @attrs.frozen
 class LoginContext:
     """
@@ -35,6 +59,9 @@ class LoginContext:
     @ivar socketPath: For a client on a UNIX socket (which has no address
         and whose peer has no name), the path of the socket it connected
         to, for the log; else L{None}.
+    @ivar session: The connection's session id (L{newSessionID}, or the one
+        a trusted proxy in front of us forwarded): every log line of the
+        connection carries it, and so does the C{ID} we send a backend.
     """
 
     remoteIP: str | None = None
@@ -45,6 +72,7 @@ class LoginContext:
     secured: bool = False
     service: str = "imap"
     socketPath: str | None = None
+    session: str | None = None
 
     @classmethod
     def fromTransport(
@@ -67,4 +95,5 @@ class LoginContext:
             secured=secured,
             service=service,
             socketPath=_pathOf(host),
+            session=newSessionID(),
         )

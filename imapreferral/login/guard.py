@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+import attrs
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -26,6 +27,7 @@ from imapreferral.limits import ConnectionLimiter
 from imapreferral.login.context import LoginContext
 from imapreferral.login.logline import localText, remoteText
 from imapreferral.login.outcome import AuthorizationRefused, Disable, PrivacyRequired, Reject
+from imapreferral.logtext import sessionSystem
 from imapreferral.networks import NetworkList
 
 _log = Logger()
@@ -132,6 +134,7 @@ class PreLoginGuard:
             mechanism,
             secured,
             socketPath=a.socketPath,
+            session=a.session,
         )
 
     def where(self) -> tuple[str, str]:
@@ -160,10 +163,15 @@ class PreLoginGuard:
         if unlogged is not None:
             remote, local = self.where()
             more = f" ({unlogged:,} more refused since the last line)" if unlogged else ""
+            session = self.addresses().session
             _log.warn(
                 "{summary}",
                 summary=f"refused connection remote={remote} local={local}: {refusal}{more}",
+                event="refused connection",
+                log_system=sessionSystem(_log.namespace, "warn", session),
+                session=session,
                 remote=remote,
+                local=local,
                 why=refusal,
                 unlogged=unlogged,
             )
@@ -177,6 +185,8 @@ class PreLoginGuard:
 
         @return: Why that address is refused, or L{None}.
         """
+        if addresses.session is None:
+            addresses = attrs.evolve(addresses, session=self.addresses().session)
         self._addresses = addresses
         remoteIP = addresses.remoteIP
         if self._admitted and self._limiter is not None:

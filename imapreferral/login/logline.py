@@ -8,8 +8,10 @@ address goes; the first C{remote=} of a line is always the real address:
   login remote=192.0.2.7 local=192.0.2.1:143 mech=PLAIN: authentication failed user="alice"
 
 C{examples/fail2ban/} matches these lines. The event also carries the
-fields apart (C{user}, C{remote}, C{mechanism}, C{result}, C{referral},
-C{why}) for structured (JSON) logs; text logs print C{summary}.
+fields apart (C{event}, C{session}, C{user}, C{remote}, C{local},
+C{mechanism}, C{tls}, C{result}, C{referral}, C{backend}, C{why},
+C{durationMs}) for structured logs (L{imapreferral.jsonlog}); text logs
+print C{summary}, with the session id in the line's system.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from imapreferral.login.outcome import (
     Referral,
     Reject,
 )
-from imapreferral.logtext import literalFormat, quote
+from imapreferral.logtext import literalFormat, quote, sessionSystem
 
 _log = Logger()
 
@@ -110,13 +112,18 @@ def loginSummary(remote: str, local: str, mechanism: str, result: str, user: str
 
 
 def logAuthentication(
-    outcome: Outcome, credentials: object, referralText: Callable[[Referral, str], str]
+    outcome: Outcome,
+    credentials: object,
+    referralText: Callable[[Referral, str], str],
+    duration: float | None = None,
 ) -> None:
     """
     The one line per authentication, logged at C{info} whatever the outcome:
     it is the authentication log, and a level filter must not drop part of
     it. Faults behind a temporary failure are logged where they happen, once
     (the SQL passdb's "unavailable" and "back" lines), as warnings or errors.
+
+    @param duration: Seconds from the start of the check to its outcome.
     """
     context = getattr(credentials, "context", None)
     mechanism = getattr(context, "mechanism", "?")
@@ -124,29 +131,39 @@ def logAuthentication(
     result = describeOutcome(outcome)
     remote = remoteText(context)
     user = name.decode("utf-8", "surrogateescape")
-    summary = loginSummary(remote, localText(context), mechanism, result, user)
+    local = localText(context)
+    summary = loginSummary(remote, local, mechanism, result, user)
     referral = getattr(outcome, "referral", None)
-    text = why = None
+    text = why = backend = None
     if referral is not None:
         text = referralText(referral, mechanism)
         summary += f" referral={quote(text)}"
     elif isinstance(outcome, ProxyLogin):
-        summary += f" backend={quote(outcome.destination.address)}"
+        backend = outcome.destination.address
+        summary += f" backend={quote(backend)}"
     elif result == "temporary failure":
         why = outcome.why  # type: ignore[union-attr]
         summary += f" why={quote(why, WHY_LIMIT)}"
     # The text is the format, not "{summary}": Twisted's text observers then
     # look up no field, about 1.5 us less per line (benchmarks/log_line.py),
     # which pays for the richer line on the hot path.
+    session = getattr(context, "session", None)
     _log.info(
         literalFormat(summary),
         summary=summary,
+        event="login",
+        log_system=sessionSystem(_log.namespace, "info", session),
+        session=session,
         user=user if user.isascii() else _readable(user),
         remote=remote,
+        local=local,
         mechanism=mechanism,
+        tls=getattr(context, "secured", None),
         result=result,
         referral=text,
+        backend=backend,
         why=why,
+        durationMs=None if duration is None else round(duration * 1000, 3),
     )
 
 
@@ -164,15 +181,22 @@ def logRefusal(
     if isinstance(outcome, AuthorizationRefused):
         user, authzid = outcome.user, outcome.authzid
     remote = remoteText(context)
-    summary = loginSummary(remote, localText(context), mechanism, result, user)
+    local = localText(context)
+    summary = loginSummary(remote, local, mechanism, result, user)
     if authzid is not None:
         summary += f" authzid={quote(authzid, USER_LIMIT)}"
+    session = getattr(context, "session", None)
     _log.info(
         "{summary}",
         summary=summary,
+        event="login",
+        log_system=sessionSystem(_log.namespace, "info", session),
+        session=session,
         user=None if user is None else _readable(user),
         remote=remote,
+        local=local,
         mechanism=mechanism,
+        tls=getattr(context, "secured", None),
         result=result,
     )
 

@@ -1,0 +1,176 @@
+"""
+C{--log-format json} and session ids, through a real twistd writing its log
+file while real clients log in (hostile user names included).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hostile import HOSTILE_NAMES
+from lineclient import LineClient
+from twisted.logger import LogLevel
+
+from imapreferral.jsonlog import KEYS, jsonLine
+
+REPO = Path(__file__).parent.parent
+USERS = "alice:{PLAIN}secret\nrefnl:{PLAIN}pass::::::host=imap2.example.com nologin\n"
+
+
+def _freePort() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _twistd(directory: Path, port: int, *options: str) -> subprocess.Popen:
+    users = directory / "users.passwd"
+    users.write_text(USERS)
+    return subprocess.Popen(
+        [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+         "-n", "--pidfile=", "--logfile", str(directory / "imapreferral.log"), "imapreferral",
+         "--listen", f"tcp:{port}:interface=127.0.0.1", "--passdb", f"passwd-file:{users}",
+         "--auth-failure-delay", "0", "--auth-penalty-cap", "0", "--max-auth-failures", "100",
+         *options],
+        cwd=directory, env=dict(os.environ, PYTHONPATH=str(REPO)),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+def _run(directory: Path, *options: str) -> list[str]:
+    """Start twistd, talk to it over two connections, stop it: its log lines."""
+    port = _freePort()
+    proc = _twistd(directory, port, *options)
+    try:
+        first = LineClient(port, wait=20)
+        assert first.command(b'i ID ("name" "json-test")').startswith(b"* ID ")
+        first.line()
+        for i, name in enumerate(HOSTILE_NAMES.values()):
+            assert b" NO [AUTHENTICATIONFAILED]" in first.login(b"h%d" % i, name, b"wrong")
+        assert first.command(b"z LOGIN alice secret").startswith(b"z OK ")
+        first.close()
+        second = LineClient(port)
+        assert second.command(b"r LOGIN refnl pass").startswith(b"r NO [REFERRAL ")
+        second.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    return (directory / "imapreferral.log").read_text(encoding="utf-8").splitlines()
+
+
+@pytest.fixture(scope="module")
+def jsonLog(tmp_path_factory) -> list[dict]:
+    lines = _run(tmp_path_factory.mktemp("jsonlog"), "--log-format", "json")
+    return [json.loads(line) for line in lines]
+
+
+@pytest.fixture(scope="module")
+def textLog(tmp_path_factory) -> list[str]:
+    return _run(tmp_path_factory.mktemp("textlog"))
+
+
+def _logins(log: list[dict]) -> list[dict]:
+    return [line for line in log if line["event"] == "login"]
+
+
+def test_everyJSONLineHasTheFixedKeysInOrder(jsonLog):
+    assert jsonLog
+    assert {tuple(line) for line in jsonLog} == {KEYS}
+
+
+def test_jsonHasOneLoginLinePerAuthentication(jsonLog):
+    assert [line["outcome"] for line in _logins(jsonLog)] == [
+        *["authentication failed"] * len(HOSTILE_NAMES),
+        "logged in",
+        "referred",
+    ]
+
+
+def test_jsonUserIsTheNameTheClientSent(jsonLog):
+    sent = [name.decode("utf-8", "replace") for name in HOSTILE_NAMES.values()]
+    assert [line["user"] for line in _logins(jsonLog)[: len(sent)]] == sent
+
+
+def test_jsonLoginLineCarriesWhereHowAndHowLong(jsonLog):
+    referred = _logins(jsonLog)[-1]
+    assert referred["remote"] == "127.0.0.1"
+    assert re.fullmatch(r"127\.0\.0\.1:\d+", referred["local"])
+    assert referred["mechanism"] == "PLAIN"
+    assert referred["tls"] is False
+    assert referred["referral"] == "imap://refnl;AUTH=PLAIN@imap2.example.com/"
+    assert referred["level"] == "info"
+    assert isinstance(referred["duration_ms"], float) and referred["duration_ms"] >= 0
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", referred["time"])
+
+
+def test_jsonLinesShareTheirConnectionsSessionID(jsonLog):
+    (clientID,) = [line for line in jsonLog if line["event"] == "client ID"]
+    logins = _logins(jsonLog)
+    first = {line["session"] for line in logins[:-1]}
+    assert first == {clientID["session"]}
+    assert logins[-1]["session"] not in first
+    assert re.fullmatch(r"[A-Za-z0-9+/]{12}", logins[-1]["session"])
+
+
+def test_textLinesCarryTheSessionIDInTheirSystem(textLog):
+    systems = [
+        re.match(r"\S+ \[([^\]]*)\] (login|client ID) ", line)
+        for line in textLog
+        if " login remote=" in line or " client ID remote=" in line
+    ]
+    assert systems and all(systems)
+    ids = [match.group(1).split(" ")[-1] for match in systems]
+    assert len(set(ids[:-1])) == 1 and ids[-1] != ids[0]
+    assert systems[0].group(1) == f"imapreferral.imap.idcommand#info {ids[0]}"
+
+
+def test_jsonLineOfAnEventWithoutOurFieldsHasItsTextAndNulls():
+    line = json.loads(
+        jsonLine(
+            {"log_format": "hello {who}", "who": "world", "log_level": LogLevel.warn,
+             "log_time": 0.0, "log_namespace": "somewhere"}
+        )
+    )  # fmt: skip
+    assert line["text"] == "hello world"
+    assert line["event"] == "message"
+    assert line["level"] == "warn"
+    assert line["namespace"] == "somewhere"
+    assert line["user"] is None and line["session"] is None
+
+
+def test_jsonLineIsOneLineWhateverTheValues():
+    nasty = 'a\nb\r\u2028\u2029\u202e\x00"}{'
+    text = jsonLine({"log_format": "{user}", "user": nasty, "event": "login", "log_time": 1.0})
+    assert text.count("\n") == 1 and text.endswith("\n")
+    assert text.isascii()
+    assert json.loads(text)["user"] == nasty
+
+
+def _startupError(tmp_path: Path, *args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+         "-n", "--pidfile=", *args],
+        cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(REPO)),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    return proc.stderr
+
+
+def test_unknownLogFormatIsOneLineAtStartUp(tmp_path):
+    err = _startupError(tmp_path, "imapreferral", "--log-format", "xml")
+    assert "--log-format" in err and "'text' or 'json'" in err
+    assert "Traceback" not in err
+
+
+def test_jsonWithSyslogIsRefusedAtStartUp(tmp_path):
+    err = _startupError(tmp_path, "--syslog", "imapreferral", "--log-format", "json")
+    assert "not --syslog" in err
+    assert "Traceback" not in err
