@@ -226,7 +226,7 @@ async def test_authMechanismsChooseWhatIsOfferedAndAccepted(
         ("--auth-mechanisms ,", "no mechanism named (use PLAIN, LOGIN, CRAM-MD5)"),
         (
             "--auth-mechanisms CRAM-MD5 --passdb static:nopassword",
-            "CRAM-MD5 needs plaintext or {CRAM-MD5} passwords, and no passdb may hold them",
+            "CRAM-MD5 needs plaintext or {CRAM-MD5} passwords, and no passdb or checker may hold them",
         ),
     ],
     ids=["unknown", "empty", "CRAM-MD5 without plaintext"],
