@@ -59,9 +59,10 @@ def _factories() -> tuple[list[ICheckerFactory], list[str]]:
     failures: list[str] = []
 
     def observe(event: dict) -> None:
-        failure = event.get("log_failure")
+        failure = event.get("log_failure") or event.get("failure")  # new or legacy log
         if failure is not None:
-            failures.append(f"{failure.type.__name__}: {failure.getErrorMessage()}")
+            where = f"{failure.frames[-1][1]}: " if failure.frames else ""
+            failures.append(f"{where}{failure.type.__name__}: {failure.getErrorMessage()}")
 
     globalLogPublisher.addObserver(observe)
     try:

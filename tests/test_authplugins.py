@@ -8,6 +8,7 @@ own and serving a referral through a real twistd.
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -294,6 +295,50 @@ async def _exited(proc) -> str:
         await deferLater(reactor, 0.1, lambda: None)
     proc.kill()
     raise AssertionError("twistd did not stop")
+
+
+@pytest_twisted.ensureDeferred
+async def test_exampleCheckerRefersThroughTheTestingHarness():
+    """The README's "How to test it": the example checker served by imapreferral.testing."""
+    from twisted.internet import reactor
+
+    from imapreferral.testing import ServerHarness
+
+    async with _authHTTP() as (_, httpPort):
+        checker = _loadExample().HTTPAuthChecker(f"http://127.0.0.1:{httpPort}/auth", reactor)
+        async with ServerHarness.forChecker(checker, failureDelay=0).serving() as client:
+            assert await client.command(b"a LOGIN bob pw") == [
+                b"a NO [REFERRAL imap://bob;AUTH=PLAIN@imap2.example.com:1143/] Try this server instead."
+            ]
+
+
+def test_readmeQuotesTheExampleAsItIs():
+    """Every code block of "Write your own checker" is in the example plugin or its test."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## Write your own checker", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    sources = _unindented(EXAMPLE_PLUGIN.read_text() + Path(__file__).read_text())
+    assert len(blocks) >= 4
+    for block in blocks:
+        assert _unindented(block) in sources
+
+
+def _unindented(text: str) -> str:
+    return "\n".join(line.strip() for line in text.splitlines())
+
+
+def test_twistdNamesAPluginThatFailsToImport(tmp_path):
+    plugins = tmp_path / "site" / "twisted" / "plugins"
+    plugins.mkdir(parents=True)
+    (plugins / "mine.py").write_text("import no_such_module_here\n")
+    status, out, err = _twistdRefusal(
+        "--auth", "mine:x", cwd=str(tmp_path), pythonpath=[tmp_path / "site"]
+    )
+    assert (status, out) == (1, "")
+    assert err.splitlines()[-1].endswith(
+        f"; a plugin failed to load: {plugins / 'mine.py'}: ModuleNotFoundError: "
+        "No module named 'no_such_module_here'"
+    )
 
 
 @pytest_twisted.ensureDeferred
