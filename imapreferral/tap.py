@@ -515,9 +515,10 @@ def makeService(config: Any) -> IService:
         factory,
     )
     verifier.setServiceParent(service)
-    for passdb in config["passdb"]:
-        if IService.providedBy(passdb):  # e.g. SQL: a connection pool to start and stop
-            passdb.setServiceParent(service)
+    for source in config["sources"]:
+        source = getattr(source, "checker", source)  # an --auth checker may be a service too
+        if IService.providedBy(source):  # e.g. SQL: a connection pool to start and stop
+            source.setServiceParent(service)
     factories = []
     for listener in config["listeners"]:
         listening: Any = factory
