@@ -251,11 +251,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         self["sources"].append(("passdb", description))
 
     def opt_auth(self, description: str) -> None:
-        """
-        A twisted.cred checker plugin, TYPE:ARGS, e.g. memory:alice:secret or
-        passwd-file:PATH (repeatable; consulted in order with --passdb).
-        --help-auth lists the installed ones.
-        """
+        """A twisted.cred checker plugin, TYPE:ARGS (repeatable; in order with --passdb)."""
         self["auth"].append(description)
         self["sources"].append(("auth", description))
 

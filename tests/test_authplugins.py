@@ -368,3 +368,59 @@ def _loadExample():  # type: ignore[no-untyped-def]
 def test_exampleRefusesAnArgumentThatIsNotAURL():
     with pytest.raises(Exception, match="give an http:// or https:// URL"):
         _loadExample().authHTTP.generateChecker("127.0.0.1:9000")
+
+
+_SERVICE_PLUGIN = """
+from twisted.application.service import Service
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.strcred import ICheckerFactory
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+
+@implementer(ICredentialsChecker)
+class PooledChecker(Service):
+    credentialInterfaces = (IUsernamePassword,)
+
+    def requestAvatarId(self, credentials):
+        raise NotImplementedError
+
+
+@implementer(ICheckerFactory, IPlugin)
+class PooledCheckerFactory:
+    authType = "pooled"
+    authHelp = argStringFormat = "A checker with a connection pool to start and stop."
+    credentialInterfaces = PooledChecker.credentialInterfaces
+
+    def generateChecker(self, argstring):
+        return PooledChecker()
+
+
+pooled = PooledCheckerFactory()
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_anAuthCheckerThatIsAServiceStartsAndStopsWithTheServer(tmp_path, monkeypatch):
+    import sys
+
+    import twisted.plugins
+
+    plugins = tmp_path / "twisted" / "plugins"
+    plugins.mkdir(parents=True)
+    (plugins / "pooled_checker.py").write_text(_SERVICE_PLUGIN)
+    monkeypatch.setattr(twisted.plugins, "__path__", [*twisted.plugins.__path__, str(plugins)])
+    monkeypatch.delitem(sys.modules, "twisted.plugins.pooled_checker", raising=False)
+    options = tap.Options()
+    options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1", "--auth", "pooled"])
+    service = tap.makeService(options)
+    (source,) = options["sources"]
+    service.privilegedStartService()
+    service.startService()
+    try:
+        assert source.checker.running
+    finally:
+        await service.stopService()
+    assert not source.checker.running
+    sys.modules.pop("twisted.plugins.pooled_checker", None)
