@@ -12,6 +12,7 @@ from imapreferral.imap.factory import ReferralServerFactory
 from imapreferral.imap.server import ReferralIMAP4Server
 from imapreferral.imap.url import IMAPURL
 from imapreferral.interfaces import IPassdb, IPasswordVerifier, IReferralCarrier
+from imapreferral.login.chain import CheckerChain
 from imapreferral.login.checker import PassdbChecker
 from imapreferral.login.context import LoginContext
 from imapreferral.login.decision import decide
@@ -36,6 +37,7 @@ __all__ = [
     "IMAPURL",
     "AuthenticationFailed",
     "AvatarId",
+    "CheckerChain",
     "IPassdb",
     "IPasswordVerifier",
     "IReferralCarrier",

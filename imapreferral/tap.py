@@ -13,6 +13,8 @@ from typing import Any
 
 from OpenSSL import crypto
 from twisted.application.service import IService, MultiService, Service
+from twisted.cred import strcred
+from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.portal import Portal
 from twisted.internet import endpoints
 from twisted.internet.defer import DeferredList
@@ -21,6 +23,12 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
 from imapreferral import __version__, descriptors, jsonlog, workers
+from imapreferral.authplugins import (
+    SUPPORTED_INTERFACES,
+    AuthChecker,
+    AuthPluginError,
+    checkerFromString,
+)
 from imapreferral.haproxy import proxyProtocolFactory
 from imapreferral.imap.account import ReferralRealm
 from imapreferral.imap.factory import REFERRAL_AUTH_CHOICES, ReferralServerFactory
@@ -34,13 +42,14 @@ from imapreferral.listeners import (
     probeListeners,
 )
 from imapreferral.login.attempt import DEFAULT_FAILURE_DELAY
+from imapreferral.login.chain import CheckerChain, canCheckChallenges, canCheckPasswords
 from imapreferral.login.checker import PassdbChecker
 from imapreferral.login.destination import proxyDestination
 from imapreferral.login.fields import FieldError, PassdbReply, splitExtraFields
 from imapreferral.login.outcome import Unavailable
 from imapreferral.login.sasl import MECHANISMS
 from imapreferral.networks import NetworkList
-from imapreferral.passdbs import PassdbConfigError, passdbFromString
+from imapreferral.passdbs import PASSDB_TYPES, PassdbConfigError, passdbFromString
 from imapreferral.passdbs.sql import DEFAULT_TIMEOUT
 from imapreferral.passwords import SchemeVerifier
 from imapreferral.proxy.connect import MAX_RECONNECTS, BackendConnector, loadTrustRoot
@@ -99,7 +108,7 @@ def _mechanisms(value: str) -> tuple[str, ...]:
     return names
 
 
-class Options(usage.Options):
+class Options(usage.Options, strcred.AuthOptionMixin):
     synopsis = "[options]"
     longdesc = (
         "An IMAP4 server that answers logins with RFC 2221 login referrals from "
@@ -107,6 +116,8 @@ class Options(usage.Options):
         f"passwd-file and SQLite passdb on {DEFAULT_LISTEN}; listeners that "
         "other hosts can reach need --passdb."
     )
+    #: What --auth checkers must take, and what --help-auth lists.
+    supportedInterfaces = SUPPORTED_INTERFACES
     optFlags = [
         [
             "keep-username-case",
@@ -179,6 +190,9 @@ class Options(usage.Options):
         self["listen-tls"] = []
         self["listeners"] = []
         self["passdb"] = []
+        self["auth"] = []
+        # --passdb and --auth in command-line order: they are consulted so.
+        self["sources"] = []
         self["proxy-self"] = []
 
     def parseOptions(self, options: Any = None) -> None:
@@ -237,6 +251,12 @@ class Options(usage.Options):
         sql:DOVECOT-SQL-CONF (repeatable).
         """
         self["passdb"].append(description)
+        self["sources"].append(("passdb", description))
+
+    def opt_auth(self, description: str) -> None:
+        """A twisted.cred checker plugin, TYPE:ARGS (repeatable; in order with --passdb)."""
+        self["auth"].append(description)
+        self["sources"].append(("auth", description))
 
     def _checkLogFormat(self) -> None:
         if self["log-format"] not in ("text", "json"):
@@ -272,13 +292,7 @@ class Options(usage.Options):
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
         self["tls"] = self._loadTLS()
-        descriptions = self["passdb"] or list(DEFAULT_PASSDBS)
-        try:
-            self["passdb"] = [
-                passdbFromString(d, timeout=self["passdb-timeout"]) for d in descriptions
-            ]
-        except PassdbConfigError as e:
-            raise usage.UsageError(str(e)) from None
+        self._loadSources()
         self._checkMechanisms()
         self["local-backend"] = self._localBackend(self["local-backend"])
         if self["backend-ca"] is not None:
@@ -299,6 +313,29 @@ class Options(usage.Options):
                 probeListeners(self["listeners"])
             except ListenerError as e:
                 raise usage.UsageError(str(e)) from None
+
+    def _loadSources(self) -> None:
+        """
+        C{--passdb} and C{--auth}, in order, to passdbs and L{AuthChecker}s
+        in C{self["sources"]} (C{self["passdb"]}: the passdbs among them).
+        C{--auth passwd-file:PATH} is C{--passdb passwd-file:PATH}.
+        """
+        given = self["sources"] or [("passdb", d) for d in DEFAULT_PASSDBS]
+        sources: list[Any] = []
+        try:
+            for option, description in given:
+                if option == "passdb" or description.partition(":")[0] in PASSDB_TYPES:
+                    sources.append(
+                        passdbFromString(
+                            description, timeout=self["passdb-timeout"], option=option
+                        )
+                    )
+                else:
+                    sources.append(checkerFromString(description))
+        except (PassdbConfigError, AuthPluginError) as e:
+            raise usage.UsageError(str(e)) from None
+        self["sources"] = sources
+        self["passdb"] = [s for s in sources if not isinstance(s, AuthChecker)]
 
     def _parseNetworks(self) -> None:
         for option in ("trusted-networks", "haproxy-trusted-networks"):
@@ -329,12 +366,23 @@ class Options(usage.Options):
         return reply
 
     def _checkMechanisms(self) -> None:
-        """CRAM-MD5 needs a stored plaintext (or {CRAM-MD5}) password to check against."""
+        """
+        Offer only what some passdb or checker can check: CRAM-MD5 needs a
+        stored plaintext (or {CRAM-MD5}) password to check against, PLAIN
+        and LOGIN a checker of cleartext passwords.
+        """
         chosen = self["auth-mechanisms"] or ()
-        if "CRAM-MD5" in chosen and not any(p.canProvidePlaintext() for p in self["passdb"]):
+        sources = [getattr(s, "checker", s) for s in self["sources"]]
+        if "CRAM-MD5" in chosen and not any(canCheckChallenges(s) for s in sources):
             raise usage.UsageError(
                 f"{_shown('auth-mechanisms', ','.join(chosen))}: CRAM-MD5 needs plaintext or "
-                "{CRAM-MD5} passwords, and no passdb may hold them"
+                "{CRAM-MD5} passwords, and no passdb or checker may hold them"
+            )
+        cleartext = [m for m in chosen if m in ("PLAIN", "LOGIN")]
+        if cleartext and not any(canCheckPasswords(s) for s in sources):
+            raise usage.UsageError(
+                f"{_shown('auth-mechanisms', ','.join(chosen))}: {cleartext[0]} needs a checker "
+                "of cleartext passwords (IUsernamePassword), and none is configured"
             )
 
     def _refuseExampleUsersInPublic(self) -> None:
@@ -343,7 +391,7 @@ class Options(usage.Options):
         password is C{pass}: fine for trying us on loopback, not for a
         listener others can reach (a greeting referral consults no passdb).
         """
-        if self["passdb"] or self["greeting-referral"] is not None:
+        if self["sources"] or self["greeting-referral"] is not None:
             return
         for listener in self["listeners"]:
             if not isLoopbackOnly(listener):
@@ -454,12 +502,15 @@ def makeService(config: Any) -> IService:
         maxReconnects=config["proxy-max-reconnects"],
         selfAddresses=ourselves,
     )
-    checker = PassdbChecker(
-        config["passdb"],
-        verifier=verifier,
-        lowercaseUsernames=not config["keep-username-case"],
-        selfAddresses=ourselves,
-        resolveHost=connector.resolveHost,
+    checker = _checker(
+        config,
+        lambda passdbs: PassdbChecker(
+            passdbs,
+            verifier=verifier,
+            lowercaseUsernames=not config["keep-username-case"],
+            selfAddresses=ourselves,
+            resolveHost=connector.resolveHost,
+        ),
     )
     idFields = [("name", config["id-name"])]
     if config["id-version"]:
@@ -488,7 +539,7 @@ def makeService(config: Any) -> IService:
     )
     listeners = [*config["listen"], *(f"{d} (TLS)" for d in config["listen-tls"])]
     service = ReferralService(
-        f"{', '.join(listeners)} with passdbs " + ", ".join(repr(p) for p in config["passdb"]),
+        f"{', '.join(listeners)} with passdbs " + ", ".join(repr(s) for s in config["sources"]),
         factory.limiter,
         factory,
         jsonLogTo=(getattr(config, "parent", None) or {})
@@ -496,9 +547,10 @@ def makeService(config: Any) -> IService:
         else None,
     )
     verifier.setServiceParent(service)
-    for passdb in config["passdb"]:
-        if IService.providedBy(passdb):  # e.g. SQL: a connection pool to start and stop
-            passdb.setServiceParent(service)
+    for source in config["sources"]:
+        source = getattr(source, "checker", source)  # an --auth checker may be a service too
+        if IService.providedBy(source):  # e.g. SQL: a connection pool to start and stop
+            source.setServiceParent(service)
     factories = []
     for listener in config["listeners"]:
         listening: Any = factory
@@ -524,6 +576,28 @@ def makeService(config: Any) -> IService:
             service
         )
     return service
+
+
+def _checker(config: Any, passdbChecker: Any) -> ICredentialsChecker:
+    """
+    One checker over C{config["sources"]} in order: each run of passdbs in
+    one L{PassdbChecker} (C{passdbChecker(passdbs)}), each C{--auth}
+    checker as it is, chained (L{CheckerChain}) when there is more than one.
+    """
+    checkers: list[ICredentialsChecker] = []
+    run: list[Any] = []
+    for source in [*config["sources"], None]:
+        if source is not None and not isinstance(source, AuthChecker):
+            run.append(source)
+            continue
+        if run:
+            checkers.append(passdbChecker(run))
+            run = []
+        if source is not None:
+            checkers.append(source.checker)
+    if len(checkers) == 1 and isinstance(checkers[0], PassdbChecker):
+        return checkers[0]
+    return CheckerChain(checkers, lowercaseUsernames=not config["keep-username-case"])
 
 
 class _AdoptedListeners(Service):

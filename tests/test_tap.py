@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -226,7 +227,7 @@ async def test_authMechanismsChooseWhatIsOfferedAndAccepted(
         ("--auth-mechanisms ,", "no mechanism named (use PLAIN, LOGIN, CRAM-MD5)"),
         (
             "--auth-mechanisms CRAM-MD5 --passdb static:nopassword",
-            "CRAM-MD5 needs plaintext or {CRAM-MD5} passwords, and no passdb may hold them",
+            "CRAM-MD5 needs plaintext or {CRAM-MD5} passwords, and no passdb or checker may hold them",
         ),
     ],
     ids=["unknown", "empty", "CRAM-MD5 without plaintext"],
@@ -251,8 +252,16 @@ def _freePort() -> int:
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
-def _twistd(*args: str, cwd: str, preexec_fn: Any = None) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent))
+def _environment(pythonpath: Sequence[str | Path] = ()) -> dict[str, str]:
+    """Our environment, with this checkout (and C{pythonpath} before it) on C{sys.path}."""
+    paths = [*map(str, pythonpath), str(Path(__file__).parent.parent)]
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
+
+
+def _twistd(
+    *args: str, cwd: str, preexec_fn: Any = None, pythonpath: Sequence[str | Path] = ()
+) -> subprocess.Popen:
+    env = _environment(pythonpath)
     return subprocess.Popen(
         [*TWISTD, "-n", "--pidfile=", "imapreferral", *args],
         cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -272,9 +281,11 @@ def _connectWhenListening(proc: subprocess.Popen, port: int) -> socket.socket:
             time.sleep(0.1)
 
 
-def _twistdRefusal(*args: str, cwd: str) -> tuple[int, str, str]:
-    """Run a twistd that should refuse to start: its status, stdout and stderr."""
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent))
+def _twistdRefusal(
+    *args: str, cwd: str, pythonpath: Sequence[str | Path] = ()
+) -> tuple[int, str, str]:
+    """Run a twistd that should refuse to start (or exit at once): status, stdout, stderr."""
+    env = _environment(pythonpath)
     done = subprocess.run(
         [*TWISTD, "-n", "--pidfile=", "imapreferral", *args],
         cwd=cwd, env=env, capture_output=True, timeout=30,

@@ -8,7 +8,7 @@ import socket
 from collections.abc import Sequence
 from typing import Any
 
-from twisted.cred.credentials import IUsernameHashedPassword
+from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.cred.portal import Portal
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import ServerFactory
@@ -29,10 +29,13 @@ REFERRAL_AUTH_CHOICES = ("mech", "*")
 
 def defaultMechanisms(portal: Portal) -> tuple[str, ...]:
     """
-    C{PLAIN LOGIN}, plus C{CRAM-MD5} when a checker takes hashed
-    credentials and (if it can tell) may hold plaintext passwords.
+    What the portal's checkers can check: C{PLAIN LOGIN} when one takes
+    cleartext passwords, C{CRAM-MD5} when one takes hashed credentials and
+    (if it can tell) may hold plaintext passwords.
     """
-    mechanisms = ("PLAIN", "LOGIN")
+    mechanisms: tuple[str, ...] = ()
+    if IUsernamePassword in portal.checkers:
+        mechanisms += ("PLAIN", "LOGIN")
     checker = portal.checkers.get(IUsernameHashedPassword)
     if checker is not None and getattr(checker, "canProvidePlaintext", lambda: True)():
         mechanisms += ("CRAM-MD5",)

@@ -26,17 +26,21 @@ class PassdbConfigError(ValueError):
     """A passdb description that cannot be used; the message says why."""
 
 
-def passdbFromString(description: str, timeout: float = DEFAULT_TIMEOUT) -> IPassdb:
+def passdbFromString(
+    description: str, timeout: float = DEFAULT_TIMEOUT, option: str = "passdb"
+) -> IPassdb:
     """
     Make a passdb from C{"passwd-file:/path"}, C{"static:fields"} or
     C{"sql:/path/to/dovecot-sql.conf.ext"}. A SQL passdb's query is run
     once against its database now, so a broken query stops start-up.
 
     @param timeout: Connect and query timeout for SQL passdbs, in seconds.
+    @param option: The option that gave C{description}, for messages
+        (C{passdb}, or C{auth} for C{--auth passwd-file:...}).
 
     @raise PassdbConfigError: naming the description, file and line.
     """
-    shown = f"--passdb {shlex.quote(description)}"
+    shown = f"--{option} {shlex.quote(description)}"
     kind, sep, argument = description.partition(":")
     if not sep or kind not in PASSDB_TYPES:
         raise PassdbConfigError(
@@ -45,15 +49,15 @@ def passdbFromString(description: str, timeout: float = DEFAULT_TIMEOUT) -> IPas
     try:
         if kind == "passwd-file":
             if not argument:
-                raise PassdbConfigError("--passdb passwd-file: needs a file path")
+                raise PassdbConfigError(f"--{option} passwd-file: needs a file path")
             return PasswdFilePassdb(argument)
         if kind == "sql":
             if not argument:
-                raise PassdbConfigError("--passdb sql: needs a config file path")
+                raise PassdbConfigError(f"--{option} sql: needs a config file path")
             return SQLPassdb.fromFile(argument, timeout=timeout)
         if not argument.strip():
             raise PassdbConfigError(
-                "--passdb static: needs fields, e.g. 'static:nopassword host=imap2.example.com "
+                f"--{option} static: needs fields, e.g. 'static:nopassword host=imap2.example.com "
                 "nologin'"
             )
         return StaticPassdb.fromString(argument)
@@ -61,7 +65,7 @@ def passdbFromString(description: str, timeout: float = DEFAULT_TIMEOUT) -> IPas
         raise PassdbConfigError(str(e)) from None
     except FieldError as e:
         # Only a static passdb gets here; its password= is a secret.
-        shown = "--passdb " + shlex.quote(_STATIC_PASSWORD.sub(r"\1***", description))
+        shown = f"--{option} " + shlex.quote(_STATIC_PASSWORD.sub(r"\1***", description))
         raise PassdbConfigError(f"{shown}: {e}") from None
 
 

@@ -1,0 +1,426 @@
+"""
+C{--auth TYPE:ARGS}: twisted.cred checker plugins on the command line, ours
+and Twisted's, consulted in order with C{--passdb}, and the example plugin
+(examples/twisted/plugins/auth_http.py) found in a plugin directory of its
+own and serving a referral through a real twistd.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from test_tap import _refusal, _twistd, _twistdRefusal
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import deferLater
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from imapreferral import tap
+from imapreferral.listeners import ListenerService
+from imapreferral.testing import TranscriptClient
+
+EXAMPLE_PLUGIN = Path(__file__).parent.parent / "examples" / "twisted" / "plugins" / "auth_http.py"
+
+
+@contextlib.asynccontextmanager
+async def _serving(*args: str) -> AsyncIterator[TranscriptClient]:
+    """C{twistd imapreferral ARGS} in this process on a free port, and a client of it."""
+    from twisted.internet import reactor
+
+    options = tap.Options()
+    options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1", *args])
+    service = tap.makeService(options)
+    service.privilegedStartService()
+    service.startService()
+    try:
+        (listener,) = [s for s in service if isinstance(s, ListenerService)]
+        port = (await listener._waitingForPort).getHost().port
+        client = await TranscriptClient.connect(reactor, "127.0.0.1", port)
+        try:
+            yield client
+        finally:
+            await client.close()
+    finally:
+        await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistedMemoryCheckerLogsAUserIn():
+    """
+    Twisted's own plugin keys its users by str, which no bytes credentials
+    match: we store them as bytes, so it works.
+    """
+    async with _serving("--auth", "memory:alice:secret") as client:
+        assert (await client.command(b"a LOGIN alice wrong"))[-1].startswith(b"a NO ")
+        reply = await client.command(b"b LOGIN alice secret")
+        assert reply[-1].startswith(b"b OK [CAPABILITY ")
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistedFileCheckerLogsAUserIn(tmp_path):
+    users = tmp_path / "users"
+    users.write_text("alice:secret\n")
+    async with _serving("--auth", f"file:{users}", "--auth-failure-delay", "0") as client:
+        assert (await client.command(b"a LOGIN alice secret"))[-1].startswith(b"a OK ")
+
+
+@pytest_twisted.ensureDeferred
+async def test_checkerOfHashedCredentialsServesCramMD5():
+    """memory: takes IUsernameHashedPassword: CRAM-MD5 is offered and works."""
+    import base64
+    import hmac
+
+    async with _serving("--auth", "memory:alice:secret") as client:
+        assert b"AUTH=CRAM-MD5" in client.greeting
+        (challenge,) = await client.command(b"a AUTHENTICATE CRAM-MD5")
+        nonce = base64.b64decode(challenge[2:])
+        digest = hmac.new(b"secret", nonce, "md5").hexdigest().encode()
+        client.send(base64.b64encode(b"alice " + digest) + b"\r\n")
+        assert (await client.until(b"a"))[-1].startswith(b"a OK ")
+
+
+@pytest_twisted.ensureDeferred
+async def test_checkerOfCleartextOnlyOffersNoCramMD5():
+    """Twisted's unix: takes IUsernamePassword only: CRAM-MD5 is neither offered nor accepted."""
+    async with _serving("--auth", "unix") as client:
+        assert b"AUTH=PLAIN AUTH=LOGIN]" in client.greeting
+        reply = await client.command(b"a AUTHENTICATE CRAM-MD5")
+        assert reply[-1].startswith(b"a NO ")
+
+
+@pytest.mark.parametrize(
+    ("order", "alice", "bob"),
+    [
+        (
+            ["--auth", "memory:alice:secret:bob:secret", "--passdb", "static:nopassword "
+             "host=imap2.example.com nologin"],
+            b"a OK [CAPABILITY ",
+            b"b NO [REFERRAL imap://bob;AUTH=PLAIN@imap2.example.com/]",
+        ),
+        (
+            ["--passdb", "static:nopassword host=imap2.example.com nologin", "--auth",
+             "memory:alice:secret:bob:secret"],
+            b"a NO [REFERRAL imap://alice;AUTH=PLAIN@imap2.example.com/]",
+            b"b NO [REFERRAL imap://bob;AUTH=PLAIN@imap2.example.com/]",
+        ),
+    ],
+    ids=["checker first", "passdb first"],
+)  # fmt: skip
+@pytest_twisted.ensureDeferred
+async def test_authAndPassdbAreConsultedInCommandLineOrder(order, alice, bob):
+    async with _serving(*order) as client:
+        assert (await client.command(b"b LOGIN BOB wrong"))[-1].startswith(bob)
+        assert (await client.command(b"a LOGIN alice secret"))[-1].startswith(alice)
+
+
+@pytest_twisted.ensureDeferred
+async def test_authPasswdFileIsOurPassdb(tmp_path):
+    """--auth passwd-file:PATH refers as --passdb passwd-file:PATH does."""
+    passwd = tmp_path / "u.passwd"
+    passwd.write_text("u:{PLAIN}pass::::::host=imap2.example.com nologin\n")
+    async with _serving("--auth", f"passwd-file:{passwd}") as client:
+        reply = await client.command(b"a LOGIN u pass")
+        assert reply == [
+            b"a NO [REFERRAL imap://u;AUTH=PLAIN@imap2.example.com/] Try this server instead."
+        ]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            "--auth nosuch:x",
+            "--auth nosuch: no checker plugin 'nosuch' (installed: file, memory, passwd-file, "
+            "sql, static, unix; see --help-auth)",
+        ),
+        ("--auth memory:alice:secret:bob", "--auth memory: argstring must be in format U:P:..."),
+        (
+            "--auth anonymous",
+            "--auth anonymous: checks IAnonymous credentials; IMAP logins need "
+            "IUsernamePassword, IUsernameHashedPassword",
+        ),
+        (
+            "--auth file:/nonexistent/users",
+            "--auth file:/nonexistent/users: cannot read (No such file or directory)",
+        ),
+        ("--auth passwd-file:", "--auth passwd-file: needs a file path"),
+        ("--auth static:host=imap2", "--auth static:host=imap2: needs password= or nopassword"),
+        ("--help-auth-type nosuch", "Invalid auth type: nosuch"),
+        (
+            "--auth unix --auth-mechanisms CRAM-MD5",
+            "--auth-mechanisms CRAM-MD5: CRAM-MD5 needs plaintext or {CRAM-MD5} passwords, "
+            "and no passdb or checker may hold them",
+        ),
+    ],
+    ids=lambda v: v if v.startswith("--") else None,
+)
+def test_badAuthIsRefusedWithOneLine(args, message):
+    assert _refusal(args.split()).startswith(f"imapreferral: {message}")
+
+
+def test_authArgumentsNeverShownInARefusal():
+    """memory:NAME:PASSWORD holds a password; the message names the type only."""
+    assert "hunter2" not in _refusal(["--auth", "memory:alice:hunter2:bob"])
+
+
+def test_twistdRefusesABadAuthWithOneLine(tmp_path):
+    status, out, err = _twistdRefusal("--auth", "nosuch:x", cwd=str(tmp_path))
+    assert (status, out) == (1, "")
+    assert err.startswith("imapreferral: --auth nosuch: no checker plugin 'nosuch' (installed: ")
+    assert err.count("\n") == 1
+
+
+def test_twistdHelpAuthListsOursAndTwisteds(tmp_path):
+    status, out, err = _twistdRefusal("--help-auth", cwd=str(tmp_path))
+    assert (status, err) == (0, "")
+    listed = {line.split()[0] for line in out.splitlines()[5:] if line.strip()}
+    assert {"passwd-file", "sql", "static", "memory", "file", "unix"} <= listed
+    # Checkers of credentials IMAP cannot give are left out.
+    assert not {"anonymous", "sshkey"} & listed
+
+
+def test_twistdHelpAuthTypeExplainsOne(tmp_path):
+    status, out, err = _twistdRefusal("--help-auth-type", "static", cwd=str(tmp_path))
+    assert (status, err) == (0, "")
+    assert out.startswith("Usage: --auth static[:ArgString]\nArgString format: Dovecot passdb")
+    assert "  static:nopassword host=imap2.example.com nologin." in out
+
+
+# The example plugin, end to end.
+
+
+class _AuthHTTP(Resource):
+    """An nginx-style auth_http service: bob lives on imap2, alice here."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[dict[str, str]] = []
+
+    def render_GET(self, request):  # type: ignore[no-untyped-def]
+        asked = {
+            name: (request.getHeader(name) or "")
+            for name in ("Auth-User", "Auth-Pass", "Auth-Protocol", "Client-IP")
+        }
+        self.requests.append(asked)
+        if (asked["Auth-User"], asked["Auth-Pass"]) not in {("alice", "s%20cret"), ("bob", "pw")}:
+            request.setHeader("Auth-Status", "Invalid login or password")
+        else:
+            request.setHeader("Auth-Status", "OK")
+        if asked["Auth-User"] == "bob":
+            request.setHeader("Auth-Server", "imap2.example.com")
+            request.setHeader("Auth-Port", "1143")
+        return b""
+
+
+@contextlib.asynccontextmanager
+async def _authHTTP() -> AsyncIterator[tuple[_AuthHTTP, int]]:
+    from twisted.internet import reactor
+
+    service = _AuthHTTP()
+    port = reactor.listenTCP(0, Site(service), interface="127.0.0.1")
+    try:
+        yield service, port.getHost().port
+    finally:
+        await port.stopListening()
+
+
+async def _connectWhenListening(proc, port: int) -> TranscriptClient:
+    """A client of the twistd in C{proc}, once it listens (the reactor serves HTTP meanwhile)."""
+    from twisted.internet import reactor
+
+    for _ in range(200):
+        assert proc.poll() is None, proc.stdout.read().decode()
+        try:
+            return await TranscriptClient.connect(reactor, "127.0.0.1", port)
+        except ConnectionRefusedError:
+            await deferLater(reactor, 0.1, lambda: None)
+    raise AssertionError("twistd did not start listening")
+
+
+@pytest_twisted.ensureDeferred
+async def test_examplePluginFromItsOwnDirectoryRefersThroughTwistd(tmp_path):
+    from test_tap import _freePort
+
+    plugins = tmp_path / "site" / "twisted" / "plugins"  # no __init__.py: a plugin directory
+    plugins.mkdir(parents=True)
+    shutil.copy(EXAMPLE_PLUGIN, plugins)
+    imapPort = _freePort()
+    async with _authHTTP() as (service, httpPort):
+        proc = _twistd(
+            "--listen", f"tcp:{imapPort}:interface=127.0.0.1", "--auth-failure-delay", "0",
+            "--auth", f"auth-http:http://127.0.0.1:{httpPort}/auth",
+            cwd=str(tmp_path), pythonpath=[tmp_path / "site"],
+        )  # fmt: skip
+        try:
+            client = await _connectWhenListening(proc, imapPort)
+            try:
+                assert b"AUTH=CRAM-MD5" not in client.greeting  # the checker takes cleartext only
+                assert await client.command(b"a LOGIN bob pw") == [
+                    b"a NO [REFERRAL imap://bob;AUTH=PLAIN@imap2.example.com:1143/] "
+                    b"Try this server instead."
+                ]
+                reply = await client.command(b'b LOGIN alice "s cret"')
+                assert reply[-1].startswith(b"b OK [CAPABILITY ")
+            finally:
+                await client.close()
+        finally:
+            proc.terminate()
+            out = await _exited(proc)
+    assert service.requests[0] == {
+        "Auth-User": "bob",
+        "Auth-Pass": "pw",
+        "Auth-Protocol": "imap",
+        "Client-IP": "127.0.0.1",
+    }
+    assert service.requests[1]["Auth-Pass"] == "s%20cret"  # percent-encoded, as nginx
+    assert "<--auth auth-http: HTTPAuthChecker>" in out
+    assert "Traceback" not in out
+
+
+async def _exited(proc) -> str:
+    """Wait (bounded, without blocking the reactor) for C{proc} to end; its output."""
+    from twisted.internet import reactor
+
+    for _ in range(200):
+        if proc.poll() is not None:
+            return proc.stdout.read().decode()
+        await deferLater(reactor, 0.1, lambda: None)
+    proc.kill()
+    raise AssertionError("twistd did not stop")
+
+
+@pytest_twisted.ensureDeferred
+async def test_exampleCheckerRefersThroughTheTestingHarness():
+    """The README's "How to test it": the example checker served by imapreferral.testing."""
+    from twisted.internet import reactor
+
+    from imapreferral.testing import ServerHarness
+
+    async with _authHTTP() as (_, httpPort):
+        checker = _loadExample().HTTPAuthChecker(f"http://127.0.0.1:{httpPort}/auth", reactor)
+        async with ServerHarness.forChecker(checker, failureDelay=0).serving() as client:
+            assert await client.command(b"a LOGIN bob pw") == [
+                b"a NO [REFERRAL imap://bob;AUTH=PLAIN@imap2.example.com:1143/] Try this server instead."
+            ]
+
+
+def test_readmeQuotesTheExampleAsItIs():
+    """Every code block of "Write your own checker" is in the example plugin or its test."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## Write your own checker", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    sources = _unindented(EXAMPLE_PLUGIN.read_text() + Path(__file__).read_text())
+    assert len(blocks) >= 4
+    for block in blocks:
+        assert _unindented(block) in sources
+
+
+def _unindented(text: str) -> str:
+    return "\n".join(line.strip() for line in text.splitlines())
+
+
+def test_twistdNamesAPluginThatFailsToImport(tmp_path):
+    plugins = tmp_path / "site" / "twisted" / "plugins"
+    plugins.mkdir(parents=True)
+    (plugins / "mine.py").write_text("import no_such_module_here\n")
+    status, out, err = _twistdRefusal(
+        "--auth", "mine:x", cwd=str(tmp_path), pythonpath=[tmp_path / "site"]
+    )
+    assert (status, out) == (1, "")
+    assert err.splitlines()[-1].endswith(
+        f"; a plugin failed to load: {plugins / 'mine.py'}: ModuleNotFoundError: "
+        "No module named 'no_such_module_here'"
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_exampleCheckerUnavailableServiceIsATemporaryFailure():
+    """A service that is down is NO [UNAVAILABLE], not a wrong password."""
+    from test_tap import _freePort
+    from twisted.internet import reactor
+
+    from imapreferral.testing import ServerHarness
+
+    checker = _loadExample().HTTPAuthChecker(f"http://127.0.0.1:{_freePort()}/auth", reactor)
+    async with ServerHarness.forChecker(checker, failureDelay=0).serving() as client:
+        assert await client.command(b"a LOGIN bob pw") == [
+            b"a NO [UNAVAILABLE] Temporary authentication failure."
+        ]
+
+
+def _loadExample():  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("auth_http_example", EXAMPLE_PLUGIN)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def test_exampleRefusesAnArgumentThatIsNotAURL():
+    with pytest.raises(Exception, match="give an http:// or https:// URL"):
+        _loadExample().authHTTP.generateChecker("127.0.0.1:9000")
+
+
+_SERVICE_PLUGIN = """
+from twisted.application.service import Service
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.strcred import ICheckerFactory
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+
+@implementer(ICredentialsChecker)
+class PooledChecker(Service):
+    credentialInterfaces = (IUsernamePassword,)
+
+    def requestAvatarId(self, credentials):
+        raise NotImplementedError
+
+
+@implementer(ICheckerFactory, IPlugin)
+class PooledCheckerFactory:
+    authType = "pooled"
+    authHelp = argStringFormat = "A checker with a connection pool to start and stop."
+    credentialInterfaces = PooledChecker.credentialInterfaces
+
+    def generateChecker(self, argstring):
+        return PooledChecker()
+
+
+pooled = PooledCheckerFactory()
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_anAuthCheckerThatIsAServiceStartsAndStopsWithTheServer(tmp_path, monkeypatch):
+    import sys
+
+    import twisted.plugins
+
+    plugins = tmp_path / "twisted" / "plugins"
+    plugins.mkdir(parents=True)
+    (plugins / "pooled_checker.py").write_text(_SERVICE_PLUGIN)
+    monkeypatch.setattr(twisted.plugins, "__path__", [*twisted.plugins.__path__, str(plugins)])
+    monkeypatch.delitem(sys.modules, "twisted.plugins.pooled_checker", raising=False)
+    options = tap.Options()
+    options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1", "--auth", "pooled"])
+    service = tap.makeService(options)
+    (source,) = options["sources"]
+    service.privilegedStartService()
+    service.startService()
+    try:
+        assert source.checker.running
+    finally:
+        await service.stopService()
+    assert not source.checker.running
+    sys.modules.pop("twisted.plugins.pooled_checker", None)
