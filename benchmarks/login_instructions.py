@@ -85,6 +85,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--tree", type=Path, default=HERE.parent, help="checkout to measure")
     p.add_argument("--twistd-args", default="", help="extra imapreferral options")
+    p.add_argument("--twistd-options", default="", help="twistd's own options, e.g. --logger")
     args = p.parse_args(argv)
     print("benchmark:", shlex.join([sys.executable, *sys.argv]))
     if shutil.which("valgrind") is None:
@@ -105,12 +106,13 @@ def main(argv: list[str]) -> int:
             "valgrind", "--tool=callgrind", f"--callgrind-out-file={outFile}",
             "--dump-instr=no", "--collect-atstart=yes",
             sys.executable, str(Path(sys.executable).with_name("twistd")),
-            "-n", "--pidfile=", "imapreferral",
+            "-n", "--pidfile=", *shlex.split(args.twistd_options), "imapreferral",
             "--listen", f"tcp:{port}:interface=127.0.0.1",
             "--passdb", f"passwd-file:{passwd}", *shlex.split(args.twistd_args),
         ]  # fmt: skip
         print("server:", shlex.join(cmd))
-        env = dict(os.environ, PYTHONPATH=str(args.tree.resolve()))
+        path = [str(args.tree.resolve()), *filter(None, [os.environ.get("PYTHONPATH")])]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
         log = open(directory / "server.log", "wb")
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=tmp, env=env)
         try:
