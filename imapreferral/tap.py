@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import shlex
+import signal
 import socket
 import sys
 from typing import Any
@@ -41,7 +42,9 @@ from imapreferral.login.outcome import Unavailable
 from imapreferral.login.sasl import MECHANISMS
 from imapreferral.networks import NetworkList
 from imapreferral.passdbs import PassdbConfigError, passdbFromString
+from imapreferral.passdbs.cache import AuthCache, CachedPassdb, parseDuration, parseSize
 from imapreferral.passdbs.sql import DEFAULT_TIMEOUT
+from imapreferral.passdbs.static import StaticPassdb
 from imapreferral.passwords import SchemeVerifier
 from imapreferral.proxy.connect import MAX_RECONNECTS, BackendConnector, loadTrustRoot
 from imapreferral.tls import TLSConfigError, loadTLS
@@ -86,6 +89,18 @@ def _count(option: str, low: int = 0) -> Any:
         return int(value)
 
     return parse
+
+
+def _parsedBy(option: str, parse: Any) -> Any:
+    """A coercer: C{parse(value)}, its C{ValueError} one line naming the option."""
+
+    def coerce(value: str) -> Any:
+        try:
+            return parse(value)
+        except ValueError as e:
+            raise usage.UsageError(f"{_shown(option, value)}: {e}") from None
+
+    return coerce
 
 
 def _mechanisms(value: str) -> tuple[str, ...]:
@@ -165,6 +180,15 @@ class Options(usage.Options):
         ["local-backend", None, None,
          "Proxy every login that succeeds here to this server (the old mail server behind "
          "us), static passdb fields: 'host=... [port=...] [starttls=yes] [master=... pass=...]'."],
+        ["auth-cache-size", None, 0,
+         "Authentication cache size in bytes, e.g. 10M (Dovecot's auth_cache_size); 0: no cache.",
+         _parsedBy("auth-cache-size", parseSize)],
+        ["auth-cache-ttl", None, 3600.0,
+         "How long a cached passdb answer is used, e.g. '1 hour' (auth_cache_ttl).",
+         _parsedBy("auth-cache-ttl", parseDuration)],
+        ["auth-cache-negative-ttl", None, 3600.0,
+         "How long an unknown user stays cached (auth_cache_negative_ttl); 0: not cached.",
+         _parsedBy("auth-cache-negative-ttl", parseDuration)],
         ["backend-ca", None, None,
          "PEM CA certificates proxy backends' certificates must chain to "
          "(default: the system trust store)."],
@@ -361,11 +385,19 @@ class ReferralService(MultiService):
         descriptors this process may open cannot hold them.
     """
 
-    def __init__(self, description: str, limiter: ConnectionLimiter, factory: Any = None) -> None:
+    def __init__(
+        self,
+        description: str,
+        limiter: ConnectionLimiter,
+        factory: Any = None,
+        authCache: AuthCache | None = None,
+    ) -> None:
         super().__init__()
         self.description = description
         self.limiter = limiter
         self.factory = factory
+        self.authCache = authCache
+        self._previousHangup: Any = None
 
     def privilegedStartService(self) -> None:
         descriptors.fitConnectionLimit(self.limiter)
@@ -373,13 +405,36 @@ class ReferralService(MultiService):
 
     def startService(self) -> None:
         _log.info("imapreferral serving {description}", description=self.description)
+        if self.authCache is not None:
+            self._previousHangup = signal.signal(signal.SIGHUP, self._hangup)
         super().startService()
 
     def stopService(self) -> Any:
         """Stop listening, and end the proxied sessions cleanly (both sides)."""
+        if self.authCache is not None and signal.getsignal(signal.SIGHUP) == self._hangup:
+            signal.signal(signal.SIGHUP, self._previousHangup)
         if self.factory is not None:
             self.factory.closeRelays()
         return super().stopService()
+
+    def _hangup(self, signum: int, frame: Any) -> None:
+        """
+        C{SIGHUP} flushes the auth cache, as Dovecot's auth process does;
+        the flush runs on the reactor (as twistd's own C{SIGUSR1} log
+        rotation does), and a handler someone installed before us still runs.
+        """
+        from twisted.internet import reactor
+
+        reactor.callFromThread(self._flushAuthCache)
+        if callable(self._previousHangup):
+            self._previousHangup(signum, frame)
+
+    def _flushAuthCache(self) -> None:
+        assert self.authCache is not None
+        _log.info(
+            "SIGHUP received, {count} auth cache entries flushed",
+            count=self.authCache.flush(),
+        )
 
 
 def selfAddresses(config: Any) -> set[tuple[str, int]]:
@@ -421,8 +476,19 @@ def makeService(config: Any) -> IService:
         maxReconnects=config["proxy-max-reconnects"],
         selfAddresses=ourselves,
     )
+    authCache = None
+    passdbs = list(config["passdb"])
+    if config["auth-cache-size"]:
+        authCache = AuthCache(
+            config["auth-cache-size"], config["auth-cache-ttl"], config["auth-cache-negative-ttl"]
+        )
+        # A static passdb gives every user the same answer from memory.
+        passdbs = [
+            p if isinstance(p, StaticPassdb) else CachedPassdb(p, authCache, f"passdb{i}")
+            for i, p in enumerate(passdbs)
+        ]
     checker = PassdbChecker(
-        config["passdb"],
+        passdbs,
         verifier=verifier,
         lowercaseUsernames=not config["keep-username-case"],
         selfAddresses=ourselves,
@@ -455,9 +521,10 @@ def makeService(config: Any) -> IService:
     )
     listeners = [*config["listen"], *(f"{d} (TLS)" for d in config["listen-tls"])]
     service = ReferralService(
-        f"{', '.join(listeners)} with passdbs " + ", ".join(repr(p) for p in config["passdb"]),
+        f"{', '.join(listeners)} with passdbs " + ", ".join(repr(p) for p in passdbs),
         factory.limiter,
         factory,
+        authCache,
     )
     verifier.setServiceParent(service)
     for passdb in config["passdb"]:
