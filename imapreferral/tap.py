@@ -431,6 +431,9 @@ class ReferralService(MultiService):
 
     def _flushAuthCache(self) -> None:
         assert self.authCache is not None
+        for child in self:
+            if isinstance(child, workers.WorkerProcesses):
+                child.signalWorkers("HUP")  # each worker process has a cache of its own
         _log.info(
             "SIGHUP received, {count} auth cache entries flushed",
             count=self.authCache.flush(),
