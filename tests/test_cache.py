@@ -503,3 +503,29 @@ def test_sighupToTwistdShowsAChangedRowAtOnce(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_sighupToTheFirstProcessFlushesEveryWorker(tmp_path):
+    port = _freePort()
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent))
+    with open(out, "wb") as f:
+        proc = subprocess.Popen(
+            [*TWISTD, "-n", "--pidfile=", "imapreferral", "--workers", "2",
+             "--listen", f"tcp:{port}:interface=127.0.0.1", "--auth-cache-size", "1M"],
+            cwd=str(tmp_path), env=env, stdout=f, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while out.read_text().count("imapreferral serving") < 2:
+            assert time.monotonic() < deadline and proc.poll() is None, out.read_text()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGHUP)
+        while out.read_text().count("SIGHUP received, 0 auth cache entries flushed") < 2:
+            assert time.monotonic() < deadline, out.read_text()
+            time.sleep(0.05)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert out.read_text().count("SIGHUP received") == 2
