@@ -40,6 +40,7 @@ from imapreferral.passdbs.cache import (
     parseSize,
 )
 from imapreferral.passdbs.static import StaticPassdb
+from imapreferral.passwords import SchemeVerifier
 from imapreferral.tap import Options, ReferralService, makeService
 from imapreferral.testing import MemoryPassdb, ServerHarness
 
@@ -119,9 +120,20 @@ class Server:
         self.clock = cacheClock
         self.cache = AuthCache(cacheArgs.pop("maxSize", 1 << 20), clock=cacheClock, **cacheArgs)
         self.cached = CachedPassdb(passdb, self.cache, "passdb0")
+        self.verifier = SchemeVerifier()
         self.harness = ServerHarness.forChecker(
-            PassdbChecker([self.cached]), failureDelay=0, authPenaltyCap=0
+            PassdbChecker([self.cached], verifier=self.verifier),
+            failureDelay=0,
+            authPenaltyCap=0,
         )
+
+    async def start(self) -> None:
+        self.verifier.startService()
+        await self.harness.start()
+
+    async def stop(self) -> None:
+        await self.harness.stop()
+        await self.verifier.stopService()
 
     async def login(self, user: bytes, password: bytes = b"pass") -> bytes:
         """One connection, one LOGIN: the tagged answer without its tag."""
@@ -138,9 +150,9 @@ async def sqlServer(database):
     passdb = passdbFromString(f"sql:{database.config}", timeout=2)
     passdb.startService()
     server = Server(passdb, task.Clock(), ttl=TTL, negativeTtl=NEGATIVE_TTL)
-    await server.harness.start()
+    await server.start()
     yield server
-    await server.harness.stop()
+    await server.stop()
     passdb.stopService()
 
 
@@ -184,7 +196,7 @@ def _counting(users=None) -> MemoryPassdb:
 async def test_repeatedWrongPasswordsAreAnsweredFromTheCache():
     passdb = _counting()
     server = Server(passdb, task.Clock(), ttl=TTL, negativeTtl=NEGATIVE_TTL)
-    await server.harness.start()
+    await server.start()
     try:
         assert await server.login(b"refnl", b"wrong") == FAILED
         assert await server.login(b"refnl", b"wrong") == FAILED
@@ -194,35 +206,35 @@ async def test_repeatedWrongPasswordsAreAnsweredFromTheCache():
         assert await server.login(b"refnl") == referral(b"refnl", b"imap2.example.com")
         assert len(passdb.lookups) == 1
     finally:
-        await server.harness.stop()
+        await server.stop()
 
 
 @pytest_twisted.ensureDeferred
 async def test_wrongPasswordPastTheNegativeTtlAsksThePassdbAgain():
     passdb = _counting()
     server = Server(passdb, task.Clock(), ttl=TTL, negativeTtl=NEGATIVE_TTL)
-    await server.harness.start()
+    await server.start()
     try:
         assert await server.login(b"refnl", b"wrong") == FAILED
         server.clock.advance(NEGATIVE_TTL + 1)
         assert await server.login(b"refnl", b"wrong") == FAILED
         assert len(passdb.lookups) == 2
     finally:
-        await server.harness.stop()
+        await server.stop()
 
 
 @pytest_twisted.ensureDeferred
 async def test_zeroNegativeTtlCachesNoUnknownUser():
     passdb = _counting()
     server = Server(passdb, task.Clock(), ttl=TTL, negativeTtl=0)
-    await server.harness.start()
+    await server.start()
     try:
         assert await server.login(b"nosuchuser") == FAILED
         assert await server.login(b"nosuchuser") == FAILED
         assert len(passdb.lookups) == 2
         assert len(server.cache) == 0
     finally:
-        await server.harness.stop()
+        await server.stop()
 
 
 @pytest_twisted.ensureDeferred
@@ -230,7 +242,7 @@ async def test_cacheHoldsTheStoredHashNeverThePassword():
     stored = "{BLF-CRYPT}" + bcrypt.hashpw(b"s3cret-Pw", bcrypt.gensalt(4)).decode()
     users = {"hashed": PassdbReply(password=stored, host="imap2.example.com", nologin=True)}
     server = Server(MemoryPassdb(users), task.Clock())
-    await server.harness.start()
+    await server.start()
     try:
         assert await server.login(b"hashed", b"s3cret-Pw") == referral(
             b"hashed", b"imap2.example.com"
@@ -239,7 +251,7 @@ async def test_cacheHoldsTheStoredHashNeverThePassword():
             b"hashed", b"imap2.example.com"
         )
     finally:
-        await server.harness.stop()
+        await server.stop()
     (entry,) = server.cache._entries.values()
     assert entry.reply.password == stored
     everything = repr(
@@ -261,7 +273,7 @@ async def test_postgresOutageWithAWarmCacheAnswersCachedUsers(postgres, tmp_path
     passdb = passdbFromString(f"sql:{config}", timeout=2)
     passdb.startService()
     server = Server(passdb, task.Clock(), ttl=TTL, negativeTtl=NEGATIVE_TTL)
-    await server.harness.start()
+    await server.start()
     try:
         assert await server.login(b"refnl") == referral(b"refnl", b"imap2.example.com")
         assert await server.login(b"ref6", b"wrong") == FAILED
@@ -277,7 +289,7 @@ async def test_postgresOutageWithAWarmCacheAnswersCachedUsers(postgres, tmp_path
         server.clock.advance(1)
         assert await server.login(b"refport") == referral(b"refport", b"imap2.example.com:1143")
     finally:
-        await server.harness.stop()
+        await server.stop()
         passdb.stopService()
     lines = [(e["log_level"].name, formatEvent(e)) for e in logged]
     cacheLines = [line for line in lines if line[1].startswith("auth cache:")]
