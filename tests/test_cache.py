@@ -29,6 +29,8 @@ from wiretable import FAILED, REFER, UNAVAILABLE
 
 from imapreferral.limits import ConnectionLimiter
 from imapreferral.login.checker import PassdbChecker
+from imapreferral.login.context import LoginContext
+from imapreferral.login.errors import TemporaryFailure
 from imapreferral.login.fields import PassdbReply
 from imapreferral.networks import NetworkList
 from imapreferral.passdbs import passdbFromString
@@ -541,3 +543,20 @@ def test_sighupToTheFirstProcessFlushesEveryWorker(tmp_path):
         proc.terminate()
         proc.wait(timeout=20)
     assert out.read_text().count("SIGHUP received") == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_lookupWithoutAPasswordUsesTheSameEntries():
+    """L{CachedPassdb.lookup} (no password to check): live entries, then expired ones on failure."""
+    passdb = _counting()
+    clock = task.Clock()
+    cached = CachedPassdb(passdb, AuthCache(1 << 20, ttl=TTL, clock=clock), "passdb0")
+    context = LoginContext()
+    first = await cached.lookup("refnl", context)
+    assert first is passdb.users["refnl"]
+    assert await cached.lookup("refnl", context) is first and len(passdb.lookups) == 1
+    clock.advance(TTL + 1)
+    passdb.error = TemporaryFailure("down")
+    assert await cached.lookup("refnl", context) is first and len(passdb.lookups) == 2
+    with pytest.raises(TemporaryFailure):
+        await cached.lookup("plain", context)
