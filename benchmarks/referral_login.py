@@ -352,10 +352,98 @@ def _die_with_parent(sig: int = signal.SIGTERM) -> None:
         pass
 
 
-def passdbFor(kind: str, directory: Path, args: argparse.Namespace) -> str:
-    """The --passdb argument for the server: the passwd-file, or SQLite via Dovecot's SQL config."""
+class ThrowawayPostgres:
+    """
+    A PostgreSQL cluster for --passdb-kind pgsql: initdb and pg_ctl on a free
+    loopback port in its own temporary directory (as the postgres user when
+    run as root), the user in table C{users} of database C{mail}, created with
+    psql. L{stop} removes it; every step has a timeout.
+    """
+
+    def __init__(self, user: str, password: str, host: str) -> None:
+        import glob
+        import shutil
+
+        initdb = (
+            shutil.which("initdb")
+            or (sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or [None])[-1]
+        )
+        if initdb is None:
+            raise RuntimeError("--passdb-kind pgsql needs PostgreSQL (initdb, pg_ctl, psql)")
+        self.bindir = os.path.dirname(os.path.realpath(initdb))
+        self.dir = tempfile.mkdtemp(prefix="imapreferral-bench-pg-")
+        self.data = os.path.join(self.dir, "data")
+        self.port = free_port()
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+            shutil.chown(self.dir, "postgres")
+        self.started = False
+        self._run("initdb", "-D", self.data, "-U", "postgres", "-A", "trust", "--no-sync")
+        options = f"-h {HOST} -p {self.port} -k {self.dir} -F"
+        self._run("pg_ctl", "-D", self.data, "-o", options, "-w", "-t", "30", "-l",
+                  os.path.join(self.dir, "log"), "start")  # fmt: skip
+        self.started = True
+        quoted = lambda text: "'" + text.replace("'", "''") + "'"  # noqa: E731
+        try:
+            self._psql("postgres", "CREATE DATABASE mail")
+            self._psql(
+                "mail",
+                "CREATE TABLE users (userid TEXT PRIMARY KEY, password TEXT, host TEXT); "
+                f"INSERT INTO users VALUES ({quoted(user)}, {quoted('{PLAIN}' + password)}, "
+                f"{quoted(host)})",
+            )
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def conninfo(self) -> str:
+        return f"host={HOST} port={self.port} dbname=mail user=postgres"
+
+    def _run(self, tool: str, *args: str) -> None:
+        subprocess.run(
+            [*self.as_user, os.path.join(self.bindir, tool), *args], check=True, timeout=60,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=self.dir,
+        )  # fmt: skip
+
+    def _psql(self, database: str, sql: str) -> None:
+        subprocess.run(
+            ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", HOST, "-p", str(self.port),
+             "-U", "postgres", "-d", database, "-c", sql],
+            check=True, timeout=30, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        import shutil
+
+        try:
+            if self.started:
+                self._run("pg_ctl", "-D", self.data, "-m", "immediate", "-w", "-t", "30", "stop")
+        except (subprocess.SubprocessError, OSError):
+            pass
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+QUERY = "SELECT password, host, 'Y' AS nologin FROM users WHERE userid = '%u'"
+
+
+def passdbFor(kind: str, directory: Path, args: argparse.Namespace, cleanups: list) -> str:
+    """
+    The --passdb argument for the server: the passwd-file, SQLite via
+    Dovecot's SQL config, or PostgreSQL (a throwaway cluster, stopped by the
+    C{cleanups} appended here).
+    """
     if kind == "passwd-file":
         return f"passwd-file:{directory / 'users.passwd'}"
+    conf = directory / "dovecot-sql.conf.ext"
+    if kind == "pgsql":
+        postgres = ThrowawayPostgres(args.user, args.password, args.referral_host)
+        cleanups.append(postgres.stop)
+        conf.write_text(
+            f"driver = pgsql\nconnect = {postgres.conninfo}\npassword_query = {QUERY}\n"
+        )
+        return f"sql:{conf}"
     import sqlite3
 
     db = directory / "users.sqlite"
@@ -365,11 +453,7 @@ def passdbFor(kind: str, directory: Path, args: argparse.Namespace) -> str:
             "INSERT INTO users VALUES (?, ?, ?)",
             (args.user, "{PLAIN}" + args.password, args.referral_host),
         )
-    conf = directory / "dovecot-sql.conf.ext"
-    conf.write_text(
-        f"driver = sqlite\nconnect = {db}\n"
-        "password_query = SELECT password, host, 'Y' AS nologin FROM users WHERE userid = '%u'\n"
-    )
+    conf.write_text(f"driver = sqlite\nconnect = {db}\npassword_query = {QUERY}\n")
     return f"sql:{conf}"
 
 
@@ -686,9 +770,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument(
         "--passdb-kind",
-        choices=("passwd-file", "sql"),
+        choices=("passwd-file", "sql", "pgsql"),
         default="passwd-file",
-        help="passdb of the spawned server: a passwd-file, or SQLite through a Dovecot SQL config",
+        help="passdb of the spawned server: a passwd-file, SQLite ('sql') or a throwaway "
+        "PostgreSQL cluster ('pgsql') through a Dovecot SQL config",
+    )
+    p.add_argument(
+        "--server-args",
+        default="",
+        help="more arguments for the spawned twistd imapreferral, e.g. "
+        "'--auth-cache-size 10M' (split as a shell would)",
     )
     p.add_argument("--user", default="refnl")
     p.add_argument("--password", default="pass")
@@ -726,6 +817,7 @@ def main(argv: list[str]) -> int:
     log_path = Path(tmp.name) / "server.log"
     stopped = "not spawned"
     all_results = []
+    cleanups: list = []
 
     def on_signal(signum, frame):
         raise KeyboardInterrupt
@@ -763,11 +855,12 @@ def main(argv: list[str]) -> int:
                     "--listen",
                     f"tcp:{port}:interface={HOST}:backlog=512",
                     "--passdb",
-                    passdbFor(args.passdb_kind, Path(tmp.name), args),
+                    passdbFor(args.passdb_kind, Path(tmp.name), args, cleanups),
                     "--auth-failure-delay",
                     "0",
                     "--workers",
                     str(args.server_workers),
+                    *shlex.split(args.server_args),
                 ]
                 args.single_threaded_server = args.server_workers == 1
             print("server:", shlex.join(cmd))
@@ -821,6 +914,8 @@ def main(argv: list[str]) -> int:
                 print(f"server log kept at {keep}")
             except OSError:
                 pass
+        for cleanup in cleanups:
+            cleanup()
         tmp.cleanup()
         if args.json and all_results:
             with open(args.json, "w") as f:

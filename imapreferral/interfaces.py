@@ -34,6 +34,36 @@ class IPassdb(Interface):
         """
 
 
+class IPassdbCacheKey(Interface):
+    """
+    A passdb whose answer depends on more than the user name, for the auth
+    cache (L{imapreferral.passdbs.cache}): Dovecot keys a SQL passdb's
+    entries by the values of its query's C{%variables}.
+    """
+
+    def cacheKey(username, context):  # type: ignore[no-untyped-def]
+        """
+        @return: A L{tuple} of L{str}: the values the answer for this
+            login depends on; two logins with the same values get the same
+            answer.
+        """
+
+
+class IVerifyingPassdb(IPassdb):
+    """
+    A passdb that wants the password check with the lookup: the auth cache
+    asks its passdb again when a wrong password follows a good one.
+    """
+
+    def lookupVerified(username, context, verify):  # type: ignore[no-untyped-def]
+        """
+        @param verify: Checks the login's password against a reply:
+            C{verify(reply)} returns an awaitable L{bool}.
+        @return: A Deferred firing with C{(reply, passwordOk)}, the reply
+            L{None} for an unknown user; failing as L{IPassdb.lookup} does.
+        """
+
+
 class IPasswordVerifier(Interface):
     """
     Checks a password against a stored, possibly C{{SCHEME}}-prefixed value.

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import shlex
+import signal
 import socket
 import sys
 from typing import Any
@@ -50,7 +51,9 @@ from imapreferral.login.outcome import Unavailable
 from imapreferral.login.sasl import MECHANISMS
 from imapreferral.networks import NetworkList
 from imapreferral.passdbs import PASSDB_TYPES, PassdbConfigError, passdbFromString
+from imapreferral.passdbs.cache import AuthCache, CachedPassdb, parseDuration, parseSize
 from imapreferral.passdbs.sql import DEFAULT_TIMEOUT
+from imapreferral.passdbs.static import StaticPassdb
 from imapreferral.passwords import SchemeVerifier
 from imapreferral.proxy.connect import MAX_RECONNECTS, BackendConnector, loadTrustRoot
 from imapreferral.tls import TLSConfigError, loadTLS
@@ -95,6 +98,18 @@ def _count(option: str, low: int = 0) -> Any:
         return int(value)
 
     return parse
+
+
+def _parsedBy(option: str, parse: Any) -> Any:
+    """A coercer: C{parse(value)}, its C{ValueError} one line naming the option."""
+
+    def coerce(value: str) -> Any:
+        try:
+            return parse(value)
+        except ValueError as e:
+            raise usage.UsageError(f"{_shown(option, value)}: {e}") from None
+
+    return coerce
 
 
 def _mechanisms(value: str) -> tuple[str, ...]:
@@ -179,6 +194,15 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ["local-backend", None, None,
          "Proxy every login that succeeds here to this server (the old mail server behind "
          "us), static passdb fields: 'host=... [port=...] [starttls=yes] [master=... pass=...]'."],
+        ["auth-cache-size", None, 0,
+         "Authentication cache size in bytes, e.g. 10M (Dovecot's auth_cache_size); 0: no cache.",
+         _parsedBy("auth-cache-size", parseSize)],
+        ["auth-cache-ttl", None, 3600.0,
+         "How long a cached passdb answer is used, e.g. '1 hour' (auth_cache_ttl).",
+         _parsedBy("auth-cache-ttl", parseDuration)],
+        ["auth-cache-negative-ttl", None, 3600.0,
+         "How long an unknown user stays cached (auth_cache_negative_ttl); 0: not cached.",
+         _parsedBy("auth-cache-negative-ttl", parseDuration)],
         ["backend-ca", None, None,
          "PEM CA certificates proxy backends' certificates must chain to "
          "(default: the system trust store)."],
@@ -427,9 +451,11 @@ class ReferralService(MultiService):
         description: str,
         limiter: ConnectionLimiter,
         factory: Any = None,
+        authCache: AuthCache | None = None,
         jsonLogTo: Any = None,
     ) -> None:
         """
+        @param authCache: The authentication cache, flushed on C{SIGHUP}.
         @param jsonLogTo: twistd's options, when the log is to be JSON lines
             (L{imapreferral.jsonlog.installIn}), else L{None}.
         """
@@ -437,6 +463,8 @@ class ReferralService(MultiService):
         self.description = description
         self.limiter = limiter
         self.factory = factory
+        self.authCache = authCache
+        self._previousHangup: Any = None
         self.jsonLogTo = jsonLogTo
 
     def setServiceParent(self, parent: Any) -> Any:
@@ -454,13 +482,39 @@ class ReferralService(MultiService):
 
     def startService(self) -> None:
         _log.info("imapreferral serving {description}", description=self.description)
+        if self.authCache is not None:
+            self._previousHangup = signal.signal(signal.SIGHUP, self._hangup)
         super().startService()
 
     def stopService(self) -> Any:
         """Stop listening, and end the proxied sessions cleanly (both sides)."""
+        if self.authCache is not None and signal.getsignal(signal.SIGHUP) == self._hangup:
+            signal.signal(signal.SIGHUP, self._previousHangup)
         if self.factory is not None:
             self.factory.closeRelays()
         return super().stopService()
+
+    def _hangup(self, signum: int, frame: Any) -> None:
+        """
+        C{SIGHUP} flushes the auth cache, as Dovecot's auth process does;
+        the flush runs on the reactor (as twistd's own C{SIGUSR1} log
+        rotation does), and a handler someone installed before us still runs.
+        """
+        from twisted.internet import reactor
+
+        reactor.callFromThread(self._flushAuthCache)
+        if callable(self._previousHangup):
+            self._previousHangup(signum, frame)
+
+    def _flushAuthCache(self) -> None:
+        assert self.authCache is not None
+        for child in self:
+            if isinstance(child, workers.WorkerProcesses):
+                child.signalWorkers("HUP")  # each worker process has a cache of its own
+        _log.info(
+            "SIGHUP received, {count} auth cache entries flushed",
+            count=self.authCache.flush(),
+        )
 
 
 def selfAddresses(config: Any) -> set[tuple[str, int]]:
@@ -502,10 +556,26 @@ def makeService(config: Any) -> IService:
         maxReconnects=config["proxy-max-reconnects"],
         selfAddresses=ourselves,
     )
+    authCache = None
+    if config["auth-cache-size"]:
+        authCache = AuthCache(
+            config["auth-cache-size"], config["auth-cache-ttl"], config["auth-cache-negative-ttl"]
+        )
+    cacheNames = {id(source): f"passdb{i}" for i, source in enumerate(config["sources"])}
+
+    def cached(passdbs: list[Any]) -> list[Any]:
+        """Each passdb behind the cache, but static (it answers every user from memory)."""
+        if authCache is None:
+            return passdbs
+        return [
+            p if isinstance(p, StaticPassdb) else CachedPassdb(p, authCache, cacheNames[id(p)])
+            for p in passdbs
+        ]
+
     checker = _checker(
         config,
         lambda passdbs: PassdbChecker(
-            passdbs,
+            cached(passdbs),
             verifier=verifier,
             lowercaseUsernames=not config["keep-username-case"],
             selfAddresses=ourselves,
@@ -542,6 +612,7 @@ def makeService(config: Any) -> IService:
         f"{', '.join(listeners)} with passdbs " + ", ".join(repr(s) for s in config["sources"]),
         factory.limiter,
         factory,
+        authCache,
         jsonLogTo=(getattr(config, "parent", None) or {})
         if config["log-format"] == "json"
         else None,

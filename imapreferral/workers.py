@@ -140,6 +140,15 @@ class WorkerProcesses(Service):
             self._workers.append((process, worker))
         _log.info("started {n} more worker processes", n=self.count - 1)
 
+    def signalWorkers(self, name: str) -> None:
+        """Send the running workers a signal (C{"HUP"}: flush their auth caches too)."""
+        for process, worker in self._workers:
+            if not worker.ended.called:
+                try:
+                    process.signalProcess(name)
+                except Exception:
+                    continue
+
     def stopService(self) -> Deferred[None]:
         super().stopService()
         waits = []

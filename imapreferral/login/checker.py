@@ -18,7 +18,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from imapreferral.interfaces import IPassdb, IPasswordVerifier
+from imapreferral.interfaces import IPassdb, IPasswordVerifier, IVerifyingPassdb
 from imapreferral.login.context import LoginContext
 from imapreferral.login.credentials import CramMD5Credentials
 from imapreferral.login.decision import decide
@@ -59,6 +59,14 @@ def normaliseUsername(raw: bytes, lowercase: bool = True) -> str:
     """
     name = raw.decode("utf-8", "surrogateescape").strip()
     return name.translate(_ASCII_LOWER) if lowercase else name
+
+
+class _Unverifiable(Exception):
+    """A stored password that cannot be checked, on its way past the passdb's outage handling."""
+
+    def __init__(self, error: TemporaryFailure) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 @implementer(ICredentialsChecker)
@@ -125,9 +133,11 @@ class PassdbChecker:
         checked = False
         for passdb in self.passdbs:
             try:
-                reply = await passdb.lookup(username, context)
+                reply, passwordOk = await self._consult(passdb, username, context, credentials)
             except CancelledError:
                 raise  # the client went away: no outcome, no next passdb
+            except _Unverifiable as e:
+                raise e.error from None
             except Exception as e:
                 # The passdb logs its own outages once; the login line says the rest.
                 tempfail = f"passdb {passdb!r} failed: {e}"
@@ -137,7 +147,6 @@ class PassdbChecker:
             if reply.password is not None:
                 self._decoys.saw(reply.password)
                 checked = checked or not reply.nopassword
-            passwordOk = await self._passwordMatches(reply, credentials)
             if reply.proxyMaybe and await self._pointsHere(reply, context):
                 # Log in here; as Dovecot, the proxy fields go (no referral to self).
                 reply = attrs.evolve(reply, proxyMaybe=False, host=None, port=None, destuser=None)
@@ -152,6 +161,29 @@ class PassdbChecker:
             if IUsernamePassword.providedBy(credentials):
                 await self._decoys.check(credentials.password)  # type: ignore[attr-defined]
         return self._conclude(decision)
+
+    async def _consult(
+        self, passdb: IPassdb, username: str, context: LoginContext, credentials: object
+    ) -> tuple[PassdbReply | None, bool]:
+        """
+        A passdb's reply and whether the password matches it. A passdb that
+        wants the password check itself (the auth cache) gets it; a check
+        that cannot be done comes out as L{_Unverifiable}, not as an outage
+        of that passdb.
+        """
+
+        async def verify(reply: PassdbReply) -> bool:
+            try:
+                return await self._passwordMatches(reply, credentials)
+            except TemporaryFailure as e:
+                raise _Unverifiable(e) from e
+
+        if IVerifyingPassdb.providedBy(passdb):
+            return await passdb.lookupVerified(username, context, verify)  # type: ignore[attr-defined]
+        reply = await passdb.lookup(username, context)
+        if reply is None:
+            return None, False
+        return reply, await verify(reply)
 
     async def _passwordMatches(self, reply: PassdbReply, credentials: object) -> bool:
         if reply.nopassword or reply.password is None:

@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from imapreferral.interfaces import IPassdb
+from imapreferral.interfaces import IPassdb, IPassdbCacheKey
 from imapreferral.login.context import LoginContext
 from imapreferral.login.errors import TemporaryFailure
 from imapreferral.login.fields import FieldError, PassdbReply
@@ -185,7 +185,7 @@ def _runQuery(
     return names, rows
 
 
-@implementer(IPassdb)
+@implementer(IPassdb, IPassdbCacheKey)
 class SQLPassdb(Service):
     """
     A passdb over Dovecot's SQL config. A C{Service}: start it to open the
@@ -303,6 +303,10 @@ class SQLPassdb(Service):
             size = self._driver.maxConnections or self.poolSize
             self._pool = self._driver.pool(size, self._reactor)
         return self._pool
+
+    def cacheKey(self, username: str, context: LoginContext) -> tuple[str, ...]:
+        """The values of the query's variables, as Dovecot keys its auth cache."""
+        return self._driver.query.parameters(username, context)
 
     def lookup(self, username: str, context: LoginContext) -> Deferred[PassdbReply | None]:
         if self._problem is not None and self._probing:
