@@ -87,9 +87,20 @@ _TYPE_ERRORS = [
 ]
 
 
-def _parserProblem(error: Exception) -> str:
+#: The prefix of a socket systemd passes (socket activation, C{LISTEN_FDS}).
+SYSTEMD_PREFIX = "systemd:"
+
+
+def _parserProblem(error: Exception, endpoint: str = "") -> str:
     """What Twisted's endpoint parser found wrong, in the user's terms."""
     problem = str(error)
+    if endpoint.startswith(SYSTEMD_PREFIX) and isinstance(error, IndexError | KeyError):
+        # Twisted indexes the sockets systemd passed (none, outside systemd).
+        which = "that index" if isinstance(error, IndexError) else f"the name {problem}"
+        return (
+            f"systemd passed no socket with {which} (LISTEN_FDS, LISTEN_FDNAMES): "
+            "start the service through its .socket unit"
+        )
     if problem.startswith("invalid literal for int()"):
         return "a port or backlog that is not a number"
     if isinstance(error, TypeError):
@@ -112,7 +123,7 @@ def parseListener(option: str, description: str, reactor: Any) -> Listener:
     try:
         parsed = endpoints.serverFromString(reactor, endpoint)
     except Exception as e:
-        raise ListenerError(f"{shown}: {_parserProblem(e)}") from None
+        raise ListenerError(f"{shown}: {_parserProblem(e, endpoint)}") from None
     listener = Listener(option, description, endpoint, proxied)
     if isinstance(parsed, endpoints.UNIXServerEndpoint):
         return attrs.evolve(listener, local=True, path=parsed._address)
