@@ -244,7 +244,9 @@ class TestedLogin:
             lines.extend(_destination(self.outcome.destination))
             lines.append("reply: the backend's answer to our login (not contacted here)")
             if self.outcome.referral is not None:
-                lines.append(f"  (an OK from it is sent as: {self.reply.decode('utf-8', 'replace')})")
+                lines.append(
+                    f"  (an OK from it is sent as: {self.reply.decode('utf-8', 'replace')})"
+                )
         else:
             lines.append(f"reply: {self.reply.decode('utf-8', 'replace')}")
         return lines

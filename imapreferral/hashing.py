@@ -132,7 +132,9 @@ def makePassword(password: bytes, scheme: str = DEFAULT_SCHEME) -> str:
     name = scheme.upper()
     make = _MAKERS.get(name)
     if make is None:
-        raise UnknownScheme(f"cannot make {{{scheme}}} passwords (use one of {', '.join(SCHEMES)})")
+        raise UnknownScheme(
+            f"cannot make {{{scheme}}} passwords (use one of {', '.join(SCHEMES)})"
+        )
     if b"\0" in password and "CRYPT" in name:
         raise ValueError(f"{{{name}}} cannot hold a password with a NUL byte")
     return "{" + name + "}" + make(password)
