@@ -111,15 +111,20 @@ def _parserProblem(error: Exception, endpoint: str = "") -> str:
     return problem
 
 
-def parseListener(option: str, description: str, reactor: Any) -> Listener:
+def parseListener(option: str, description: str, reactor: Any, adopted: bool = False) -> Listener:
     """
     Parse one listener description with Twisted's endpoint parser.
 
+    @param adopted: This process is a worker (C{--workers}) and adopts its
+        first process's sockets: a C{systemd:} description is not looked
+        up, for systemd passed its sockets to the first process only.
     @raise ListenerError: for a description Twisted refuses or a port
         outside 0..65535 (Twisted only finds out when binding).
     """
     endpoint, proxied = withoutProxyPrefix(description)
     shown = f"--{option} {shlex.quote(description)}"
+    if adopted and endpoint.startswith(SYSTEMD_PREFIX):
+        return Listener(option, description, endpoint, proxied)
     try:
         parsed = endpoints.serverFromString(reactor, endpoint)
     except Exception as e:

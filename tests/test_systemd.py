@@ -8,10 +8,12 @@ systemd passes it (C{LISTEN_FDS}, C{LISTEN_PID}, C{LISTEN_FDNAMES}, fd 3).
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -140,6 +142,49 @@ def test_serverServesALoginOnASocketPassedAsSystemdDoes(tmp_path):
         out = proc.communicate(timeout=20)[0].decode()
     assert "imapreferral serving systemd:domain=INET:index=0" in out
     assert f"login remote=127.0.0.1 local=127.0.0.1:{port} mech=PLAIN: referred" in out
+
+
+def _waitForLines(proc: subprocess.Popen, text: str, count: int, seconds: float = 30) -> str:
+    """The output until C{text} has appeared C{count} times; fails on a refusal."""
+    out = b""
+    deadline = time.monotonic() + seconds
+    while out.decode(errors="replace").count(text) < count:
+        shown = out.decode(errors="replace")
+        assert "imapreferral: --listen" not in shown, shown
+        remaining = deadline - time.monotonic()
+        assert remaining > 0 and proc.poll() is None, shown
+        if select.select([proc.stdout], [], [], remaining)[0]:
+            out += os.read(proc.stdout.fileno(), 65536)
+    return out.decode(errors="replace")
+
+
+def test_workersShareASocketPassedBySystemd(tmp_path):
+    """
+    A worker adopts its first process's sockets; it must not look for
+    systemd's (it has none: they were the first process's): else every
+    worker exited at start and one process served alone.
+    """
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(16)
+        port = listening.getsockname()[1]
+        proc = _socketActivated(
+            listening,
+            "--listen", "systemd:domain=INET:index=0", "--workers", "2",
+            "--passdb", f"passwd-file:{tap.EXAMPLE_PASSWD}",
+        )  # fmt: skip
+    try:
+        _waitForLines(proc, "imapreferral serving systemd:domain=INET:index=0", 2)
+        for _ in range(4):
+            with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+                f = sock.makefile("rb")
+                f.readline()
+                sock.sendall(b"a LOGIN refnl pass\r\n")
+                assert f.readline().startswith(b"a NO [REFERRAL imap://refnl;")
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=20)[0].decode()
+    assert "imapreferral: " not in out and "Traceback" not in out
 
 
 def test_systemdListenerWithoutItsSocketIsOneLine(tmp_path):
