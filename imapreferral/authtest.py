@@ -213,6 +213,7 @@ class TestedLogin:
     answers: tuple[PassdbAnswer, ...]
     outcome: Outcome
     reply: bytes
+    greetingReferral: str | None = None
 
     @property
     def decidedBy(self) -> str | None:
@@ -249,6 +250,11 @@ class TestedLogin:
                 )
         else:
             lines.append(f"reply: {self.reply.decode('utf-8', 'replace')}")
+        if self.greetingReferral is not None:
+            lines.append(
+                f"but: --greeting-referral sends every client to {self.greetingReferral} "
+                "(* BYE [REFERRAL ...]) before it can log in"
+            )
         return lines
 
 
@@ -296,7 +302,8 @@ async def runLogin(
         # A --local-backend login that suggests a referral: its OK wording.
         rendered = LoggedIn(None, lambda: None, "", outcome.referral)
     status, text = renderOutcome(rendered, "PLAIN", parts.capabilities)
-    return TestedLogin(tuple(parts.answers), outcome, TAG + b" " + status + b" " + text)
+    reply = TAG + b" " + status + b" " + text
+    return TestedLogin(tuple(parts.answers), outcome, reply, parts.factory.policy.greetingReferral)
 
 
 @attrs.frozen

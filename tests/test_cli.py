@@ -127,6 +127,16 @@ def test_authTestProxyShowsTheBackendDestination(passwd):
     assert "pass=***" in done.stdout and "backend-pw" not in done.stdout
 
 
+def test_authTestSaysAGreetingReferralComesFirst(passwd):
+    done = cli("auth", "test", "--passdb", f"passwd-file:{passwd}",
+               "--greeting-referral", "imap://new.example.com/", "bob", SECRET)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert _line(done.stdout, "but: ") == (
+        "--greeting-referral sends every client to imap://new.example.com/ "
+        "(* BYE [REFERRAL ...]) before it can log in"
+    )
+
+
 def test_authTestUnreachableDatabaseIsATemporaryFailure(tmp_path):
     conf = writeConfig(
         str(tmp_path / "pg.conf"), "pgsql", f"host=127.0.0.1 port={_freePort()} dbname=x"
