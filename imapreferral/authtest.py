@@ -196,11 +196,15 @@ class ServerParts:
 
 
 def loginContext(remoteIP: str | None, localIP: str | None, localPort: int | None) -> LoginContext:
-    """Where the tested login comes from: what SQL's C{%r}, C{%l} and C{proxy_maybe} see."""
-    for address in (remoteIP, localIP):
-        if address is not None:
-            ipaddress.ip_address(address)  # ValueError for a bad one
-    return LoginContext(remoteIP=remoteIP, localIP=localIP, localPort=localPort)
+    """
+    Where the tested login comes from: what SQL's C{%r}, C{%l} and
+    C{proxy_maybe} see. Addresses are normalised as a socket gives them.
+    """
+
+    def normal(address: str | None) -> str | None:
+        return None if address is None else str(ipaddress.ip_address(address))
+
+    return LoginContext(remoteIP=normal(remoteIP), localIP=normal(localIP), localPort=localPort)
 
 
 @attrs.frozen

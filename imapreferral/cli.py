@@ -17,6 +17,7 @@ L{twisted.internet.task.react}.
 from __future__ import annotations
 
 import getpass
+import ipaddress
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -93,14 +94,20 @@ class _WhereFrom(_ServerCommand):
     optParameters = [
         ["remote-ip", None, None, "The client address the login comes from (SQL %r)."],
         ["local-ip", None, None, "The address it connected to (SQL %l, proxy_maybe)."],
-        ["local-port", None, None, "The port it connected to (proxy_maybe).", int],
-    ]
+        ["local-port", None, None, "The port it connected to (proxy_maybe).",
+         tap._count("local-port")],
+    ]  # fmt: skip
 
     def context(self) -> Any:
-        try:
-            return loginContext(self["remote-ip"], self["local-ip"], self["local-port"])
-        except ValueError as e:
-            raise usage.UsageError(str(e)) from None
+        for option in ("remote-ip", "local-ip"):
+            if self[option] is not None:
+                try:
+                    ipaddress.ip_address(self[option])
+                except ValueError:
+                    raise usage.UsageError(
+                        f"{tap._shown(option, self[option])}: not an IP address"
+                    ) from None
+        return loginContext(self["remote-ip"], self["local-ip"], self["local-port"])
 
 
 class AuthTestOptions(_WhereFrom):

@@ -127,6 +127,30 @@ def test_authTestProxyShowsTheBackendDestination(passwd):
     assert "pass=***" in done.stdout and "backend-pw" not in done.stdout
 
 
+@pytest.mark.parametrize(
+    ("where", "outcome"),
+    [
+        ([], "proxied to 127.0.0.1:10143"),
+        (["--local-ip", "127.0.0.1", "--local-port", "10143"], "logged in here"),
+    ],
+    ids=["elsewhere", "connected to the host named"],
+)
+def test_authTestProxyMaybeSeesWhereTheLoginArrives(where, outcome):
+    """proxy_maybe to the address the client connected to: a login here."""
+    fields = "static:password=pw proxy_maybe host=127.0.0.1 port=10143"
+    done = cli("auth", "test", "--passdb", fields, *where, "frank", "pw")
+    assert done.returncode == 0, done.stderr
+    assert _line(done.stdout, "outcome: ") == outcome
+
+
+def test_authTestRefusesABadAddress():
+    done = cli("auth", "test", "--remote-ip", "nope", "bob", SECRET)
+    assert (done.returncode, done.stderr) == (
+        64,
+        "imapreferral: --remote-ip nope: not an IP address\n",
+    )
+
+
 def test_authTestSaysAGreetingReferralComesFirst(passwd):
     done = cli("auth", "test", "--passdb", f"passwd-file:{passwd}",
                "--greeting-referral", "imap://new.example.com/", "bob", SECRET)  # fmt: skip
