@@ -87,9 +87,20 @@ _TYPE_ERRORS = [
 ]
 
 
-def _parserProblem(error: Exception) -> str:
+#: The prefix of a socket systemd passes (socket activation, C{LISTEN_FDS}).
+SYSTEMD_PREFIX = "systemd:"
+
+
+def _parserProblem(error: Exception, endpoint: str = "") -> str:
     """What Twisted's endpoint parser found wrong, in the user's terms."""
     problem = str(error)
+    if endpoint.startswith(SYSTEMD_PREFIX) and isinstance(error, IndexError | KeyError):
+        # Twisted indexes the sockets systemd passed (none, outside systemd).
+        which = "that index" if isinstance(error, IndexError) else f"the name {problem}"
+        return (
+            f"systemd passed no socket with {which} (LISTEN_FDS, LISTEN_FDNAMES): "
+            "start the service through its .socket unit"
+        )
     if problem.startswith("invalid literal for int()"):
         return "a port or backlog that is not a number"
     if isinstance(error, TypeError):
@@ -100,19 +111,24 @@ def _parserProblem(error: Exception) -> str:
     return problem
 
 
-def parseListener(option: str, description: str, reactor: Any) -> Listener:
+def parseListener(option: str, description: str, reactor: Any, adopted: bool = False) -> Listener:
     """
     Parse one listener description with Twisted's endpoint parser.
 
+    @param adopted: This process is a worker (C{--workers}) and adopts its
+        first process's sockets: a C{systemd:} description is not looked
+        up, for systemd passed its sockets to the first process only.
     @raise ListenerError: for a description Twisted refuses or a port
         outside 0..65535 (Twisted only finds out when binding).
     """
     endpoint, proxied = withoutProxyPrefix(description)
     shown = f"--{option} {shlex.quote(description)}"
+    if adopted and endpoint.startswith(SYSTEMD_PREFIX):
+        return Listener(option, description, endpoint, proxied)
     try:
         parsed = endpoints.serverFromString(reactor, endpoint)
     except Exception as e:
-        raise ListenerError(f"{shown}: {_parserProblem(e)}") from None
+        raise ListenerError(f"{shown}: {_parserProblem(e, endpoint)}") from None
     listener = Listener(option, description, endpoint, proxied)
     if isinstance(parsed, endpoints.UNIXServerEndpoint):
         return attrs.evolve(listener, local=True, path=parsed._address)

@@ -234,7 +234,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         from twisted.internet import reactor
 
         try:
-            self["listeners"].append(parseListener(option, description, reactor))
+            adopted = workers.ADOPT_VARIABLE in os.environ  # a worker: sockets inherited
+            self["listeners"].append(parseListener(option, description, reactor, adopted))
         except ListenerError as e:
             raise usage.UsageError(str(e)) from None
         self[option].append(description)

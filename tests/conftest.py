@@ -5,6 +5,7 @@ server harness with an injected clock.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -94,6 +95,28 @@ def exampleUsers() -> dict[str, PassdbReply]:
             password="{PLAIN}pass", host="imap2.example.com", nologin=True, reason=reason
         )
     return users
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """
+    A throwaway PostgreSQL cluster holding L{exampleUsers}, once per test
+    session (skipped where PostgreSQL is missing, unless CI requires it).
+    """
+    from sqlbackends import PostgresServer, findPostgres, rowsFor
+
+    bindir = findPostgres()
+    if bindir is None:
+        if os.environ.get("IMAPREFERRAL_REQUIRE_POSTGRES"):
+            pytest.fail("PostgreSQL (initdb, pg_ctl) is required but not installed")
+        pytest.skip("PostgreSQL is not installed (.ci/run installs it)")
+    server = PostgresServer(bindir)
+    try:
+        server.start()
+        server.createDatabase(rowsFor(exampleUsers()))
+        yield server
+    finally:
+        server.destroy()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ PostgreSQL server, both through the real IMAP server over loopback.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections import Counter
@@ -14,8 +13,6 @@ import pytest
 import pytest_twisted
 from conftest import exampleUsers
 from sqlbackends import (
-    PostgresServer,
-    findPostgres,
     makeSQLite,
     rowsFor,
     waitForPort,
@@ -49,22 +46,6 @@ password_query = SELECT NULL AS password, 'Y' AS nopassword \\
 """
 
 SEED2_FIXED = SEED2_VERBATIM.replace("'Y' AS nopassword \\", "'Y' AS nopassword, \\")
-
-
-@pytest.fixture(scope="session")
-def postgres():
-    bindir = findPostgres()
-    if bindir is None:
-        if os.environ.get("IMAPREFERRAL_REQUIRE_POSTGRES"):
-            pytest.fail("PostgreSQL (initdb, pg_ctl) is required but not installed")
-        pytest.skip("PostgreSQL is not installed (.ci/run installs it)")
-    server = PostgresServer(bindir)
-    try:
-        server.start()
-        server.createDatabase(rowsFor(exampleUsers()))
-        yield server
-    finally:
-        server.destroy()
 
 
 @pytest.fixture

@@ -1,0 +1,380 @@
+"""
+The C{imapreferral} console script, run as a subprocess: C{auth test}
+against passwd-file, SQLite and PostgreSQL passdbs (and compared with what
+the running server answers), C{auth lookup}, C{pw} and C{config check}.
+"""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlbackends import writeConfig
+from test_tap import _connectWhenListening, _freePort, _twistd, _twistdRefusal
+from tlscerts import makeCertificate
+
+from imapreferral import tap
+
+CLI = Path(sys.executable).with_name("imapreferral")
+ROOT = Path(__file__).parent.parent
+SECRET = "Sesame-7a"
+
+USERS = f"""\
+alice:{{PLAIN}}{SECRET}::::::host=imap2.example.com nologin
+bob:{{PLAIN}}{SECRET}
+carol:{{PLAIN}}{SECRET}::::::host=imap2.example.com port=1143
+dave:{{PLAIN}}{SECRET}::::::nologin reason=Moved
+eve:{{PLAIN}}{SECRET}::::::proxy host=127.0.0.1 port=10144 destuser=eve2 pass=backend-pw
+"""
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the installed console script on this source tree."""
+    assert CLI.exists(), f"{CLI} missing: pip install -e . installs the console script"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [str(CLI), *args], capture_output=True, text=True, timeout=60, env=env, cwd=cwd
+    )
+
+
+@pytest.fixture(scope="module")
+def passwd(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cli") / "users.passwd"
+    path.write_text(USERS)
+    return path
+
+
+def _line(out: str, prefix: str) -> str:
+    """The one line of C{out} starting with C{prefix}, without it."""
+    found = [line[len(prefix) :] for line in out.splitlines() if line.startswith(prefix)]
+    assert len(found) == 1, out
+    return found[0]
+
+
+# auth test
+
+
+def test_authTestShowsFieldsPassdbAndReplyWithoutThePassword(passwd):
+    done = cli("auth", "test", "--passdb", f"passwd-file:{passwd}", "alice", SECRET)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        f"passdb <PasswdFilePassdb {passwd}>: found",
+        "  password={PLAIN}*** host=imap2.example.com nologin",
+        f"decided by: <PasswdFilePassdb {passwd}>",
+        "outcome: referred to imap2.example.com",
+        "reply: a NO [REFERRAL imap://alice;AUTH=PLAIN@imap2.example.com/] "
+        "Try this server instead.",
+    ]
+    assert SECRET not in done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def runningServer(passwd, tmp_path_factory):
+    """The real server (twistd) on the same passdb, failures answered at once."""
+    port = _freePort()
+    proc = _twistd(
+        "--listen", f"tcp:{port}:interface=127.0.0.1", "--passdb", f"passwd-file:{passwd}",
+        "--auth-failure-delay", "0", "--auth-penalty-cap", "0",
+        cwd=str(tmp_path_factory.mktemp("server")),
+    )  # fmt: skip
+    try:
+        _connectWhenListening(proc, port).close()
+        yield port
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=20)
+
+
+def _serverReply(port: int, user: str, password: str) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        f = sock.makefile("rb")
+        f.readline()
+        sock.sendall(f"a LOGIN {user} {password}\r\n".encode())
+        return f.readline().decode().rstrip("\r\n")
+
+
+@pytest.mark.parametrize(
+    ("user", "password", "status"),
+    [
+        ("bob", SECRET, 0),
+        ("alice", SECRET, 0),
+        ("carol", SECRET, 0),
+        ("dave", SECRET, 1),
+        ("bob", "wrong", 1),
+        ("nobody", SECRET, 1),
+        ("ALICE", SECRET, 0),
+    ],
+    ids=["logs in", "referred", "suggested", "disabled", "wrong password", "unknown", "case"],
+)
+def test_authTestReplyIsTheRunningServersReply(runningServer, passwd, user, password, status):
+    done = cli("auth", "test", "--passdb", f"passwd-file:{passwd}", user, password)
+    assert done.returncode == status, done.stdout + done.stderr
+    assert _line(done.stdout, "reply: ") == _serverReply(runningServer, user, password)
+
+
+def test_authTestProxyShowsTheBackendDestination(passwd):
+    done = cli("auth", "test", "--passdb", f"passwd-file:{passwd}", "eve", SECRET)
+    assert done.returncode == 0, done.stderr
+    assert _line(done.stdout, "outcome: ") == "proxied to 127.0.0.1:10144"
+    assert _line(done.stdout, "proxy: ") == "127.0.0.1:10144 as eve2, TLS plain, timeout 30 s"
+    assert "pass=***" in done.stdout and "backend-pw" not in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("where", "outcome"),
+    [
+        ([], "proxied to 127.0.0.1:10143"),
+        (["--local-ip", "127.0.0.1", "--local-port", "10143"], "logged in here"),
+    ],
+    ids=["elsewhere", "connected to the host named"],
+)
+def test_authTestProxyMaybeSeesWhereTheLoginArrives(where, outcome):
+    """proxy_maybe to the address the client connected to: a login here."""
+    fields = "static:password=pw proxy_maybe host=127.0.0.1 port=10143"
+    done = cli("auth", "test", "--passdb", fields, *where, "frank", "pw")
+    assert done.returncode == 0, done.stderr
+    assert _line(done.stdout, "outcome: ") == outcome
+
+
+def test_authTestRefusesABadAddress():
+    done = cli("auth", "test", "--remote-ip", "nope", "bob", SECRET)
+    assert (done.returncode, done.stderr) == (
+        64,
+        "imapreferral: --remote-ip nope: not an IP address\n",
+    )
+
+
+def test_authTestSaysAGreetingReferralComesFirst(passwd):
+    done = cli("auth", "test", "--passdb", f"passwd-file:{passwd}",
+               "--greeting-referral", "imap://new.example.com/", "bob", SECRET)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert _line(done.stdout, "but: ") == (
+        "--greeting-referral sends every client to imap://new.example.com/ "
+        "(* BYE [REFERRAL ...]) before it can log in"
+    )
+
+
+def test_authTestUnreachableDatabaseIsATemporaryFailure(tmp_path):
+    conf = writeConfig(
+        str(tmp_path / "pg.conf"), "pgsql", f"host=127.0.0.1 port={_freePort()} dbname=x"
+    )
+    done = cli("auth", "test", "--passdb", f"sql:{conf}", "bob", SECRET)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert _line(done.stdout, "reply: ") == "a NO [UNAVAILABLE] Temporary authentication failure."
+    assert "database unreachable" in done.stderr
+
+
+def test_authTestThroughSQLite():
+    """The bundled example SQLite passdb, as the server's default."""
+    done = cli("auth", "test", "sqlref", "pass")
+    assert done.returncode == 0, done.stderr
+    assert _line(done.stdout, "decided by: ").startswith("<SQLPassdb sqlite ")
+    assert _line(done.stdout, "reply: ") == (
+        "a NO [REFERRAL imap://sqlref;AUTH=PLAIN@imap3.example.com/] Try this server instead."
+    )
+
+
+def test_authTestThroughPostgreSQL(postgres, tmp_path):
+    conf = writeConfig(str(tmp_path / "pg.conf"), "pgsql", postgres.conninfo)
+    done = cli("auth", "test", "--passdb", f"sql:{conf}", "refport", "pass")
+    assert done.returncode == 0, done.stderr
+    assert _line(done.stdout, "decided by: ") == f"<SQLPassdb pgsql {conf}>"
+    assert _line(done.stdout, "reply: ") == (
+        "a NO [REFERRAL imap://refport;AUTH=PLAIN@imap2.example.com:1143/] "
+        "Try this server instead."
+    )
+
+
+def test_authTestBadOptionIsTheServersOneLineError(passwd):
+    done = cli("auth", "test", "--max-connections", "abc", "bob", SECRET)
+    assert (done.returncode, done.stdout, done.stderr) == (
+        64,
+        "",
+        "imapreferral: --max-connections abc: not a whole number\n",
+    )
+
+
+def _readUntil(fd: int, wanted: bytes | None, seconds: float = 20) -> bytes:
+    """What the terminal shows until C{wanted} (L{None}: until the child ends)."""
+    seen = b""
+    deadline = time.monotonic() + seconds
+    while wanted is None or wanted not in seen:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, seen
+        if select.select([fd], [], [], remaining)[0]:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+    return seen
+
+
+def test_authTestAsksForThePasswordWithoutEcho(passwd):
+    """No PASSWORD: asked for on the terminal (getpass), not echoed."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the CLI on the pty as its controlling terminal
+        try:
+            os.environ["PYTHONPATH"] = str(ROOT)
+            os.execv(
+                str(CLI), [str(CLI), "auth", "test", "--passdb", f"passwd-file:{passwd}", "bob"]
+            )
+        finally:
+            os._exit(127)
+    try:
+        assert _readUntil(fd, b"Password: ").endswith(b"Password: ")
+        os.write(fd, SECRET.encode() + b"\n")
+        rest = _readUntil(fd, None)
+    finally:
+        os.close(fd)
+        _, status = os.waitpid(pid, 0)
+    assert SECRET.encode() not in rest
+    assert b"reply: a OK [CAPABILITY " in rest
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+# auth lookup
+
+
+def test_authLookupShowsEveryPassdbsFields(passwd):
+    done = cli("auth", "lookup", "--passdb", f"passwd-file:{passwd}", "--passdb",
+               "static:nopassword host=imap9.example.com", "Carol")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "user: carol",
+        f"passdb <PasswdFilePassdb {passwd}>: found",
+        "  password={PLAIN}*** host=imap2.example.com port=1143",
+        "passdb <StaticPassdb host='imap9.example.com'>: found",
+        "  host=imap9.example.com nopassword",
+    ]
+
+
+def test_authLookupUnknownUserExits1(passwd):
+    done = cli("auth", "lookup", "--passdb", f"passwd-file:{passwd}", "nobody")
+    assert done.returncode == 1, done.stderr
+    assert done.stdout.splitlines()[1] == f"passdb <PasswdFilePassdb {passwd}>: user unknown"
+
+
+def test_authLookupThroughPostgreSQL(postgres, tmp_path):
+    conf = writeConfig(str(tmp_path / "pg.conf"), "pgsql", postgres.conninfo)
+    done = cli("auth", "lookup", "--passdb", f"sql:{conf}", "refdest")
+    assert done.returncode == 0, done.stderr
+    assert _line(done.stdout, "  ") == (
+        "password={PLAIN}*** host=imap2.example.com destuser=other@example.com nologin"
+    )
+
+
+# pw
+
+
+def test_pwMakesBcryptByDefaultAndChecksIt():
+    made = cli("pw", "-p", SECRET)
+    assert made.returncode == 0, made.stderr
+    stored = made.stdout.strip()
+    assert stored.startswith("{BLF-CRYPT}$2b$10$")
+    assert cli("pw", "-t", stored, "-p", SECRET).returncode == 0
+    wrong = cli("pw", "-t", stored, "-p", "x" + SECRET)
+    assert (wrong.returncode, wrong.stdout) == (1, f"{stored} (does not match)\n")
+
+
+def test_pwListsEverySchemeWeVerify():
+    from imapreferral import passwords
+
+    done = cli("pw", "-l")
+    assert set(done.stdout.split()) == set(passwords._SCHEMES)
+
+
+def test_pwWarnsAboutAWeakScheme():
+    done = cli("pw", "-s", "sha256", "-p", SECRET)
+    assert done.stdout.startswith("{SHA256}")
+    assert "{SHA256} is quick to guess from" in done.stderr
+
+
+def test_pwRefusesAnUnknownScheme():
+    done = cli("pw", "-s", "NOSUCH", "-p", SECRET)
+    assert done.returncode == 64 and done.stdout == ""
+    assert done.stderr.startswith("imapreferral pw: -s NOSUCH: unknown scheme (use one of PLAIN,")
+
+
+# config check
+
+
+def test_configCheckPrintsWhatWouldBeServed(tmp_path, passwd):
+    cert, key = makeCertificate(tmp_path)
+    port = _freePort()
+    done = cli(
+        "config", "check", "--listen", f"tcp:{port}:interface=127.0.0.1",
+        "--listen-tls", f"tcp:{port + 1}:interface=127.0.0.1",
+        "--tls-cert", str(cert), "--tls-key", str(key), "--passdb", f"passwd-file:{passwd}",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[:3] == [
+        "imapreferral 0.1.0: configuration OK",
+        f"listener: listen tcp:{port}:interface=127.0.0.1 (plain, STARTTLS)",
+        f"listener: listen-tls tcp:{port + 1}:interface=127.0.0.1 (implicit TLS)",
+    ]
+    assert lines[3].startswith(f"TLS certificate: {cert}: localhost, names localhost")
+    assert lines[4:7] == [
+        f"passdb 1: <PasswdFilePassdb {passwd}>",
+        "mechanisms: PLAIN LOGIN CRAM-MD5",
+        "plaintext logins: over TLS or from trusted networks 127.0.0.0/8 ::1/128",
+    ]
+
+
+def test_configCheckBindsNothingSoTheServerMayBeRunning(passwd):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        done = cli("config", "check", "--listen", f"tcp:{port}:interface=127.0.0.1")
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        "--max-connections abc",
+        "--passdb passwd-file:{bad}",
+        "--tls-cert {tmp}/no.crt --tls-key {tmp}/no.key",
+        "--passdb sql:{sqlconf}",
+        "--greeting-referral imap://x",
+    ],
+    ids=["bad value", "passwd line lost a colon", "TLS file missing", "SQL config", "URL"],
+)
+def test_configCheckErrorIsTheStartupError(tmp_path, args):
+    """The same line on stderr and exit status 1 as twistd's refusal."""
+    bad = tmp_path / "bad.passwd"
+    bad.write_text("good:p\nshort:{PLAIN}pw:host=10.0.0.1 nologin\n")
+    sqlconf = tmp_path / "sql.conf"
+    sqlconf.write_text("driver = pgsql\nconnect = host=127.0.0.1 port=1 password=my secret\n")
+    argv = args.format(bad=bad, tmp=tmp_path, sqlconf=sqlconf).split()
+    status, out, err = _twistdRefusal(*argv, cwd=str(tmp_path))
+    assert (status, out) == (1, "") and err.startswith("imapreferral: "), err
+    done = cli("config", "check", *argv)
+    assert (done.returncode, done.stdout, done.stderr) == (1, "", err)
+
+
+def test_unknownCommandShowsTheCommands():
+    done = cli("frobnicate")
+    assert done.returncode == 64
+    assert done.stderr.startswith("imapreferral: unknown command frobnicate\n\nUsage:")
+    assert "auth test [server options] USER [PASSWORD]" in done.stderr
+
+
+def test_defaultPassdbsAreTheServers():
+    """Without --passdb, the bundled examples, as for twistd imapreferral."""
+    done = cli("config", "check")
+    assert [line for line in done.stdout.splitlines() if line.startswith("passdb ")] == [
+        f"passdb 1: <PasswdFilePassdb {tap.EXAMPLE_PASSWD}>",
+        f"passdb 2: <SQLPassdb sqlite {tap.EXAMPLE_SQL}>",
+    ]
