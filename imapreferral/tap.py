@@ -44,6 +44,7 @@ from imapreferral.listeners import (
 from imapreferral.login.attempt import DEFAULT_FAILURE_DELAY
 from imapreferral.login.chain import CheckerChain, canCheckChallenges, canCheckPasswords
 from imapreferral.login.checker import PassdbChecker
+from imapreferral.login.client import DEFAULT_REFERRAL_CLIENT_NAMES, REFERRAL_MODES
 from imapreferral.login.destination import proxyDestination
 from imapreferral.login.fields import FieldError, PassdbReply, splitExtraFields
 from imapreferral.login.outcome import Unavailable
@@ -179,6 +180,13 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ["local-backend", None, None,
          "Proxy every login that succeeds here to this server (the old mail server behind "
          "us), static passdb fields: 'host=... [port=...] [starttls=yes] [master=... pass=...]'."],
+        ["referral-mode", None, "refer",
+         "What a host + nologin reply comes to: 'refer' (everyone gets the referral), "
+         "'proxy' (proxied to that host instead) or 'auto' (referred if the client follows "
+         "referrals, else proxied)."],
+        ["referral-client-names", None, ",".join(DEFAULT_REFERRAL_CLIENT_NAMES),
+         "ID names (case-insensitive, comma-separated) of clients that follow referrals, "
+         "besides c-client, which is recognised by its tags."],
         ["backend-ca", None, None,
          "PEM CA certificates proxy backends' certificates must chain to "
          "(default: the system trust store)."],
@@ -272,6 +280,15 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             raise usage.UsageError(
                 f"{_shown('referral-auth', self['referral-auth'])}: use 'mech' or '*'"
             )
+        if self["referral-mode"] not in REFERRAL_MODES:
+            raise usage.UsageError(
+                f"{_shown('referral-mode', self['referral-mode'])}: use 'refer', 'proxy' or 'auto'"
+            )
+        self["referral-client-names"] = tuple(
+            name.strip().lower()
+            for name in self["referral-client-names"].split(",")
+            if name.strip()
+        )
         if self["plaintext-auth"] not in PLAINTEXT_AUTH_CHOICES:
             raise usage.UsageError(
                 f"{_shown('plaintext-auth', self['plaintext-auth'])}: use 'secure' or 'always'"
@@ -510,6 +527,7 @@ def makeService(config: Any) -> IService:
             lowercaseUsernames=not config["keep-username-case"],
             selfAddresses=ourselves,
             resolveHost=connector.resolveHost,
+            referralMode=config["referral-mode"],
         ),
     )
     idFields = [("name", config["id-name"])]
@@ -536,6 +554,7 @@ def makeService(config: Any) -> IService:
         idFields=tuple(idFields),
         connector=connector,
         localBackend=config["local-backend"],
+        referralClientNames=config["referral-client-names"],
     )
     listeners = [*config["listen"], *(f"{d} (TLS)" for d in config["listen-tls"])]
     service = ReferralService(
