@@ -39,6 +39,7 @@ KEYS = (
     "local",
     "mechanism",
     "tls",
+    "client",
     "outcome",
     "referral",
     "backend",

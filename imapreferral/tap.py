@@ -45,6 +45,7 @@ from imapreferral.listeners import (
 from imapreferral.login.attempt import DEFAULT_FAILURE_DELAY
 from imapreferral.login.chain import CheckerChain, canCheckChallenges, canCheckPasswords
 from imapreferral.login.checker import PassdbChecker
+from imapreferral.login.client import DEFAULT_REFERRAL_CLIENT_NAMES, REFERRAL_MODES
 from imapreferral.login.destination import proxyDestination
 from imapreferral.login.fields import FieldError, PassdbReply, splitExtraFields
 from imapreferral.login.outcome import Unavailable
@@ -203,6 +204,13 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ["auth-cache-negative-ttl", None, 3600.0,
          "How long an unknown user stays cached (auth_cache_negative_ttl); 0: not cached.",
          _parsedBy("auth-cache-negative-ttl", parseDuration)],
+        ["referral-mode", None, "refer",
+         "What a host + nologin reply comes to: 'refer' (everyone gets the referral), "
+         "'proxy' (proxied to that host instead) or 'auto' (referred if the client follows "
+         "referrals, else proxied)."],
+        ["referral-client-names", None, ",".join(DEFAULT_REFERRAL_CLIENT_NAMES),
+         "ID names (case-insensitive, comma-separated) of clients that follow referrals, "
+         "besides c-client, which is recognised by its tags."],
         ["backend-ca", None, None,
          "PEM CA certificates proxy backends' certificates must chain to "
          "(default: the system trust store)."],
@@ -297,6 +305,15 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             raise usage.UsageError(
                 f"{_shown('referral-auth', self['referral-auth'])}: use 'mech' or '*'"
             )
+        if self["referral-mode"] not in REFERRAL_MODES:
+            raise usage.UsageError(
+                f"{_shown('referral-mode', self['referral-mode'])}: use 'refer', 'proxy' or 'auto'"
+            )
+        self["referral-client-names"] = tuple(
+            name.strip().lower()
+            for name in self["referral-client-names"].split(",")
+            if name.strip()
+        )
         if self["plaintext-auth"] not in PLAINTEXT_AUTH_CHOICES:
             raise usage.UsageError(
                 f"{_shown('plaintext-auth', self['plaintext-auth'])}: use 'secure' or 'always'"
@@ -581,6 +598,7 @@ def makeService(config: Any) -> IService:
             lowercaseUsernames=not config["keep-username-case"],
             selfAddresses=ourselves,
             resolveHost=connector.resolveHost,
+            referralMode=config["referral-mode"],
         ),
     )
     idFields = [("name", config["id-name"])]
@@ -607,6 +625,7 @@ def makeService(config: Any) -> IService:
         idFields=tuple(idFields),
         connector=connector,
         localBackend=config["local-backend"],
+        referralClientNames=config["referral-client-names"],
     )
     listeners = [*config["listen"], *(f"{d} (TLS)" for d in config["listen-tls"])]
     service = ReferralService(

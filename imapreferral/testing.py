@@ -188,11 +188,17 @@ class ServerHarness:
 
     @classmethod
     def forPassdbs(
-        cls, passdbs: Iterable[IPassdb], clock: IReactorTime | None = None, **factoryArgs: object
+        cls,
+        passdbs: Iterable[IPassdb],
+        clock: IReactorTime | None = None,
+        referralMode: str = "refer",
+        **factoryArgs: object,
     ) -> ServerHarness:
         """
         A harness around a L{PassdbChecker} over C{passdbs}, which resolves
         C{proxy_maybe} host names with the server's connector.
+
+        @param referralMode: See L{PassdbChecker.referralMode}.
         """
         from twisted.internet import reactor
 
@@ -201,7 +207,11 @@ class ServerHarness:
             connector = factoryArgs["connector"] = BackendConnector(
                 reactor, clock, maxReconnects=0
             )
-        checker = PassdbChecker(list(passdbs), resolveHost=connector.resolveHost)  # type: ignore[attr-defined]
+        checker = PassdbChecker(
+            list(passdbs),
+            resolveHost=connector.resolveHost,  # type: ignore[attr-defined]
+            referralMode=referralMode,
+        )
         return cls.forChecker(checker, clock, **factoryArgs)
 
     async def start(self) -> ServerHarness:

@@ -104,6 +104,7 @@ def test_jsonLoginLineCarriesWhereHowAndHowLong(jsonLog):
     assert re.fullmatch(r"127\.0\.0\.1:\d+", referred["local"])
     assert referred["mechanism"] == "PLAIN"
     assert referred["tls"] is False
+    assert referred["client"] == "unknown"
     assert referred["referral"] == "imap://refnl;AUTH=PLAIN@imap2.example.com/"
     assert referred["level"] == "info"
     assert isinstance(referred["duration_ms"], float) and referred["duration_ms"] >= 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from base64 import b64encode
 
+import attrs
 import pytest
 import pytest_twisted
 from hostile import HOSTILE_NAMES, unquote
@@ -21,6 +22,8 @@ from imapreferral.login.outcome import (
     Disable,
     LoggedIn,
     PrivacyRequired,
+    ProxyDestination,
+    ProxyLogin,
     Refer,
     Referral,
     Reject,
@@ -39,6 +42,7 @@ V4 = LoginContext("192.0.2.7", 5555, "192.0.2.1", 143, "PLAIN")
 V6 = LoginContext("2001:db8::7", 5555, "2001:db8::1", 993, "CRAM-MD5", secured=True)
 UNIX = LoginContext(mechanism="LOGIN", socketPath="/run/imap.sock")
 REFERRAL = Referral(user="bob", host="imap2.example.com", port=1143)
+DESTINATION = ProxyDestination(host="imap2.example.com", port=1143, user="bob", password="pw")
 
 LINE_TABLE = [
     ("failed", Reject(), V4, b"alice",
@@ -50,8 +54,18 @@ LINE_TABLE = [
      'login remote=unix:/run/imap.sock local=unix:/run/imap.sock mech=LOGIN: '
      'authentication failed user="alice"'),
     ("referred", Refer(REFERRAL), V4, b"bob",
-     'login remote=192.0.2.7 local=192.0.2.1:143 mech=PLAIN: referred user="bob" '
+     'login remote=192.0.2.7 local=192.0.2.1:143 mech=PLAIN client=unknown: referred user="bob" '
      'referral="bob at imap2.example.com:1143"'),
+    ("referred-c-client", Refer(REFERRAL), attrs.evolve(V4, client="c-client"), b"bob",
+     'login remote=192.0.2.7 local=192.0.2.1:143 mech=PLAIN client=c-client: referred '
+     'user="bob" referral="bob at imap2.example.com:1143"'),
+    ("proxied-instead", ProxyLogin(DESTINATION, insteadOf=REFERRAL), V4, b"bob",
+     'login remote=192.0.2.7 local=192.0.2.1:143 mech=PLAIN client=unknown: '
+     'proxied-instead-of-referral user="bob" backend="imap2.example.com:1143" '
+     'referral="bob at imap2.example.com:1143"'),
+    ("proxying", ProxyLogin(DESTINATION), V4, b"bob",
+     'login remote=192.0.2.7 local=192.0.2.1:143 mech=PLAIN: proxying user="bob" '
+     'backend="imap2.example.com:1143"'),
     ("logged-in", LoggedIn(None, lambda: None, "alice"), V4, b"alice",
      'login remote=192.0.2.7 local=192.0.2.1:143 mech=PLAIN: logged in user="alice"'),
     ("logged-in-referral", LoggedIn(None, lambda: None, "bob", REFERRAL), V4, b"bob",

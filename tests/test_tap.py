@@ -60,6 +60,30 @@ def test_allOptions(tmp_path):
     assert tap.makeService(options) is not None
 
 
+def test_referralModeAndClientNamesReachCheckerAndPolicy():
+    options = tap.Options()
+    options.parseOptions(
+        [
+            "--listen", "tcp:0:interface=127.0.0.1",
+            "--referral-mode", "auto",
+            "--referral-client-names", " MyMailer,Alpine ,",
+        ]
+    )  # fmt: skip
+    factory = tap.makeService(options).factory
+    (checker,) = set(factory.portal.checkers.values())
+    assert checker.referralMode == "auto"
+    assert factory.policy.referralClientNames == ("mymailer", "alpine")
+
+
+def test_referralModeDefaultsToRefer():
+    options = tap.Options()
+    options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1"])
+    factory = tap.makeService(options).factory
+    (checker,) = set(factory.portal.checkers.values())
+    assert checker.referralMode == "refer"
+    assert factory.policy.referralClientNames == ("alpine", "pine")
+
+
 def _refusal(args: list[str]) -> str:
     """The one line parsing C{args} stops with."""
     with pytest.raises(SystemExit) as e:
@@ -75,6 +99,7 @@ def _refusal(args: list[str]) -> str:
         ("--auth-failure-delay soon", "--auth-failure-delay soon: not a number"),
         ("--auth-failure-delay -1", "--auth-failure-delay -1: must be 0..3600"),
         ("--referral-auth PLAIN", "--referral-auth PLAIN: use 'mech' or '*'"),
+        ("--referral-mode sometimes", "--referral-mode sometimes: use 'refer', 'proxy' or 'auto'"),
         ("--listen nonsense:1", "--listen nonsense:1: Unknown endpoint type"),
         ("--listen tcp:99999", "--listen tcp:99999: port 99999 out of range"),
         ("--max-connections abc", "--max-connections abc: not a whole number"),
@@ -418,7 +443,7 @@ def test_twistdServesReferralsAndLogsNoPassword(tmp_path):
         out = proc.communicate(timeout=20)[0].decode()
     assert "imapreferral serving" in out and "users.passwd" in out
     assert (
-        f"login remote=127.0.0.1 local=127.0.0.1:{port} mech=PLAIN: referred "
+        f"login remote=127.0.0.1 local=127.0.0.1:{port} mech=PLAIN client=unknown: referred "
         'user="refnl" referral="imap://refnl;AUTH=PLAIN@imap2.example.com/"' in out
     )
     assert "pass" not in out.replace("passwd", "").replace("passdb", "")

@@ -11,6 +11,7 @@ from typing import Any
 
 import attrs
 
+from imapreferral.login.client import DEFAULT_REFERRAL_CLIENT_NAMES
 from imapreferral.login.fields import PassdbReply
 from imapreferral.networks import LOOPBACK, NetworkList
 
@@ -81,6 +82,9 @@ class ServerPolicy:
         (C{--local-backend}, static passdb fields: C{host}, C{port},
         C{starttls}, C{master}, C{pass}, ...), or L{None} for the realm's
         account.
+    @ivar referralClientNames: Lower-case C{ID} names of clients that
+        follow referrals (C{--referral-client-names}); see
+        L{imapreferral.login.client.recogniseClient}.
     """
 
     mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN")
@@ -100,3 +104,7 @@ class ServerPolicy:
     outputBuffer: int = 256 * 1024
     idFields: tuple[tuple[str, str], ...] = (("name", "imapreferral"),)
     localBackend: PassdbReply | None = None
+    referralClientNames: tuple[str, ...] = attrs.field(
+        default=DEFAULT_REFERRAL_CLIENT_NAMES,
+        converter=lambda names: tuple(name.strip().lower() for name in names if name.strip()),
+    )

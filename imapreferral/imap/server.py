@@ -43,6 +43,7 @@ from imapreferral.imap.syntax import (
 )
 from imapreferral.limits import ConnectionLimiter
 from imapreferral.login.attempt import LoginAttempts
+from imapreferral.login.client import byeBeforeReferral, recogniseClient
 from imapreferral.login.context import LoginContext
 from imapreferral.login.credentials import PasswordCredentials
 from imapreferral.login.guard import PreLoginGuard
@@ -53,6 +54,7 @@ from imapreferral.login.outcome import (
     Outcome,
     PrivacyRequired,
     ProxyLogin,
+    Refer,
     Unavailable,
 )
 from imapreferral.login.sasl import MECHANISMS, Challenge, SASLExchange, SASLFailed, SASLStep
@@ -63,6 +65,9 @@ _log = Logger()
 _TOO_MANY_FAILURES = b"Too many authentication failures."
 
 _ALWAYS = {b"SASL-IR": None, b"LOGIN-REFERRALS": None, b"ID": None}
+
+#: Tags kept for client recognition: enough to see a pattern, bounded.
+_TAGS_KEPT = 16
 
 
 def _isTLS(transport: object) -> bool:
@@ -128,6 +133,8 @@ class ReferralIMAP4Server(IMAP4Server):
         self.capabilityAsked = False
         self._proxy: ProxiedLogin | None = None
         self._idSeen = False
+        self._idName: str | None = None
+        self._tags: list[bytes] = []
         self.proxyTTL = DEFAULT_PROXY_TTL
 
     # Connection guards
@@ -257,6 +264,14 @@ class ReferralIMAP4Server(IMAP4Server):
         """Where this login comes from, and how (L{PreLoginGuard.loginContext})."""
         return self.guard.loginContext(mechanism, self._secured())
 
+    def _loginContext(self, mechanism: str) -> LoginContext:
+        """
+        The context a login's credentials carry: L{_context}, with the
+        client recognised from its tags and C{ID} so far.
+        """
+        client = recogniseClient(self._tags, self._idName, self.policy.referralClientNames)
+        return self.guard.loginContext(mechanism, self._secured(), client)
+
     # ID (RFC 2971)
 
     def do_ID(self, tag: bytes, line: bytes | None) -> None:
@@ -268,6 +283,9 @@ class ReferralIMAP4Server(IMAP4Server):
             return
         if fields:
             logClientID(self.guard.addresses(), fields)
+        if self.state == "unauth":
+            names = [value for key, value in fields if key.lower() == "name"]
+            self._idName = names[0] if names else None
         if not self._idSeen and self.state == "unauth" and self.guard.fromTrustedNetwork():
             acceptForwardedID(self, fields)
         self._idSeen = True
@@ -286,7 +304,7 @@ class ReferralIMAP4Server(IMAP4Server):
         if not self._plaintextAllowed():
             self._refuse(tag, PrivacyRequired(), "PLAIN")
             return
-        self._login(tag, PasswordCredentials(user, passwd, self._context("PLAIN")), "PLAIN")
+        self._login(tag, PasswordCredentials(user, passwd, self._loginContext("PLAIN")), "PLAIN")
 
     def _refuse(
         self, tag: bytes, outcome: PrivacyRequired | AuthorizationRefused, mechanism: str
@@ -331,7 +349,7 @@ class ReferralIMAP4Server(IMAP4Server):
         if self.guard.refusesPlaintext(name, self._secured()):
             self._refuse(tag, PrivacyRequired(), name)
             return
-        exchange = SASLExchange(MECHANISMS[name](self._context(name), self.policy.hostname))
+        exchange = SASLExchange(MECHANISMS[name](self._loginContext(name), self.policy.hostname))
         self._step(tag, exchange, exchange.begin(args[1] if len(args) == 2 else None))
 
     unauth_AUTHENTICATE = (do_AUTHENTICATE, IMAP4Server.arg_line)
@@ -354,19 +372,21 @@ class ReferralIMAP4Server(IMAP4Server):
             self.parseState = "sasl"
             self.sendLine(b"+ " + b64encode(step.data))
         else:
-            self._login(tag, step, exchange.mechanism.name)
+            self._login(tag, step, exchange.mechanism.name, sasl=True)
 
     # The shared login path
 
-    def _login(self, tag: bytes, credentials: object, mechanism: str) -> None:
+    def _login(self, tag: bytes, credentials: object, mechanism: str, sasl: bool = False) -> None:
         """
         Run one login. Input pipelined behind it stays unread until its reply
         is out (we stop reading; literals and STARTTLS then work as usual).
+
+        @param sasl: Whether it came by C{AUTHENTICATE} (else C{LOGIN}).
         """
         self.guard.holdInput()
         d = self.attempts.attempt(credentials, credentials.username.decode("utf-8", "replace"))  # type: ignore[attr-defined]
         self._pendingLogin = d
-        d.addCallback(self._loginDone, tag, mechanism, credentials)
+        d.addCallback(self._loginDone, tag, mechanism, credentials, sasl)
         d.addErrback(self._loginError, tag)
         d.addBoth(self._loginFinished)
 
@@ -375,7 +395,12 @@ class ReferralIMAP4Server(IMAP4Server):
         return "*" if self.policy.referralAuth == "*" else mechanism
 
     def _loginDone(
-        self, outcome: Outcome, tag: bytes, mechanism: str, credentials: object = None
+        self,
+        outcome: Outcome,
+        tag: bytes,
+        mechanism: str,
+        credentials: object = None,
+        sasl: bool = False,
     ) -> None:
         local = self.policy.localBackend
         if isinstance(outcome, LoggedIn) and local is not None and self.connector is not None:
@@ -394,14 +419,24 @@ class ReferralIMAP4Server(IMAP4Server):
             self.state = "auth"
             self.setTimeout(self.POSTAUTH_TIMEOUT)
             self.guard.leave()
-        self._reply(tag, outcome, mechanism)
+        client = getattr(getattr(credentials, "context", None), "client", "")
+        self._reply(tag, outcome, mechanism, byeFirst=byeBeforeReferral(client, sasl))
 
-    def _reply(self, tag: bytes, outcome: Outcome, mechanism: str) -> None:
+    def _reply(self, tag: bytes, outcome: Outcome, mechanism: str, byeFirst: bool = False) -> None:
         """
         The tagged reply to a login: the one place login results become
         bytes; then goodbye if it spent the failed-authentication budget.
+
+        @param byeFirst: A referral goes as c-client's one-prompt form
+            (L{byeBeforeReferral}): C{* BYE} with the same code and text,
+            the tagged C{NO}, then the connection closes.
         """
         status, text = renderOutcome(outcome, self._auth(mechanism), self._capabilityList)
+        if byeFirst and isinstance(outcome, Refer):
+            self.sendLine(b"* BYE " + text)
+            self._respond(status, tag, text)
+            self._close()
+            return
         self._respond(status, tag, text)
         if self.guard.loginFailed(outcome):
             self._bye(_TOO_MANY_FAILURES)
@@ -480,6 +515,8 @@ class ReferralIMAP4Server(IMAP4Server):
         self.resetTimeout()
         if self.parseState == "command":
             tag = line.split(b" ", 1)[0]
+            if self.state == "unauth" and len(self._tags) < _TAGS_KEPT:
+                self._tags.append(tag)
             if tag and not validTag(tag):
                 # Echoing it would put controls, "*" or "+" where a tag goes.
                 self.sendBadResponse(None, b"Invalid tag.")

@@ -77,7 +77,9 @@ def outcomeOfFailure(failure: Failure) -> Outcome | Failure:
         if isinstance(error, LoginDisabled):
             return Disable(error.reason)
         if isinstance(error, LoginProxied):
-            return ProxyLogin(error.destination, verified=error.verified)
+            return ProxyLogin(
+                error.destination, verified=error.verified, insteadOf=error.insteadOf
+            )
         return Reject(nodelay=isinstance(error, AuthenticationFailed) and error.nodelay)
     if isinstance(error, TemporaryFailure):
         return Unavailable(error.why)

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from imapreferral.interfaces import IPassdb, IPasswordVerifier, IVerifyingPassdb
+from imapreferral.login.client import PROXY, REFER, REFERRAL_MODES, referOrProxy
 from imapreferral.login.context import LoginContext
 from imapreferral.login.credentials import CramMD5Credentials
 from imapreferral.login.decision import decide
@@ -32,6 +33,7 @@ from imapreferral.login.errors import (
     TemporaryFailure,
 )
 from imapreferral.login.fields import PassdbReply
+from imapreferral.login.logline import USER_LIMIT, remoteText
 from imapreferral.login.outcome import (
     Accept,
     AvatarId,
@@ -39,9 +41,11 @@ from imapreferral.login.outcome import (
     Disable,
     Proxy,
     Refer,
+    Referral,
     Reject,
     Unavailable,
 )
+from imapreferral.logtext import quote
 from imapreferral.passwords import SchemeVerifier
 
 _log = Logger()
@@ -97,6 +101,11 @@ class PassdbChecker:
         C{proxy_maybe} host given as a name can be found to be this server;
         L{None}: names are never this server (the connector then refuses
         to proxy to itself).
+    @ivar referralMode: What a C{host} + C{nologin} reply comes to:
+        C{refer} (the referral, for everyone), C{proxy} (the session is
+        proxied to that host instead) or C{auto} (referred if the client
+        follows referrals, else proxied); see
+        L{imapreferral.login.client.referOrProxy}.
     """
 
     credentialInterfaces = (IUsernamePassword, IUsernameHashedPassword)
@@ -108,9 +117,13 @@ class PassdbChecker:
         lowercaseUsernames: bool = True,
         selfAddresses: Collection[tuple[str, int]] = (),
         resolveHost: Callable[[str, int, float], Awaitable[Sequence[str]]] | None = None,
+        referralMode: str = REFER,
     ) -> None:
         if not passdbs:
             raise ValueError("PassdbChecker needs at least one passdb")
+        if referralMode not in REFERRAL_MODES:
+            raise ValueError(f"referralMode must be one of {REFERRAL_MODES}")
+        self.referralMode = referralMode
         self.passdbs = tuple(passdbs)
         self.verifier = verifier if verifier is not None else SchemeVerifier()
         self.lowercaseUsernames = lowercaseUsernames
@@ -147,12 +160,25 @@ class PassdbChecker:
             if reply.password is not None:
                 self._decoys.saw(reply.password)
                 checked = checked or not reply.nopassword
-            if reply.proxyMaybe and await self._pointsHere(reply, context):
+            if reply.proxyMaybe and await self._proxyPointsHere(reply, context):
                 # Log in here; as Dovecot, the proxy fields go (no referral to self).
                 reply = attrs.evolve(reply, proxyMaybe=False, host=None, port=None, destuser=None)
+            elif _refers(reply, passwordOk) and await self._pointsHere(
+                (reply.host or "").strip(), reply.port or 143, DEFAULT_PROXY_TIMEOUT, context
+            ):
+                _warnLoop(passdb, reply, username, context)
+                reply = attrs.evolve(reply, host=None, port=None, destuser=None, nologin=False)
             decision = decide(reply, passwordOk, username)
             if isinstance(decision, Proxy):
-                return self._proxy(decision, reply, credentials, verified=passwordOk)
+                return self._proxy(decision.user, reply, credentials, verified=passwordOk)
+            if isinstance(decision, Refer) and self._proxiesInstead(context):
+                self._proxy(
+                    decision.referral.user,
+                    reply,
+                    credentials,
+                    verified=decision.verified,
+                    insteadOf=decision.referral,
+                )
             if not isinstance(decision, Reject):
                 break
         if isinstance(decision, Reject) and tempfail is not None:
@@ -203,49 +229,81 @@ class PassdbChecker:
         except Exception as e:
             raise TemporaryFailure(f"cannot verify the stored password: {e}") from e
 
-    async def _pointsHere(self, reply: PassdbReply, context: LoginContext) -> bool:
+    def _proxiesInstead(self, context: LoginContext) -> bool:
+        """Whether this client's referral is proxied instead (L{referralMode})."""
+        return referOrProxy(self.referralMode, context.client) == PROXY
+
+    async def _proxyPointsHere(self, reply: PassdbReply, context: LoginContext) -> bool:
         """
-        C{proxy_maybe}: whether C{hostip} (else C{host}) and C{port} are the
-        address the client connected to, as Dovecot compares them, or one
-        of L{selfAddresses}. A C{host} name without C{hostip} is resolved
-        (L{resolveHost}, bounded by C{proxy_timeout}) and any of its
-        addresses counts, as in Dovecot's auth process; if it cannot be
-        resolved it is not here, and the connector says why.
+        C{proxy_maybe}: whether C{hostip} (else C{host}) and C{port} (143,
+        or 993 with C{ssl}) are this server (L{_pointsHere}); a name is
+        resolved within C{proxy_timeout}.
         """
         fields = reply.proxyFields
-        host = (fields.hostip or reply.host or "").strip().strip("[]")
+        host = (fields.hostip or reply.host or "").strip()
         tls = fields.ssl and not fields.starttls
         port = reply.port or (993 if tls else 143)
+        timeout = fields.timeout if fields.timeout is not None else DEFAULT_PROXY_TIMEOUT
+        return await self._pointsHere(host, port, timeout, context)
+
+    async def _pointsHere(
+        self, host: str, port: int, timeout: float, context: LoginContext
+    ) -> bool:
+        """
+        Whether C{host} and C{port} are the address the client connected
+        to, as Dovecot compares them for C{proxy_maybe}, or one of
+        L{selfAddresses}: for C{proxy_maybe} (then log in here) and for a
+        referral (a loop: never sent). A host name is resolved
+        (L{resolveHost}, bounded by C{timeout}) and any of its addresses
+        counts, as in Dovecot's auth process; if it cannot be resolved it
+        is not here, and the connector says why. Only a port of ours can
+        make a loop, so for other ports no name is looked up (a referral
+        login costs no DNS query).
+        """
+        host = host.strip("[]")
+        if port != context.localPort and all(port != p for _, p in self.selfAddresses):
+            return False
         try:
-            addresses: Sequence[str] = [str(ipaddress.ip_address(host))]
+            addresses: Sequence[str] = [_canonical(host)]
         except ValueError:
             if self.resolveHost is None or not host:
                 return False
-            timeout = fields.timeout if fields.timeout is not None else DEFAULT_PROXY_TIMEOUT
             addresses = await self.resolveHost(host, port, timeout)
-        return any(self._isSelf(ip, port, context) for ip in addresses)
+        return any(self._isSelf(_canonical(ip), port, context) for ip in addresses)
 
     def _isSelf(self, ip: str, port: int, context: LoginContext) -> bool:
         if context.localIP is not None and (ip, port) == (
-            str(ipaddress.ip_address(context.localIP)),
+            _canonical(context.localIP),
             context.localPort,
         ):
             return True
-        return (ip, port) in self.selfAddresses
+        return any((ip, port) == (_canonical(a), p) for a, p in self.selfAddresses)
 
     @staticmethod
-    def _proxy(decision: Proxy, reply: PassdbReply, credentials: object, verified: bool):
+    def _proxy(
+        user: str,
+        reply: PassdbReply,
+        credentials: object,
+        verified: bool,
+        insteadOf: Referral | None = None,
+    ) -> None:
         """
-        C{proxy}: fail with L{LoginProxied} holding the backend destination,
-        whose password is C{pass} or else the one the client sent.
+        C{proxy}: fail with L{LoginProxied} holding the backend destination
+        for C{user}, whose password is C{pass} or else the one the client
+        sent. A referral proxied C{insteadOf} that cannot be (CRAM-MD5 sent
+        no password and there is no C{pass}) returns: it is referred.
         """
         password = None
         if IUsernamePassword.providedBy(credentials):
             password = credentials.password.decode("utf-8", "surrogateescape")  # type: ignore[attr-defined]
-        destination = proxyDestination(reply, decision.user, password)
+        destination = proxyDestination(reply, user, password)
         if isinstance(destination, Unavailable):
+            if insteadOf is not None:
+                return
             raise TemporaryFailure(destination.why)
-        raise LoginProxied(destination, verified=verified and not reply.nopassword)
+        raise LoginProxied(
+            destination, verified=verified and not reply.nopassword, insteadOf=insteadOf
+        )
 
     def _conclude(self, decision: Decision) -> AvatarId:
         if isinstance(decision, Accept):
@@ -257,3 +315,38 @@ class PassdbChecker:
         if isinstance(decision, Reject):
             raise AuthenticationFailed(nodelay=decision.nodelay)
         raise TemporaryFailure(decision.why)
+
+
+def _canonical(ip: str) -> str:
+    """
+    An address in one spelling: an IPv4-mapped IPv6 address (a dual-stack
+    listener's view of an IPv4 client, C{::ffff:192.0.2.1}) as IPv4.
+
+    @raise ValueError: C{ip} is not an address.
+    """
+    address = ipaddress.ip_address(ip)
+    mapped = getattr(address, "ipv4_mapped", None)
+    return str(mapped or address)
+
+
+def _refers(reply: PassdbReply, passwordOk: bool) -> bool:
+    """Whether C{reply} refers (C{host}, no proxying) once the password is right."""
+    host = (reply.host or "").strip()
+    if reply.proxy or reply.proxyMaybe:
+        return False
+    return bool(host) and (passwordOk or reply.nopassword)
+
+
+def _warnLoop(passdb: IPassdb, reply: PassdbReply, username: str, context: LoginContext) -> None:
+    """
+    A referral to this server would send the client back here (Alpine
+    follows such a loop hop after hop, a password prompt each time): say
+    which passdb entry does it; the user logs in here instead.
+    """
+    port = reply.port or 143
+    summary = (
+        f"referral loop remote={remoteText(context)}: passdb {passdb!r} refers to this "
+        f"server (host={quote(reply.host or '')} port={port}), logging in here instead "
+        f"user={quote(username, USER_LIMIT)}"
+    )
+    _log.warn("{summary}", summary=summary, passdb=repr(passdb), user=username, port=port)

@@ -11,6 +11,8 @@ import re
 import attrs
 from twisted.internet.interfaces import IAddress
 
+from imapreferral.login.client import UNKNOWN
+
 
 def _hostOf(address: IAddress | None) -> str | None:
     return getattr(address, "host", None)
@@ -62,6 +64,10 @@ class LoginContext:
     @ivar session: The connection's session id (L{newSessionID}, or the one
         a trusted proxy in front of us forwarded): every log line of the
         connection carries it, and so does the C{ID} we send a backend.
+    @ivar client: Which client this is, as far as we can tell before login
+        (L{imapreferral.login.client.recogniseClient}): C{c-client}, a
+        follower's name, or C{unknown}. Passdbs, checkers and logs may
+        read it; C{--referral-mode auto} refers or proxies by it.
     """
 
     remoteIP: str | None = None
@@ -73,6 +79,7 @@ class LoginContext:
     service: str = "imap"
     socketPath: str | None = None
     session: str | None = None
+    client: str = UNKNOWN
 
     @classmethod
     def fromTransport(

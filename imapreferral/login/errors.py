@@ -37,12 +37,20 @@ class LoginProxied(UnauthorizedLogin):
     in to C{destination} and relays the session there.
 
     @ivar verified: Whether the password was checked here (not C{nopassword}).
+    @ivar insteadOf: The referral this proxying replaces (C{--referral-mode
+        proxy} or C{auto}), or L{None} for a C{proxy} reply.
     """
 
-    def __init__(self, destination: ProxyDestination, verified: bool = True) -> None:
+    def __init__(
+        self,
+        destination: ProxyDestination,
+        verified: bool = True,
+        insteadOf: Referral | None = None,
+    ) -> None:
         super().__init__(f"proxied to {destination.address}")
         self.destination = destination
         self.verified = verified
+        self.insteadOf = insteadOf
 
 
 class LoginDisabled(UnauthorizedLogin):

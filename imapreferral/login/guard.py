@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from imapreferral.limits import ConnectionLimiter
+from imapreferral.login.client import UNKNOWN
 from imapreferral.login.context import LoginContext
 from imapreferral.login.logline import localText, remoteText
 from imapreferral.login.outcome import AuthorizationRefused, Disable, PrivacyRequired, Reject
@@ -123,8 +124,11 @@ class PreLoginGuard:
             self._addresses = LoginContext.fromTransport(self._connection.transport, "")
         return self._addresses
 
-    def loginContext(self, mechanism: str, secured: bool) -> LoginContext:
-        """The context a login carries: L{addresses}, the mechanism, whether TLS."""
+    def loginContext(self, mechanism: str, secured: bool, client: str = UNKNOWN) -> LoginContext:
+        """
+        The context a login carries: L{addresses}, the mechanism, whether
+        TLS, and which client the protocol recognised.
+        """
         a = self.addresses()
         return LoginContext(
             a.remoteIP,
@@ -135,6 +139,7 @@ class PreLoginGuard:
             secured,
             socketPath=a.socketPath,
             session=a.session,
+            client=client,
         )
 
     def where(self) -> tuple[str, str]:

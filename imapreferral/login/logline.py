@@ -43,6 +43,12 @@ USER_LIMIT = 256
 #: SQL passdb's "unavailable" line); each login repeats a short form.
 WHY_LIMIT = 160
 
+#: The result of a referral proxied because the client would not follow it.
+PROXIED_INSTEAD = "proxied-instead-of-referral"
+#: Results whose line names the client recognised (C{client=}): how many
+#: users are still proxied, and by which clients.
+_NAMES_CLIENT = frozenset({"referred", PROXIED_INSTEAD})
+
 #: A UNIX socket path we may print bare (it is the administrator's, but
 #: a space or a quote would still blur the line).
 _BARE_PATH = re.compile(r"[!#-\[\]-~]+")
@@ -59,7 +65,7 @@ def describeOutcome(outcome: Outcome) -> str:
     if isinstance(outcome, Reject):
         return "authentication failed"
     if isinstance(outcome, ProxyLogin):
-        return "proxying"
+        return "proxying" if outcome.insteadOf is None else PROXIED_INSTEAD
     if isinstance(outcome, PrivacyRequired):
         return "plaintext authentication refused without TLS"
     if isinstance(outcome, AuthorizationRefused):
@@ -101,13 +107,21 @@ def localText(context: object) -> str:
     return f"[{local}]:{port}" if ":" in local else f"{local}:{port}"
 
 
-def loginSummary(remote: str, local: str, mechanism: str, result: str, user: str | None) -> str:
+def loginSummary(
+    remote: str,
+    local: str,
+    mechanism: str,
+    result: str,
+    user: str | None,
+    client: str | None = None,
+) -> str:
     """
     A login line up to and including the user name: the known fields
-    (L{remoteText}, L{localText}, mechanism, C{result}), then the quoted
-    name (L{None}: no name was read).
+    (L{remoteText}, L{localText}, mechanism, the client recognised if
+    given, C{result}), then the quoted name (L{None}: no name was read).
     """
-    line = f"login remote={remote} local={local} mech={mechanism}: {result}"
+    known = f"mech={mechanism}" if client is None else f"mech={mechanism} client={client}"
+    line = f"login remote={remote} local={local} {known}: {result}"
     return line if user is None else f"{line} user={quote(user, USER_LIMIT)}"
 
 
@@ -132,7 +146,9 @@ def logAuthentication(
     remote = remoteText(context)
     user = name.decode("utf-8", "surrogateescape")
     local = localText(context)
-    summary = loginSummary(remote, local, mechanism, result, user)
+    # Our own word (recogniseClient), never the client's text: printed bare.
+    client = getattr(context, "client", None) if result in _NAMES_CLIENT else None
+    summary = loginSummary(remote, local, mechanism, result, user, client)
     referral = getattr(outcome, "referral", None)
     text = why = backend = None
     if referral is not None:
@@ -141,6 +157,9 @@ def logAuthentication(
     elif isinstance(outcome, ProxyLogin):
         backend = outcome.destination.address
         summary += f" backend={quote(backend)}"
+        if outcome.insteadOf is not None:
+            text = referralText(outcome.insteadOf, mechanism)
+            summary += f" referral={quote(text)}"
     elif result == "temporary failure":
         why = outcome.why  # type: ignore[union-attr]
         summary += f" why={quote(why, WHY_LIMIT)}"
@@ -164,6 +183,7 @@ def logAuthentication(
         backend=backend,
         why=why,
         durationMs=None if duration is None else round(duration * 1000, 3),
+        client=client,
     )
 
 

@@ -185,11 +185,15 @@ class ProxyLogin:
         only a backend login clears the address's penalty.
     @ivar referral: For a local login proxied to C{--local-backend}: the
         referral to suggest in the tagged OK, if any.
+    @ivar insteadOf: The referral this proxying replaces (C{--referral-mode
+        proxy}, or C{auto} for a client that does not follow referrals),
+        or L{None}: the passdb said C{proxy}.
     """
 
     destination: ProxyDestination
     verified: bool = True
     referral: Referral | None = None
+    insteadOf: Referral | None = None
 
 
 @attrs.frozen
