@@ -141,7 +141,9 @@ def test_serverServesALoginOnASocketPassedAsSystemdDoes(tmp_path):
         proc.terminate()
         out = proc.communicate(timeout=20)[0].decode()
     assert "imapreferral serving systemd:domain=INET:index=0" in out
-    assert f"login remote=127.0.0.1 local=127.0.0.1:{port} mech=PLAIN: referred" in out
+    assert (
+        f"login remote=127.0.0.1 local=127.0.0.1:{port} mech=PLAIN client=unknown: referred" in out
+    )
 
 
 def _waitForLines(proc: subprocess.Popen, text: str, count: int, seconds: float = 30) -> str:
