@@ -713,3 +713,38 @@ async def test_exampleCheckerAServiceThatStallsItsBodyIsATemporaryFailure():
         service.abortAll()
         await port.stopListening()
         await deferLater(reactor, 0.05, lambda: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_aFailingCheckersLogLineCarriesTheSessionId(tmp_path, monkeypatch, logged):
+    """
+    README, Logs: every line of a connection carries its session id, so that
+    grep finds a whole session. The chain's "checker ... failed" line (with
+    the traceback an admin needs) carries none: it cannot be tied to the
+    login that got NO [UNAVAILABLE].
+    """
+    _addPlugin(tmp_path, monkeypatch, "review_directory", _LEAKY_PLUGIN)
+    async with _serving("--auth", "directory:x", "--auth-failure-delay", "0") as client:
+        await client.command(b"a LOGIN alice pw")
+    (login,) = [e for e in logged if e.get("log_format", "").startswith("login ")]
+    (failed,) = [e for e in logged if e.get("log_failure") is not None]
+    assert login["session"] is not None
+    assert failed.get("session") == login["session"]
+
+
+def test_twistdNamesThePathAndLineOfAPluginWithASyntaxError(tmp_path):
+    """
+    The one-line refusal names where a plugin failed from the traceback's
+    last frame, which for a SyntaxError is Twisted's reflect.py, not the
+    plugin: the file and line are in the exception itself.
+    """
+    plugins = tmp_path / "site" / "twisted" / "plugins"
+    plugins.mkdir(parents=True)
+    (plugins / "mine.py").write_text("def broken(:\n")
+    status, out, err = _twistdRefusal(
+        "--auth", "mine:x", cwd=str(tmp_path), pythonpath=[tmp_path / "site"]
+    )
+    assert (status, out) == (1, "")
+    refusal = err.splitlines()[-1]
+    assert "reflect.py" not in refusal
+    assert f"{plugins / 'mine.py'}" in refusal
