@@ -748,3 +748,17 @@ def test_twistdNamesThePathAndLineOfAPluginWithASyntaxError(tmp_path):
     refusal = err.splitlines()[-1]
     assert "reflect.py" not in refusal
     assert f"{plugins / 'mine.py'}" in refusal
+
+
+@pytest_twisted.ensureDeferred
+async def test_anEmptyStoredPasswordNeverLogsIn():
+    """
+    --auth memory:alice: (a trailing colon, or memory:alice::bob:pw) gives
+    alice the empty password, and LOGIN alice "" logs her in. Our own
+    passwd-file refuses an empty password, as Dovecot does (only nopassword
+    lets a user in without one). (Refusing memory:NAME: at start-up would do
+    too; this test would then check the refusal instead.)
+    """
+    async with _serving("--auth", "memory:alice:", "--auth-failure-delay", "0") as client:
+        reply = await client.command(b'a LOGIN alice ""')
+        assert reply[-1].startswith(b"a NO ")
