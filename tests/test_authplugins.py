@@ -762,3 +762,34 @@ async def test_anEmptyStoredPasswordNeverLogsIn():
     async with _serving("--auth", "memory:alice:", "--auth-failure-delay", "0") as client:
         reply = await client.command(b'a LOGIN alice ""')
         assert reply[-1].startswith(b"a NO ")
+
+
+@pytest_twisted.ensureDeferred
+async def test_theTestingHarnessServesACheckerAsAuthDoes():
+    """
+    README, "How to test it": ServerHarness.forChecker serves your checker.
+    But twistd consults an --auth checker through CheckerChain (the name
+    lower-cased, a failure logged and made temporary), the harness asks it
+    bare: a plugin's tests see "BOB" where twistd would give it "bob".
+    """
+    from twisted.cred.checkers import ICredentialsChecker
+    from twisted.cred.credentials import IUsernamePassword
+    from twisted.cred.error import UnauthorizedLogin
+    from twisted.internet.defer import fail
+    from zope.interface import implementer
+
+    from imapreferral.testing import ServerHarness
+
+    asked: list[bytes] = []
+
+    @implementer(ICredentialsChecker)
+    class Recording:
+        credentialInterfaces = (IUsernamePassword,)
+
+        def requestAvatarId(self, credentials):  # type: ignore[no-untyped-def]
+            asked.append(credentials.username)
+            return fail(UnauthorizedLogin())
+
+    async with ServerHarness.forChecker(Recording(), failureDelay=0).serving() as client:
+        await client.command(b"a LOGIN BOB pw")
+    assert asked == [b"bob"]
