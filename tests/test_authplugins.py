@@ -424,3 +424,372 @@ async def test_anAuthCheckerThatIsAServiceStartsAndStopsWithTheServer(tmp_path, 
         await service.stopService()
     assert not source.checker.running
     sys.modules.pop("twisted.plugins.pooled_checker", None)
+
+
+# Review of issue 10: defects found by trying, each a failing test.
+
+
+def _addPlugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, source: str) -> None:
+    """A plugin module C{name} in a temporary plugin directory that getPlugins searches."""
+    import sys
+
+    import twisted.plugins
+
+    plugins = tmp_path / "plugins-of-review" / "twisted" / "plugins"
+    plugins.mkdir(parents=True, exist_ok=True)
+    (plugins / f"{name}.py").write_text(source)
+    monkeypatch.setattr(twisted.plugins, "__path__", [*twisted.plugins.__path__, str(plugins)])
+    monkeypatch.delitem(sys.modules, f"twisted.plugins.{name}", raising=False)
+
+
+def _fakeUnixUser(monkeypatch: pytest.MonkeyPatch, name: str, crypted: str) -> None:
+    """
+    The system password database, as Twisted's unix: checker reads it
+    (C{import pwd} at each login), holding one more user: no user is added
+    to the machine.
+    """
+    import pwd
+    import sys
+    import types
+
+    def getpwnam(user: str) -> object:
+        if user == name:
+            return types.SimpleNamespace(pw_passwd=crypted)
+        return pwd.getpwnam(user)
+
+    monkeypatch.setitem(sys.modules, "pwd", types.SimpleNamespace(getpwnam=getpwnam))
+
+
+def _loggedText(events: list[dict]) -> str:
+    """Every event as it would be written to the log, tracebacks included."""
+    from twisted.logger import formatEventAsClassicLogText
+
+    return "".join(formatEventAsClassicLogText(e) or "" for e in events)
+
+
+@pytest_twisted.ensureDeferred
+async def test_aPasswordTheUnixCheckerCannotDecodeNeverReachesTheLog(monkeypatch, logged):
+    """
+    Twisted's unix: decodes the password as UTF-8; a Latin-1 one raises
+    UnicodeDecodeError, whose repr holds the password bytes, and the chain
+    logs that repr (why=...) with every such login.
+    """
+    import base64
+
+    _fakeUnixUser(monkeypatch, "carol", "$6$saltsalt$" + "x" * 86)
+    async with _serving("--auth", "unix", "--auth-failure-delay", "0") as client:
+        response = base64.b64encode(b"\0carol\0hunter\xe42")
+        reply = await client.command(b"a AUTHENTICATE PLAIN " + response)
+        assert reply[-1].startswith(b"a NO ")
+    assert "hunter" not in _loggedText(logged)
+
+
+_LEAKY_PLUGIN = """
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.strcred import ICheckerFactory
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+
+@implementer(ICredentialsChecker)
+class DirectoryChecker:
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(self, bindPassword):
+        self.bindPassword = bindPassword
+
+    def __repr__(self):  # as attrs or a dataclass would write it
+        return f"DirectoryChecker(bindPassword={self.bindPassword!r})"
+
+    def requestAvatarId(self, credentials):
+        raise ConnectionError("directory down")
+
+
+@implementer(ICheckerFactory, IPlugin)
+class DirectoryCheckerFactory:
+    authType = "directory"
+    authHelp = argStringFormat = "The directory's bind password."
+    credentialInterfaces = DirectoryChecker.credentialInterfaces
+
+    def generateChecker(self, argstring):
+        return DirectoryChecker(argstring)
+
+
+directory = DirectoryCheckerFactory()
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_aFailingCheckerIsLoggedWithoutItsArguments(tmp_path, monkeypatch, logged):
+    """
+    --auth TYPE:ARGS may hold a password (AuthChecker's repr leaves ARGS out
+    for that reason), but a checker that fails is logged by its own repr,
+    which a checker written with attrs or dataclasses fills with ARGS.
+    """
+    _addPlugin(tmp_path, monkeypatch, "review_directory", _LEAKY_PLUGIN)
+    async with _serving("--auth", "directory:bindsecret", "--auth-failure-delay", "0") as client:
+        reply = await client.command(b"a LOGIN alice pw")
+        assert reply == [b"a NO [UNAVAILABLE] Temporary authentication failure."]
+    assert "bindsecret" not in _loggedText(logged)
+
+
+@pytest_twisted.ensureDeferred
+async def test_theUnixCheckerDoesNotBlockTheReactor(monkeypatch):
+    """
+    Twisted's unix: runs crypt() in the calling thread: a SHA-512 hash with
+    many rounds (login.defs SHA_CRYPT_MIN_ROUNDS) stops every other session
+    for as long as each login is checked. (Python's crypt holds the GIL: a
+    thread alone does not help; libpass's builtin sha512_crypt in the
+    verifier's pool does. The user is faked at C{sys.modules["pwd"]}, which
+    Twisted's checker imports at each login.)
+    """
+    import itertools
+    import time
+
+    from twisted.internet.task import LoopingCall
+
+    _fakeUnixUser(monkeypatch, "carol", "$6$rounds=400000$saltsalt$" + "x" * 86)
+    ticks: list[float] = []
+    ticking = LoopingCall(lambda: ticks.append(time.monotonic()))
+    async with _serving("--auth", "unix", "--auth-failure-delay", "0") as client:
+        ticking.start(0.01)
+        try:
+            reply = await client.command(b"a LOGIN carol wrong")
+        finally:
+            ticking.stop()
+        assert reply[-1].startswith(b"a NO ")
+    longest = max(b - a for a, b in itertools.pairwise(ticks))
+    assert longest < 0.25, f"the reactor stood still for {longest:.2f} s"
+
+
+_FORGETFUL_PLUGIN = """
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.strcred import ICheckerFactory
+from twisted.internet.defer import Deferred
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+
+@implementer(ICredentialsChecker)
+class ForgetfulChecker:
+    credentialInterfaces = (IUsernamePassword,)
+
+    def requestAvatarId(self, credentials):
+        return Deferred.fromCoroutine(self._check(credentials))
+
+    async def _check(self, credentials):
+        if credentials.password == b"right":
+            return credentials.username
+        # A bug: the author forgot "raise UnauthorizedLogin()" here.
+
+
+@implementer(ICheckerFactory, IPlugin)
+class ForgetfulCheckerFactory:
+    authType = "forgetful"
+    authHelp = argStringFormat = "No arguments."
+    credentialInterfaces = ForgetfulChecker.credentialInterfaces
+
+    def generateChecker(self, argstring):
+        return ForgetfulChecker()
+
+
+forgetful = ForgetfulCheckerFactory()
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_aCheckerAnsweringNoneDoesNotLogTheUserIn(tmp_path, monkeypatch):
+    """
+    An avatar id of None (a coroutine that falls off its end) is a checker's
+    bug, not a successful login: today anyone logs in with any password (as
+    account "None" of the realm).
+    """
+    _addPlugin(tmp_path, monkeypatch, "review_forgetful", _FORGETFUL_PLUGIN)
+    async with _serving("--auth", "forgetful", "--auth-failure-delay", "0") as client:
+        reply = await client.command(b"a LOGIN alice wrong")
+        assert reply[-1].startswith(b"a NO ")
+
+
+_CHALLENGES_PLUGIN = """
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernameHashedPassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.strcred import ICheckerFactory
+from twisted.internet.defer import fail, succeed
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+
+@implementer(ICredentialsChecker)
+class ChallengeChecker:
+    credentialInterfaces = (IUsernameHashedPassword,)
+
+    def requestAvatarId(self, credentials):
+        if credentials.checkPassword(b"secret"):
+            return succeed(credentials.username)
+        return fail(UnauthorizedLogin())
+
+
+@implementer(ICheckerFactory, IPlugin)
+class ChallengeCheckerFactory:
+    authType = "challenges"
+    authHelp = argStringFormat = "No arguments."
+    credentialInterfaces = ChallengeChecker.credentialInterfaces
+
+    def generateChecker(self, argstring):
+        return ChallengeChecker()
+
+
+challenges = ChallengeCheckerFactory()
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_aCheckerOfChallengesOnlyDisablesTheLoginCommand(tmp_path, monkeypatch):
+    """
+    No checker can check a cleartext password, so LOGIN cannot work: RFC
+    3501 says LOGINDISABLED. Today LOGIN is offered and every attempt is
+    NO [UNAVAILABLE], a temporary failure that lasts for ever.
+    """
+    _addPlugin(tmp_path, monkeypatch, "review_challenges", _CHALLENGES_PLUGIN)
+    async with _serving("--auth", "challenges", "--auth-failure-delay", "0") as client:
+        assert b"AUTH=CRAM-MD5" in client.greeting
+        assert b" LOGINDISABLED" in client.greeting
+
+
+class _StallingBody(Resource):
+    """An auth_http service that answers its headers, then never finishes the body."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list = []
+
+    def render_GET(self, request):  # type: ignore[no-untyped-def]
+        from twisted.web.server import NOT_DONE_YET
+
+        self.requests.append(request)
+        request.setHeader("Auth-Status", "OK")
+        request.setHeader("Content-Length", "100")
+        request.write(b"x")
+        return NOT_DONE_YET
+
+    def abortAll(self) -> None:
+        """End the service's side of every request (the example leaves them open)."""
+        for request in self.requests:
+            if request.channel is not None:
+                request.channel.transport.abortConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_exampleCheckerAServiceThatStallsItsBodyIsATemporaryFailure():
+    """
+    The example promises NO [UNAVAILABLE] for a service that is "down, slow
+    or answers other than HTTP 200", but its timeout ends at the response
+    headers: readBody waits for ever (here: until the pre-login timeout
+    closes the connection, with no answer to the LOGIN). Nor does the client
+    hanging up end the HTTP request: cancelling readBody on an Agent's
+    response aborts nothing (its transport has no abortConnection).
+    """
+    from twisted.internet import reactor
+    from twisted.internet.defer import ensureDeferred
+
+    from imapreferral.testing import ServerHarness
+
+    service = _StallingBody()
+    port = reactor.listenTCP(0, Site(service), interface="127.0.0.1")
+    try:
+        url = f"http://127.0.0.1:{port.getHost().port}/auth"
+        checker = _loadExample().HTTPAuthChecker(url, reactor, timeout=0.2)
+        async with ServerHarness.forChecker(checker, failureDelay=0).serving() as client:
+            answer = ensureDeferred(client.command(b"a LOGIN bob pw"))
+            answer.addTimeout(3, reactor)
+            assert await answer == [b"a NO [UNAVAILABLE] Temporary authentication failure."]
+    finally:
+        service.abortAll()
+        await port.stopListening()
+        await deferLater(reactor, 0.05, lambda: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_aFailingCheckersLogLineCarriesTheSessionId(tmp_path, monkeypatch, logged):
+    """
+    README, Logs: every line of a connection carries its session id, so that
+    grep finds a whole session. The chain's "checker ... failed" line (with
+    the traceback an admin needs) carries none: it cannot be tied to the
+    login that got NO [UNAVAILABLE].
+    """
+    _addPlugin(tmp_path, monkeypatch, "review_directory", _LEAKY_PLUGIN)
+    async with _serving("--auth", "directory:x", "--auth-failure-delay", "0") as client:
+        await client.command(b"a LOGIN alice pw")
+    (login,) = [e for e in logged if e.get("log_format", "").startswith("login ")]
+    (failed,) = [e for e in logged if e.get("log_failure") is not None]
+    assert login["session"] is not None
+    assert failed.get("session") == login["session"]
+
+
+def test_twistdNamesThePathAndLineOfAPluginWithASyntaxError(tmp_path):
+    """
+    The one-line refusal names where a plugin failed from the traceback's
+    last frame, which for a SyntaxError is Twisted's reflect.py, not the
+    plugin: the file and line are in the exception itself.
+    """
+    plugins = tmp_path / "site" / "twisted" / "plugins"
+    plugins.mkdir(parents=True)
+    (plugins / "mine.py").write_text("def broken(:\n")
+    status, out, err = _twistdRefusal(
+        "--auth", "mine:x", cwd=str(tmp_path), pythonpath=[tmp_path / "site"]
+    )
+    assert (status, out) == (1, "")
+    refusal = err.splitlines()[-1]
+    assert "reflect.py" not in refusal
+    assert f"{plugins / 'mine.py'}" in refusal
+
+
+@pytest_twisted.ensureDeferred
+async def test_anEmptyStoredPasswordNeverLogsIn():
+    """
+    --auth memory:alice: (a trailing colon, or memory:alice::bob:pw) gives
+    alice the empty password, and LOGIN alice "" logs her in. Our own
+    passwd-file refuses an empty password, as Dovecot does (only nopassword
+    lets a user in without one). (Refusing memory:NAME: at start-up would do
+    too; this test would then check the refusal instead.)
+    """
+    async with _serving("--auth", "memory:alice:", "--auth-failure-delay", "0") as client:
+        reply = await client.command(b'a LOGIN alice ""')
+        assert reply[-1].startswith(b"a NO ")
+
+
+@pytest_twisted.ensureDeferred
+async def test_theTestingHarnessServesACheckerAsAuthDoes():
+    """
+    README, "How to test it": ServerHarness.forChecker serves your checker.
+    But twistd consults an --auth checker through CheckerChain (the name
+    lower-cased, a failure logged and made temporary), the harness asks it
+    bare: a plugin's tests see "BOB" where twistd would give it "bob".
+    """
+    from twisted.cred.checkers import ICredentialsChecker
+    from twisted.cred.credentials import IUsernamePassword
+    from twisted.cred.error import UnauthorizedLogin
+    from twisted.internet.defer import fail
+    from zope.interface import implementer
+
+    from imapreferral.testing import ServerHarness
+
+    asked: list[bytes] = []
+
+    @implementer(ICredentialsChecker)
+    class Recording:
+        credentialInterfaces = (IUsernamePassword,)
+
+        def requestAvatarId(self, credentials):  # type: ignore[no-untyped-def]
+            asked.append(credentials.username)
+            return fail(UnauthorizedLogin())
+
+    async with ServerHarness.forChecker(Recording(), failureDelay=0).serving() as client:
+        await client.command(b"a LOGIN BOB pw")
+    assert asked == [b"bob"]
