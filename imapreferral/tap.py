@@ -44,7 +44,9 @@ from imapreferral.passdbs import PassdbConfigError, passdbFromString
 from imapreferral.passdbs.sql import DEFAULT_TIMEOUT
 from imapreferral.passwords import SchemeVerifier
 from imapreferral.proxy.connect import MAX_RECONNECTS, BackendConnector, loadTrustRoot
-from imapreferral.tls import TLSConfigError, loadTLS
+from imapreferral.reload import IReloadable, Reloader
+from imapreferral.shutdown import DEFAULT_GRACE, LAST_CALL, Drain, exitCleanly, stopInStages
+from imapreferral.tls import ReloadableTLS, TLSConfigError
 
 _log = Logger()
 
@@ -168,6 +170,9 @@ class Options(usage.Options):
         ["backend-ca", None, None,
          "PEM CA certificates proxy backends' certificates must chain to "
          "(default: the system trust store)."],
+        ["shutdown-grace", None, DEFAULT_GRACE,
+         "Seconds proxied sessions may go on after SIGTERM before they are closed.",
+         _secondsFor("shutdown-grace", 0)],
     ]  # fmt: skip
 
     def __init__(self) -> None:
@@ -348,7 +353,7 @@ class Options(usage.Options):
                 raise usage.UsageError("--listen-tls needs --tls-cert and --tls-key")
             return None
         try:
-            return loadTLS(cert, key)
+            return ReloadableTLS(cert, key)
         except TLSConfigError as e:
             raise usage.UsageError(str(e)) from None
 
@@ -359,13 +364,27 @@ class ReferralService(MultiService):
 
     @ivar limiter: The connection limits, lowered at start when the
         descriptors this process may open cannot hold them.
+    @ivar reloader: What C{SIGHUP} re-reads (L{imapreferral.reload}).
+    @ivar grace: Seconds sessions may go on after C{SIGTERM}
+        (L{imapreferral.shutdown}).
     """
 
-    def __init__(self, description: str, limiter: ConnectionLimiter, factory: Any = None) -> None:
+    def __init__(
+        self,
+        description: str,
+        limiter: ConnectionLimiter,
+        factory: Any = None,
+        grace: float = DEFAULT_GRACE,
+    ) -> None:
+        from twisted.internet import reactor
+
         super().__init__()
         self.description = description
         self.limiter = limiter
         self.factory = factory
+        self.grace = grace
+        self.reloader = Reloader(reactor)
+        self.reloader.setServiceParent(self)
 
     def privilegedStartService(self) -> None:
         descriptors.fitConnectionLimit(self.limiter)
@@ -376,10 +395,18 @@ class ReferralService(MultiService):
         super().startService()
 
     def stopService(self) -> Any:
-        """Stop listening, and end the proxied sessions cleanly (both sides)."""
-        if self.factory is not None:
-            self.factory.closeRelays()
-        return super().stopService()
+        """
+        Stop listening, drain the connections (L{imapreferral.shutdown}),
+        then stop the rest; exit status 0.
+        """
+        from twisted.internet import reactor
+
+        if self.factory is None:
+            return super().stopService()
+        front = (ListenerService, _AdoptedListeners, workers.WorkerProcesses)
+        drain = Drain(self.factory, reactor, self.grace)
+        d = stopInStages(self, lambda child: isinstance(child, front), drain.start)
+        return d.addCallback(lambda _: exitCleanly(reactor))
 
 
 def selfAddresses(config: Any) -> set[tuple[str, int]]:
@@ -458,8 +485,12 @@ def makeService(config: Any) -> IService:
         f"{', '.join(listeners)} with passdbs " + ", ".join(repr(p) for p in config["passdb"]),
         factory.limiter,
         factory,
+        grace=config["shutdown-grace"],
     )
     verifier.setServiceParent(service)
+    for reloadable in [config["tls"], *config["passdb"]]:
+        if IReloadable.providedBy(reloadable):
+            service.reloader.register(reloadable)
     for passdb in config["passdb"]:
         if IService.providedBy(passdb):  # e.g. SQL: a connection pool to start and stop
             passdb.setServiceParent(service)
@@ -484,9 +515,15 @@ def makeService(config: Any) -> IService:
         port.setServiceParent(service)
         ports.append(port)
     if config["workers"] > 1:
-        workers.WorkerProcesses(reactor, config["workers"], ports, sys.argv).setServiceParent(
-            service
+        processes = workers.WorkerProcesses(
+            reactor,
+            config["workers"],
+            ports,
+            sys.argv,
+            stopWithin=config["shutdown-grace"] + LAST_CALL,
         )
+        processes.setServiceParent(service)
+        service.reloader.register(processes)
     return service
 
 

@@ -5,7 +5,8 @@ C{user:password:uid:gid:gecos:home:shell:extra_fields}.
 Only the user, the password and the extra fields matter for login; the
 extra fields are the rest of the line after the seventh colon, so values
 with colons (C{host=2001:db8::1}) work. The file is re-read when it
-changes on disk; a broken new version is logged and the last good one kept.
+changes on disk (at most one C{stat} a second) and at once on C{SIGHUP}; a
+broken new version is logged and the last good one kept.
 
 Stricter than Dovecot, which reads a line without C{:} as a user without a
 password and, as a passdb, never looks at uid or gid: a line that lost a
@@ -35,6 +36,7 @@ from imapreferral.login.fields import (
     splitExtraFields,
 )
 from imapreferral.passwords import allowsCramMD5
+from imapreferral.reload import IReloadable
 
 _log = Logger()
 
@@ -155,7 +157,7 @@ def _signature(st: os.stat_result) -> tuple[int, int, int]:
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
-@implementer(IPassdb)
+@implementer(IPassdb, IReloadable)
 class PasswdFilePassdb:
     """
     @ivar path: The file. Read at construction: a missing, unreadable or
@@ -194,16 +196,28 @@ class PasswdFilePassdb:
         if now - self._checked < self._recheck:
             return
         self._checked = now
+        self._read(force=False)
+
+    def reload(self) -> None:
+        """
+        C{SIGHUP} (L{imapreferral.reload.IReloadable}): re-read the file
+        now, changed or not, and say so; a broken file keeps the last good
+        version, in one log line.
+        """
+        self._checked = self._clock.seconds()
+        self._read(force=True)
+
+    def _read(self, force: bool) -> None:
         try:
             st = os.stat(self.path)
-            if _signature(st) == self._signature:
+            if _signature(st) == self._signature and not force:
                 return
             with open(self.path, "rb") as f:
                 data = f.read()
             users = parsePasswdFile(self.path, data)
         except (OSError, PasswdFileError) as e:
             problem = str(e) if isinstance(e, PasswdFileError) else f"{self.path}: {e.strerror}"
-            if problem != self._problem:
+            if problem != self._problem or force:
                 _log.error("keeping the last good passwd-file: {problem}", problem=problem)
                 self._problem = problem
             return

@@ -1,0 +1,162 @@
+"""
+C{SIGTERM}: stop without cutting anyone off mid-sentence.
+
+twistd's own handler stops the reactor, whose C{before shutdown} trigger
+waits for the application's C{stopService}. Ours (L{stopInStages}) then:
+
+  1. stops accepting: the listeners (and C{--workers} processes, which
+     drain the same way) stop first;
+  2. drains (L{Drain}): a connection before login gets
+     C{* BYE Server shutting down.} at once, or right after the answer to
+     the login it has in flight; proxied and logged-in sessions go on
+     working for up to the grace period (C{--shutdown-grace}), then are
+     closed (a relay flushes both sides, see L{imapreferral.proxy.relay});
+  3. stops the rest (passdb connection pools, hashing threads), which the
+     logins in flight needed until they were answered.
+
+The process then exits with status 0 (L{exitCleanly}), not by the signal:
+a shutdown asked for and completed is a success. Dovecot's master closes
+its login processes' listeners and lets proxied sessions live on in them
+(C{shutdown_clients = no}) or kills them; we do neither forever.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+_log = Logger()
+
+#: C{--shutdown-grace}: seconds proxied sessions may go on after C{SIGTERM}.
+DEFAULT_GRACE = 10.0
+#: Seconds after the grace before connections still open (a client that
+#: reads nothing, a login still waiting for its passdb) are aborted.
+LAST_CALL = 30.0
+
+#: What a connection before login is told (Dovecot's words).
+SHUTTING_DOWN = b"Server shutting down."
+
+
+class Drain:
+    """
+    One shutdown of a L{imapreferral.imap.factory.ReferralServerFactory}'s
+    connections; see the module docstring.
+
+    The factory keeps its open connections in C{connections} and calls
+    L{connectionEnded} as each one goes; each connection takes
+    C{shutDown()} (goodbye before login) and C{graceOver()} (goodbye to
+    what is left).
+    """
+
+    def __init__(
+        self, factory: Any, clock: IReactorTime, grace: float, lastCall: float = LAST_CALL
+    ) -> None:
+        """
+        @param factory: Whose C{connections} to drain.
+        @param clock: For the grace period and the last call.
+        @param grace: Seconds proxied and logged-in sessions go on.
+        @param lastCall: Seconds after the grace before what is still open
+            is aborted.
+        """
+        self._factory = factory
+        self._clock = clock
+        self._grace = grace
+        self._lastCall = lastCall
+        self._calls: list[IDelayedCall] = []
+        self.done: Deferred[None] = Deferred()
+
+    def start(self) -> Deferred[None]:
+        """Say goodbye where it is due, start the grace period; fires once all are closed."""
+        connections = list(self._factory.connections)
+        relays = len(self._factory.relays)
+        _log.info(
+            "shutting down: {count} connections open ({relays} proxied), "
+            "sessions have {grace:g} s to end",
+            count=len(connections),
+            relays=relays,
+            grace=self._grace,
+        )
+        self._factory.drain = self
+        for connection in connections:
+            connection.shutDown()
+        if self._grace > 0:
+            self._calls.append(self._clock.callLater(self._grace, self._graceOver))
+        else:
+            self._graceOver()
+        self._check()
+        return self.done
+
+    def _graceOver(self) -> None:
+        left = list(self._factory.connections)
+        if left:
+            _log.info("shutdown grace over: closing {count} connections", count=len(left))
+        self.graceOver = True
+        for connection in left:
+            connection.graceOver()
+        self._calls.append(self._clock.callLater(self._lastCall, self._abortAll))
+        self._check()
+
+    #: Whether the grace period has ended; a session that starts later
+    #: (a proxy login answered after it) is closed at once.
+    graceOver = False
+
+    def _abortAll(self) -> None:
+        left = list(self._factory.connections)
+        _log.warn(
+            "shutdown: aborting {count} connections still open {seconds:g} s after the grace",
+            count=len(left),
+            seconds=self._lastCall,
+        )
+        for connection in left:
+            connection.transport.abortConnection()
+
+    def connectionEnded(self) -> None:
+        """The factory lost a connection: done once none is left."""
+        self._check()
+
+    def _check(self) -> None:
+        if self._factory.connections or self.done.called:
+            return
+        for call in self._calls:
+            if call.active():
+                call.cancel()
+        _log.info("shutdown: all connections closed")
+        self.done.callback(None)
+
+
+def stopInStages(
+    service: MultiService, first: Callable[[IService], bool], drain: Callable[[], Deferred[None]]
+) -> Deferred[None]:
+    """
+    C{MultiService.stopService} in three steps: the children C{first}
+    picks, then C{drain()}, then the other children (each step in reverse
+    order of starting, as C{MultiService} does).
+    """
+    Service.stopService(service)
+    children = list(service)[::-1]
+    front = [child for child in children if first(child)]
+    rest = [child for child in children if not first(child)]
+    d = _stopAll(front)
+    d.addCallback(lambda _: drain())
+    d.addCallback(lambda _: _stopAll(rest))
+    return d.addCallback(lambda _: None)
+
+
+def _stopAll(services: Iterable[IService]) -> Deferred[Any]:
+    return DeferredList([maybeDeferred(s.stopService) for s in services])
+
+
+def exitCleanly(reactor: Any) -> None:
+    """
+    Let twistd exit with status 0 after a graceful stop on C{SIGTERM} or
+    C{SIGINT}: by default it re-raises the signal on itself once the reactor
+    has stopped (C{twisted.application.app._exitWithSignal}), which the
+    reactor remembers in C{_exitSignal}.
+    """
+    if getattr(reactor, "_exitSignal", None) is not None:
+        reactor._exitSignal = None
