@@ -15,9 +15,7 @@ waits for the application's C{stopService}. Ours (L{stopInStages}) then:
      logins in flight needed until they were answered.
 
 The process then exits with status 0 (L{exitCleanly}), not by the signal:
-a shutdown asked for and completed is a success. Dovecot's master closes
-its login processes' listeners and lets proxied sessions live on in them
-(C{shutdown_clients = no}) or kills them; we do neither forever.
+a shutdown asked for and completed is a success.
 """
 
 from __future__ import annotations

@@ -233,3 +233,25 @@ async def test_sighupSchedulesTheReloadAndChainsToThePreviousHandler():
         assert previous == [signal.SIGUSR2, signal.SIGUSR2]
     finally:
         signal.signal(signal.SIGUSR2, old)
+
+
+def test_serverReloadsItsCertificateAndFileBackedPassdbs(tmp_path):
+    from imapreferral import tap
+
+    cert, key = makeCertificate(tmp_path)
+    passwd = tmp_path / "users.passwd"
+    passwd.write_text("u:{PLAIN}p::::::\n")
+    options = tap.Options()
+    options.parseOptions(
+        [
+            "--listen", "tcp:0:interface=127.0.0.1",
+            "--tls-cert", str(cert), "--tls-key", str(key),
+            "--passdb", f"passwd-file:{passwd}",
+            "--passdb", "static:host=imap2.example.com nologin nopassword",
+            "--passdb", f"sql:{tap.EXAMPLE_SQL}",
+        ]
+    )  # fmt: skip
+    service = tap.makeService(options)
+    tls, passwdFile, _, sql = [options["tls"], *options["passdb"]]
+    assert service.reloader.reloadables == [tls, passwdFile, sql]
+    assert service.getServiceNamed("reloader") is service.reloader
