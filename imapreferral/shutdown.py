@@ -128,19 +128,25 @@ class Drain:
 
 
 def stopInStages(
-    service: MultiService, first: Callable[[IService], bool], drain: Callable[[], Deferred[None]]
+    service: MultiService,
+    first: Callable[[IService], bool],
+    alongside: Callable[[IService], bool],
+    drain: Callable[[], Deferred[None]],
 ) -> Deferred[None]:
     """
     C{MultiService.stopService} in three steps: the children C{first}
-    picks, then C{drain()}, then the other children (each step in reverse
-    order of starting, as C{MultiService} does).
+    picks; then C{drain()} and, at the same time, the children C{alongside}
+    picks (worker processes, which drain their own connections); then the
+    other children. Each step in reverse order of starting, as
+    C{MultiService} does.
     """
     Service.stopService(service)
     children = list(service)[::-1]
     front = [child for child in children if first(child)]
-    rest = [child for child in children if not first(child)]
+    along = [child for child in children if alongside(child) and not first(child)]
+    rest = [child for child in children if child not in front and child not in along]
     d = _stopAll(front)
-    d.addCallback(lambda _: drain())
+    d.addCallback(lambda _: DeferredList([drain(), _stopAll(along)]))
     d.addCallback(lambda _: _stopAll(rest))
     return d.addCallback(lambda _: None)
 

@@ -403,9 +403,13 @@ class ReferralService(MultiService):
 
         if self.factory is None:
             return super().stopService()
-        front = (ListenerService, _AdoptedListeners, workers.WorkerProcesses)
         drain = Drain(self.factory, reactor, self.grace)
-        d = stopInStages(self, lambda child: isinstance(child, front), drain.start)
+        d = stopInStages(
+            self,
+            lambda child: isinstance(child, (ListenerService, _AdoptedListeners)),
+            lambda child: isinstance(child, workers.WorkerProcesses),
+            drain.start,
+        )
         return d.addCallback(lambda _: exitCleanly(reactor))
 
 

@@ -87,9 +87,17 @@ def workerArguments(argv: Sequence[str]) -> list[str]:
         elif not a.startswith("--workers="):
             cleaned.append(a)
     return [
-        sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-        "-n", "--pidfile=", *cleaned,
+        sys.executable, "-c", WORKER_MAIN, "-n", "--pidfile=", *cleaned,
     ]  # fmt: skip
+
+
+#: A worker's program: twistd, ignoring C{SIGHUP} (whose default ends the
+#: process) until its L{imapreferral.reload.Reloader} takes the signal over,
+#: so that a reload passed on while it is still starting does not kill it.
+WORKER_MAIN = (
+    "import signal; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
+    "from twisted.scripts.twistd import run; run()"
+)
 
 
 class _Worker(ProcessProtocol):

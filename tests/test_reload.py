@@ -255,3 +255,28 @@ def test_serverReloadsItsCertificateAndFileBackedPassdbs(tmp_path):
     tls, passwdFile, _, sql = [options["tls"], *options["passdb"]]
     assert service.reloader.reloadables == [tls, passwdFile, sql]
     assert service.getServiceNamed("reloader") is service.reloader
+
+
+def test_sighupReachesEveryWorker(tmp_path):
+    (tmp_path / "new").mkdir()
+    _renew(tmp_path, "first")
+    server = Twistd(
+        tmp_path,
+        "--listen-tls", "tcp:{imaps}:interface=127.0.0.1",
+        "--tls-cert", str(tmp_path / "server.crt"), "--tls-key", str(tmp_path / "server.key"),
+        "--workers", "2",
+        ports=("imaps",),
+    )  # fmt: skip
+    server.directory = tmp_path
+    try:
+        server.waitForLog("imapreferral serving", 2)  # the worker logs to the same file
+        _renew(tmp_path, "renewed")
+        server.proc.send_signal(signal.SIGHUP)
+        log = server.waitForLog("SIGHUP: reload done", 2)  # the first process and its worker
+        assert log.count("re-read TLS certificate") == 2
+        served = {_peerCertificate(server) for _ in range(8)}
+        assert served == {_der(tmp_path / "server.crt")}
+        server.terminate()
+        assert server.wait() == 0
+    finally:
+        server.stop()
