@@ -15,12 +15,16 @@ waits for the application's C{stopService}. Ours (L{stopInStages}) then:
      logins in flight needed until they were answered.
 
 The process then exits with status 0 (L{exitCleanly}), not by the signal:
-a shutdown asked for and completed is a success.
+a shutdown asked for and completed is a success. A second C{SIGTERM} (or
+C{SIGINT}) during the grace ends it at once (L{hurryOnSignal}); twistd's
+handler would only log a C{ReactorNotRunning} traceback.
 """
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterable
+from types import FrameType
 from typing import Any
 
 from twisted.application.service import IService, MultiService, Service
@@ -66,6 +70,10 @@ class Drain:
         self._grace = grace
         self._lastCall = lastCall
         self._calls: list[IDelayedCall] = []
+        self._graceCall: IDelayedCall | None = None
+        #: Whether the grace period has ended.
+        self.graceOver = False
+        #: Fires once every connection is closed.
         self.done: Deferred[None] = Deferred()
 
     def start(self) -> Deferred[None]:
@@ -83,11 +91,21 @@ class Drain:
         for connection in connections:
             connection.shutDown()
         if self._grace > 0:
-            self._calls.append(self._clock.callLater(self._grace, self._graceOver))
+            self._graceCall = self._clock.callLater(self._grace, self._graceOver)
+            self._calls.append(self._graceCall)
         else:
             self._graceOver()
         self._check()
         return self.done
+
+    def hurry(self) -> None:
+        """End the grace now (the operator asked twice)."""
+        if self.graceOver or self.done.called:
+            return
+        if self._graceCall is not None and self._graceCall.active():
+            self._graceCall.cancel()
+        _log.info("shutdown: asked again, ending the grace now")
+        self._graceOver()
 
     def _graceOver(self) -> None:
         left = list(self._factory.connections)
@@ -98,10 +116,6 @@ class Drain:
             connection.graceOver()
         self._calls.append(self._clock.callLater(self._lastCall, self._abortAll))
         self._check()
-
-    #: Whether the grace period has ended; a session that starts later
-    #: (a proxy login answered after it) is closed at once.
-    graceOver = False
 
     def _abortAll(self) -> None:
         left = list(self._factory.connections)
@@ -153,6 +167,32 @@ def stopInStages(
 
 def _stopAll(services: Iterable[IService]) -> Deferred[Any]:
     return DeferredList([maybeDeferred(s.stopService) for s in services])
+
+
+def hurryOnSignal(reactor: Any, drain: Drain) -> None:
+    """
+    Until C{drain} is done, C{SIGTERM} and C{SIGINT} end its grace at once
+    (in the signal handler, only scheduled); then the handlers before are
+    back.
+    """
+
+    def received(signum: int, frame: FrameType | None) -> None:
+        reactor.callFromThread(drain.hurry)
+
+    previous = {}
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        try:
+            previous[signum] = signal.signal(signum, received)
+        except ValueError:  # not the main thread: embedded, no signals of ours
+            break
+
+    def restore(result: object) -> object:
+        for signum, handler in previous.items():
+            if signal.getsignal(signum) is received:
+                signal.signal(signum, handler)
+        return result
+
+    drain.done.addBoth(restore)
 
 
 def exitCleanly(reactor: Any) -> None:

@@ -45,7 +45,14 @@ from imapreferral.passdbs.sql import DEFAULT_TIMEOUT
 from imapreferral.passwords import SchemeVerifier
 from imapreferral.proxy.connect import MAX_RECONNECTS, BackendConnector, loadTrustRoot
 from imapreferral.reload import IReloadable, Reloader
-from imapreferral.shutdown import DEFAULT_GRACE, LAST_CALL, Drain, exitCleanly, stopInStages
+from imapreferral.shutdown import (
+    DEFAULT_GRACE,
+    LAST_CALL,
+    Drain,
+    exitCleanly,
+    hurryOnSignal,
+    stopInStages,
+)
 from imapreferral.tls import ReloadableTLS, TLSConfigError
 
 _log = Logger()
@@ -404,6 +411,7 @@ class ReferralService(MultiService):
         if self.factory is None:
             return super().stopService()
         drain = Drain(self.factory, reactor, self.grace)
+        hurryOnSignal(reactor, drain)
         d = stopInStages(
             self,
             lambda child: isinstance(child, (ListenerService, _AdoptedListeners)),

@@ -237,3 +237,21 @@ async def waitUntil(condition, attempts: int = 400) -> None:
             return
         await task.deferLater(reactor, 0.005, lambda: None)
     raise AssertionError("condition not met in time")
+
+
+def test_secondSigtermEndsTheGraceAtOnce(twistd):
+    server = twistd("alice:{PLAIN}secret::::::", "--shutdown-grace", "600")
+    with server.connect() as sock:
+        f = sock.makefile("rb")
+        f.readline()
+        sock.sendall(b"a LOGIN alice secret\r\n")
+        assert f.readline().startswith(b"a OK")  # a local session: it has the grace
+        server.terminate()
+        server.waitForLog("sessions have 600 s to end")
+        server.terminate()
+        assert f.readline() == BYE
+        assert f.readline() == b""
+    assert server.wait() == 0
+    log = server.log()
+    assert "shutdown: asked again, ending the grace now" in log
+    assert "Traceback" not in log
