@@ -500,19 +500,10 @@ async def test_reloadWithANewConnectOpensANewPoolAndClosesTheOld(sqliteDir, cloc
         assert passdb._pool is not old
         reply = await client.command(b"b LOGIN refnl other")  # other.sqlite's row
         assert reply[0].startswith(b"b OK [REFERRAL imap://refnl;AUTH=PLAIN@imap9/]")
-        await _until(lambda: not old.running)
+        await _until(lambda: not old.running, "the old pool closed", 10)
         await client.close()
     finally:
         await _stop(harness, passdb)
-
-
-async def _until(condition, attempts: int = 400) -> None:
-    """Bounded polling for what a thread, not the clock, decides."""
-    for _ in range(attempts):
-        if condition():
-            return
-        await deferLater(reactor, 0.005, lambda: None)
-    raise AssertionError("condition not met in time")
 
 
 @pytest_twisted.ensureDeferred
@@ -528,7 +519,7 @@ async def test_lookupInFlightFinishesOnTheOldPool(postgres, sqliteDir):
         await passdb.reload()
         assert old.running and not inFlight.called
         assert (await inFlight).host == "slow.example.com"
-        await _until(lambda: not old.running)
+        await _until(lambda: not old.running, "the old pool closed", 10)
         assert (await passdb.lookup("refnl", LoginContext())).host == "imap2.example.com"
     finally:
         passdb.stopService()
