@@ -14,11 +14,13 @@ import pytest
 import pytest_twisted
 from dovecotbackend import USERS, startDovecot
 from test_proxy_server import isBackendOK
+from test_tap import _refusal
 from twistdprocess import Twistd
 from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
+from imapreferral import tap
 from imapreferral.interfaces import IPassdb
 from imapreferral.proxy.connect import BackendConnector
 from imapreferral.shutdown import Drain
@@ -255,3 +257,21 @@ def test_secondSigtermEndsTheGraceAtOnce(twistd):
     log = server.log()
     assert "shutdown: asked again, ending the grace now" in log
     assert "Traceback" not in log
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("soon", "imapreferral: --shutdown-grace soon: not a number"),
+        ("-1", "imapreferral: --shutdown-grace -1: must be 0..3600 seconds"),
+    ],
+)
+def test_badShutdownGraceStopsWithOneLine(value, message):
+    assert _refusal(["--shutdown-grace", value]) == message
+
+
+def test_shutdownGraceDefaultsToTenSeconds():
+    options = tap.Options()
+    options.parseOptions([])
+    assert options["shutdown-grace"] == 10.0
+    assert tap.makeService(options).grace == 10.0

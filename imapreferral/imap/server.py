@@ -454,7 +454,7 @@ class ReferralIMAP4Server(IMAP4Server):
         if self._proxy is not None:
             return  # input stays held until the backend answers
         self.guard.loginFinished()
-        if self._shutdown is not None and not self.guard.closing and not self._lost:
+        if self._shutdown is not None and not self._closing():
             if self.state == "unauth" or self._shutdown == "over":
                 self._bye(SHUTTING_DOWN)
 
@@ -468,7 +468,7 @@ class ReferralIMAP4Server(IMAP4Server):
         """
         self._shutdown = "draining"
         inFlight = self._pendingLogin is not None or self._proxy is not None
-        if self.state == "unauth" and not inFlight and not self.guard.closing:
+        if self.state == "unauth" and not inFlight and not self._closing():
             self._bye(SHUTTING_DOWN)
 
     def graceOver(self) -> None:
@@ -476,8 +476,14 @@ class ReferralIMAP4Server(IMAP4Server):
         self._shutdown = "over"
         if self._proxy is not None and self._proxy.relay is not None:
             self._proxy.close()
-        elif self._pendingLogin is None and self._proxy is None and not self.guard.closing:
+        elif self._pendingLogin is None and self._proxy is None and not self._closing():
             self._bye(SHUTTING_DOWN)
+
+    def _closing(self) -> bool:
+        """Whether the connection is already going (a goodbye said, or refused at admission)."""
+        return (
+            self.guard.closing or self._lost or bool(getattr(self.transport, "disconnecting", 0))
+        )
 
     def relayStarted(self) -> None:
         """A proxied session began; after the shutdown grace it ends at once."""
