@@ -167,14 +167,17 @@ def test_brokenPasswdFileOnSighupKeepsTheLastGoodOneAndLogsOneLine(server):
 # The passdb and the Reloader in this process
 
 
-def test_passwdFileReloadReadsAChangeTheClockWouldNotYetLookFor(tmp_path, clock):
+@pytest_twisted.ensureDeferred
+async def test_passwdFileReloadReadsAChangeTheClockWouldNotYetLookFor(tmp_path, clock):
     passwd = tmp_path / "users.passwd"
     passwd.write_text("alice:{PLAIN}one::::::\n")
     passdb = PasswdFilePassdb(str(passwd), clock=clock)
     passwd.write_text("alice:{PLAIN}two::::::\n")
-    assert passdb.lookup("alice", LoginContext()).result.password == "{PLAIN}one"
-    passdb.reload()
-    assert passdb.lookup("alice", LoginContext()).result.password == "{PLAIN}two"
+    assert (await passdb.lookup("alice", LoginContext())).password == "{PLAIN}one"
+    reloading = passdb.reload()
+    assert (await passdb.lookup("alice", LoginContext())).password == "{PLAIN}one"  # until parsed
+    await reloading
+    assert (await passdb.lookup("alice", LoginContext())).password == "{PLAIN}two"
 
 
 @implementer(IReloadable)

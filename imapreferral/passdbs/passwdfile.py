@@ -21,9 +21,11 @@ from __future__ import annotations
 import os
 import re
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from imapreferral.interfaces import IPassdb
@@ -157,6 +159,19 @@ def _signature(st: os.stat_result) -> tuple[int, int, int]:
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
+def _load(path: str) -> tuple[dict[str, PassdbReply], tuple[int, int, int]]:
+    """
+    Read and parse the file: its users and its stat signature.
+
+    @raise OSError: if it cannot be read.
+    @raise PasswdFileError: for a bad line.
+    """
+    st = os.stat(path)
+    with open(path, "rb") as f:
+        data = f.read()
+    return parsePasswdFile(path, data), _signature(st)
+
+
 @implementer(IPassdb, IReloadable)
 class PasswdFilePassdb:
     """
@@ -185,6 +200,7 @@ class PasswdFilePassdb:
         self._users = parsePasswdFile(path, data)
         self._signature = _signature(st)
         self._problem: str | None = None
+        self._reloads = DeferredLock()  # one re-read at a time, in order
         self._checked = self._clock.seconds()
 
     def __repr__(self) -> str:
@@ -196,33 +212,49 @@ class PasswdFilePassdb:
         if now - self._checked < self._recheck:
             return
         self._checked = now
-        self._read(force=False)
+        try:
+            st = os.stat(self.path)
+            if _signature(st) == self._signature:
+                return
+            loaded = _load(self.path)
+        except (OSError, PasswdFileError) as e:
+            self._keep(e, always=False)
+            return
+        self._use(loaded)
 
-    def reload(self) -> None:
+    def reload(self) -> Deferred[None]:
         """
         C{SIGHUP} (L{imapreferral.reload.IReloadable}): re-read the file
         now, changed or not, and say so; a broken file keeps the last good
-        version, in one log line.
+        version, in one log line. Read and parsed in a thread: a file of
+        100,000 users takes seconds, which the reactor does not wait for.
         """
         self._checked = self._clock.seconds()
-        self._read(force=True)
+        return self._reloads.run(self._reloadOnce)
 
-    def _read(self, force: bool) -> None:
-        try:
-            st = os.stat(self.path)
-            if _signature(st) == self._signature and not force:
-                return
-            with open(self.path, "rb") as f:
-                data = f.read()
-            users = parsePasswdFile(self.path, data)
-        except (OSError, PasswdFileError) as e:
-            problem = str(e) if isinstance(e, PasswdFileError) else f"{self.path}: {e.strerror}"
-            if problem != self._problem or force:
-                _log.error("keeping the last good passwd-file: {problem}", problem=problem)
-                self._problem = problem
-            return
-        self._users, self._signature, self._problem = users, _signature(st), None
-        _log.info("re-read {path}: {count} users", path=self.path, count=len(users))
+    def _reloadOnce(self) -> Deferred[None]:
+        d = deferToThread(_load, self.path)
+        d.addCallbacks(self._use, self._failedReload)
+        return d
+
+    def _failedReload(self, failure: Failure) -> None:
+        failure.trap(OSError, PasswdFileError)
+        self._keep(failure.value, always=True)
+
+    def _keep(self, error: BaseException, always: bool) -> None:
+        """Log why the new file is not used: once per problem, or C{always} (on a signal)."""
+        if isinstance(error, PasswdFileError):
+            problem = str(error)
+        else:
+            problem = f"{self.path}: {getattr(error, 'strerror', error)}"
+        if problem != self._problem or always:
+            _log.error("keeping the last good passwd-file: {problem}", problem=problem)
+            self._problem = problem
+
+    def _use(self, loaded: tuple[dict[str, PassdbReply], tuple[int, int, int]]) -> None:
+        self._users, self._signature = loaded
+        self._problem = None
+        _log.info("re-read {path}: {count} users", path=self.path, count=len(self._users))
 
     def lookup(self, username: str, context: LoginContext) -> Deferred[PassdbReply | None]:
         self._refresh()
