@@ -178,7 +178,8 @@ class Options(usage.Options):
          "PEM CA certificates proxy backends' certificates must chain to "
          "(default: the system trust store)."],
         ["shutdown-grace", None, DEFAULT_GRACE,
-         "Seconds proxied sessions may go on after SIGTERM before they are closed.",
+         "Seconds proxied and logged-in sessions may go on after SIGTERM before they are "
+         "closed (logins in flight are answered first).",
          _secondsFor("shutdown-grace", 0)],
     ]  # fmt: skip
 
@@ -532,7 +533,7 @@ def makeService(config: Any) -> IService:
             config["workers"],
             ports,
             sys.argv,
-            stopWithin=config["shutdown-grace"] + LAST_CALL,
+            stopWithin=config["shutdown-grace"] + LAST_CALL + 5,  # after the worker's own abort
         )
         processes.setServiceParent(service)
         service.reloader.register(processes)

@@ -554,3 +554,28 @@ async def test_brokenSQLConfigOnReloadKeepsTheCurrentOneAndLogsOneLine(
         assert (await passdb.lookup("refnl", LoginContext())).host == "imap2.example.com"
     finally:
         passdb.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_postgresQueryRefusedOnReloadIsOneLine(postgres, tmp_path, logged):
+    """PostgreSQL's error goes on for lines (LINE 1: ... and a caret): only its first is shown."""
+    config = _postgresConfig(tmp_path, postgres)
+    passdb = passdbFromString(f"sql:{config}", timeout=5)
+    passdb.startService()
+    try:
+        _postgresConfig(tmp_path, postgres, "SELECT password FROM nosuchtable WHERE u = '%u'")
+        await passdb.reload()
+    finally:
+        passdb.stopService()
+    (line,) = [formatEvent(e) for e in logged if e["log_level"].name == "error"]
+    assert 'password_query is refused by the database: relation "nosuchtable"' in line
+    assert "\n" not in line and line.endswith(
+        "(query: SELECT password FROM nosuchtable WHERE u = '%u')"
+    )
+
+
+def test_postgresQueryErrorAtStartIsOneLine(postgres, tmp_path):
+    config = _postgresConfig(tmp_path, postgres, "SELECT password FROM nosuchtable WHERE u = '%u'")
+    with pytest.raises(PassdbConfigError) as refused:
+        passdbFromString(f"sql:{config}")
+    assert "\n" not in str(refused.value)

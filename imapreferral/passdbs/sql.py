@@ -235,7 +235,7 @@ def checkQuery(driver: _Driver) -> str | None:
     except Exception as e:
         raise SQLConfigError(
             f"{config.path}:{config.queryLine}: password_query is refused by the "
-            f"database: {str(e).strip()} (query: {config.passwordQuery})"
+            f"database: {oneLine(str(e))} (query: {config.passwordQuery})"
         ) from None
     finally:
         try:
