@@ -7,7 +7,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import shlex
-import signal
 import socket
 import sys
 from typing import Any
@@ -57,7 +56,16 @@ from imapreferral.passdbs.sql import DEFAULT_TIMEOUT
 from imapreferral.passdbs.static import StaticPassdb
 from imapreferral.passwords import SchemeVerifier
 from imapreferral.proxy.connect import MAX_RECONNECTS, BackendConnector, loadTrustRoot
-from imapreferral.tls import TLSConfigError, loadTLS
+from imapreferral.reload import IReloadable, Reloader
+from imapreferral.shutdown import (
+    DEFAULT_GRACE,
+    LAST_CALL,
+    Drain,
+    exitCleanly,
+    hurryOnSignal,
+    stopInStages,
+)
+from imapreferral.tls import ReloadableTLS, TLSConfigError
 
 _log = Logger()
 
@@ -214,6 +222,10 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ["backend-ca", None, None,
          "PEM CA certificates proxy backends' certificates must chain to "
          "(default: the system trust store)."],
+        ["shutdown-grace", None, DEFAULT_GRACE,
+         "Seconds proxied and logged-in sessions may go on after SIGTERM before they are "
+         "closed (logins in flight are answered first).",
+         _secondsFor("shutdown-grace", 0)],
     ]  # fmt: skip
 
     def __init__(self) -> None:
@@ -451,7 +463,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
                 raise usage.UsageError("--listen-tls needs --tls-cert and --tls-key")
             return None
         try:
-            return loadTLS(cert, key)
+            return ReloadableTLS(cert, key)
         except TLSConfigError as e:
             raise usage.UsageError(str(e)) from None
 
@@ -462,6 +474,9 @@ class ReferralService(MultiService):
 
     @ivar limiter: The connection limits, lowered at start when the
         descriptors this process may open cannot hold them.
+    @ivar reloader: What C{SIGHUP} re-reads (L{imapreferral.reload}).
+    @ivar grace: Seconds sessions may go on after C{SIGTERM}
+        (L{imapreferral.shutdown}).
     """
 
     def __init__(
@@ -471,19 +486,28 @@ class ReferralService(MultiService):
         factory: Any = None,
         authCache: AuthCache | None = None,
         jsonLogTo: Any = None,
+        grace: float = DEFAULT_GRACE,
     ) -> None:
         """
         @param authCache: The authentication cache, flushed on C{SIGHUP}.
         @param jsonLogTo: twistd's options, when the log is to be JSON lines
             (L{imapreferral.jsonlog.installIn}), else L{None}.
+        @param grace: Seconds logged-in and proxied sessions may go on after
+            C{SIGTERM} (L{imapreferral.shutdown}).
         """
+        from twisted.internet import reactor
+
         super().__init__()
         self.description = description
         self.limiter = limiter
         self.factory = factory
         self.authCache = authCache
-        self._previousHangup: Any = None
         self.jsonLogTo = jsonLogTo
+        self.grace = grace
+        self.reloader = Reloader(reactor)
+        self.reloader.setServiceParent(self)
+        if authCache is not None:
+            self.reloader.register(authCache)
 
     def setServiceParent(self, parent: Any) -> Any:
         """
@@ -500,39 +524,26 @@ class ReferralService(MultiService):
 
     def startService(self) -> None:
         _log.info("imapreferral serving {description}", description=self.description)
-        if self.authCache is not None:
-            self._previousHangup = signal.signal(signal.SIGHUP, self._hangup)
         super().startService()
 
     def stopService(self) -> Any:
-        """Stop listening, and end the proxied sessions cleanly (both sides)."""
-        if self.authCache is not None and signal.getsignal(signal.SIGHUP) == self._hangup:
-            signal.signal(signal.SIGHUP, self._previousHangup)
-        if self.factory is not None:
-            self.factory.closeRelays()
-        return super().stopService()
-
-    def _hangup(self, signum: int, frame: Any) -> None:
         """
-        C{SIGHUP} flushes the auth cache, as Dovecot's auth process does;
-        the flush runs on the reactor (as twistd's own C{SIGUSR1} log
-        rotation does), and a handler someone installed before us still runs.
+        Stop listening, drain the connections (L{imapreferral.shutdown}),
+        then stop the rest; exit status 0.
         """
         from twisted.internet import reactor
 
-        reactor.callFromThread(self._flushAuthCache)
-        if callable(self._previousHangup):
-            self._previousHangup(signum, frame)
-
-    def _flushAuthCache(self) -> None:
-        assert self.authCache is not None
-        for child in self:
-            if isinstance(child, workers.WorkerProcesses):
-                child.signalWorkers("HUP")  # each worker process has a cache of its own
-        _log.info(
-            "SIGHUP received, {count} auth cache entries flushed",
-            count=self.authCache.flush(),
+        if self.factory is None:
+            return super().stopService()
+        drain = Drain(self.factory, reactor, self.grace)
+        hurryOnSignal(reactor, drain)
+        d = stopInStages(
+            self,
+            lambda child: isinstance(child, (ListenerService, _AdoptedListeners)),
+            lambda child: isinstance(child, workers.WorkerProcesses),
+            drain.start,
         )
+        return d.addCallback(lambda _: exitCleanly(reactor))
 
 
 def selfAddresses(config: Any) -> set[tuple[str, int]]:
@@ -636,8 +647,13 @@ def makeService(config: Any) -> IService:
         jsonLogTo=(getattr(config, "parent", None) or {})
         if config["log-format"] == "json"
         else None,
+        grace=config["shutdown-grace"],
     )
     verifier.setServiceParent(service)
+    for reloadable in [config["tls"], *config["sources"]]:
+        reloadable = getattr(reloadable, "checker", reloadable)  # an --auth checker too
+        if IReloadable.providedBy(reloadable):
+            service.reloader.register(reloadable)
     for source in config["sources"]:
         source = getattr(source, "checker", source)  # an --auth checker may be a service too
         if IService.providedBy(source):  # e.g. SQL: a connection pool to start and stop
@@ -663,9 +679,15 @@ def makeService(config: Any) -> IService:
         port.setServiceParent(service)
         ports.append(port)
     if config["workers"] > 1:
-        workers.WorkerProcesses(reactor, config["workers"], ports, sys.argv).setServiceParent(
-            service
+        processes = workers.WorkerProcesses(
+            reactor,
+            config["workers"],
+            ports,
+            sys.argv,
+            stopWithin=config["shutdown-grace"] + LAST_CALL + 5,  # after the worker's own abort
         )
+        processes.setServiceParent(service)
+        service.reloader.register(processes)
     return service
 
 

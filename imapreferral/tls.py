@@ -2,12 +2,20 @@
 TLS certificates for STARTTLS and implicit-TLS listeners, checked at
 start-up: a missing file, a key that does not match its certificate, or a
 file that is not PEM stops the server with a message naming the file.
+L{ReloadableTLS} re-reads them on C{SIGHUP}.
 """
 
 from __future__ import annotations
 
 from OpenSSL import SSL, crypto
+from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.internet.ssl import CertificateOptions
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from imapreferral.reload import IReloadable
+
+_log = Logger()
 
 
 class TLSConfigError(ValueError):
@@ -75,3 +83,47 @@ def loadTLS(certPath: str, keyPath: str) -> CertificateOptions:
             f"{keyPath}: the key does not match the certificate {certPath}: {_reason(e)}"
         ) from None
     return options
+
+
+@implementer(IOpenSSLContextFactory, IReloadable)
+class ReloadableTLS:
+    """
+    The server's certificate and key, re-read on C{SIGHUP} (L{reload}).
+
+    Listeners and STARTTLS ask for a context per connection
+    (C{getContext}), so a renewed certificate is served to the next
+    connection while open ones keep the one they negotiated. A new file
+    that does not load (half-written, key not matching) keeps the current
+    pair and logs one line.
+
+    @ivar certPath: See L{loadTLS}.
+    @ivar keyPath: See L{loadTLS}.
+    @ivar options: The pair in use.
+    """
+
+    def __init__(self, certPath: str, keyPath: str) -> None:
+        """@raise TLSConfigError: as L{loadTLS}, so the server refuses to start."""
+        self.certPath = certPath
+        self.keyPath = keyPath
+        self.options = loadTLS(certPath, keyPath)
+
+    def __repr__(self) -> str:
+        return f"<ReloadableTLS {self.certPath}>"
+
+    def getContext(self) -> SSL.Context:
+        return self.options.getContext()
+
+    def reload(self) -> None:
+        try:
+            options = loadTLS(self.certPath, self.keyPath)
+        except TLSConfigError as e:
+            _log.error("keeping the current TLS certificate: {problem}", problem=str(e))
+            return
+        self.options = options
+        certificate = options.certificate
+        _log.info(
+            "re-read TLS certificate {path}: {subject}, valid until {until}",
+            path=self.certPath,
+            subject=certificate.subject.rfc4514_string(),
+            until=certificate.not_valid_after_utc.strftime("%Y-%m-%d %H:%M UTC"),
+        )

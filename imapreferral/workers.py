@@ -25,6 +25,9 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
+from zope.interface import implementer
+
+from imapreferral.reload import IReloadable
 
 _log = Logger()
 
@@ -84,9 +87,17 @@ def workerArguments(argv: Sequence[str]) -> list[str]:
         elif not a.startswith("--workers="):
             cleaned.append(a)
     return [
-        sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-        "-n", "--pidfile=", *cleaned,
+        sys.executable, "-c", WORKER_MAIN, "-n", "--pidfile=", *cleaned,
     ]  # fmt: skip
+
+
+#: A worker's program: twistd, ignoring C{SIGHUP} (whose default ends the
+#: process) until its L{imapreferral.reload.Reloader} takes the signal over,
+#: so that a reload passed on while it is still starting does not kill it.
+WORKER_MAIN = (
+    "import signal; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
+    "from twisted.scripts.twistd import run; run()"
+)
 
 
 class _Worker(ProcessProtocol):
@@ -97,22 +108,31 @@ class _Worker(ProcessProtocol):
         self.ended.callback(None)
 
 
+@implementer(IReloadable)
 class WorkerProcesses(Service):
     """
-    Starts N-1 workers once the first process's ports are listening, and
-    stops them (SIGTERM, then SIGKILL) when the first process stops.
+    Starts N-1 workers once the first process's ports are listening, passes
+    C{SIGHUP} on to them (L{reload}), and stops them (SIGTERM, then
+    SIGKILL if they take longer than C{stopWithin}) when the first process
+    stops.
 
     @ivar listeners: The first process's listener services, in order; they
         are started before this service.
     """
 
     def __init__(
-        self, reactor: Any, count: int, listeners: Sequence[Any], argv: Sequence[str]
+        self,
+        reactor: Any,
+        count: int,
+        listeners: Sequence[Any],
+        argv: Sequence[str],
+        stopWithin: float = 10.0,
     ) -> None:
         self.reactor = reactor
         self.count = count
         self.listeners = list(listeners)
         self.argv = list(argv)
+        self.stopWithin = stopWithin
         self._workers: list[tuple[Any, _Worker]] = []
 
     def startService(self) -> None:
@@ -141,7 +161,7 @@ class WorkerProcesses(Service):
         _log.info("started {n} more worker processes", n=self.count - 1)
 
     def signalWorkers(self, name: str) -> None:
-        """Send the running workers a signal (C{"HUP"}: flush their auth caches too)."""
+        """Send the running workers a signal."""
         for process, worker in self._workers:
             if not worker.ended.called:
                 try:
@@ -158,11 +178,15 @@ class WorkerProcesses(Service):
                     process.signalProcess("TERM")
                 except Exception:
                     continue
-                killer = self.reactor.callLater(10, _kill, process)
+                killer = self.reactor.callLater(self.stopWithin, _kill, process)
                 worker.ended.addBoth(lambda _, k=killer: k.cancel() if k.active() else None)
                 waits.append(worker.ended)
         self._workers = []
         return DeferredList(waits).addCallback(lambda _: None)
+
+    def reload(self) -> None:
+        """Each worker re-reads its configuration too (the same C{SIGHUP})."""
+        self.signalWorkers("HUP")
 
 
 def _kill(process: Any) -> None:

@@ -13,6 +13,7 @@ import pytest
 import pytest_twisted
 from conftest import exampleUsers
 from sqlbackends import (
+    QUERY,
     makeSQLite,
     rowsFor,
     waitForPort,
@@ -26,6 +27,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from wiretable import FAILED, REFER, REFERRAL_ROWS, UNAVAILABLE
 
 from imapreferral.login.checker import PassdbChecker
+from imapreferral.login.context import LoginContext
 from imapreferral.passdbs import PassdbConfigError, passdbFromString
 from imapreferral.testing import ServerHarness, answerAfterDelay
 
@@ -433,3 +435,128 @@ async def test_postgresRestartBetweenLoginsIsInvisible(postgres, tmp_path, clock
     finally:
         passdb.stopService()
     assert [formatEvent(e) for e in logged if e["log_level"].name != "info"] == []
+
+
+# SIGHUP: the config file read again (SQLPassdb.reload)
+
+REFERRED = b"NO [REFERRAL imap://refnl;AUTH=PLAIN@imap2.example.com/] " + REFER
+
+
+def _hostQuery(host: str) -> str:
+    return f"SELECT password, '{host}' AS host, 'Y' AS nologin FROM users WHERE userid = '%u'"
+
+
+@pytest_twisted.ensureDeferred
+async def test_reloadUsesAChangedQueryOnTheSamePool(sqliteDir, clock):
+    config = writeConfig(str(sqliteDir / "sql.conf"), "sqlite", "users.sqlite")
+    passdb = passdbFromString(f"sql:{config}", timeout=2)
+    harness = await _harness(passdb, clock)
+    pool = passdb._pool
+    try:
+        client = await harness.connect()
+        assert await client.command(b"a LOGIN refnl pass") == [b"a " + REFERRED]
+        writeConfig(config, "sqlite", "users.sqlite", _hostQuery("imap3.example.com"))
+        await passdb.reload()
+        assert await client.command(b"b LOGIN refnl pass") == [
+            b"b " + REFERRED.replace(b"imap2", b"imap3")
+        ]
+        assert passdb._pool is pool
+        await client.close()
+    finally:
+        await _stop(harness, passdb)
+
+
+@pytest_twisted.ensureDeferred
+async def test_reloadWithANewConnectOpensANewPoolAndClosesTheOld(sqliteDir, clock):
+    makeSQLite(str(sqliteDir / "other.sqlite"), [("refnl", "{PLAIN}other", "imap9", *[None] * 7)])
+    config = writeConfig(str(sqliteDir / "sql.conf"), "sqlite", "users.sqlite")
+    passdb = passdbFromString(f"sql:{config}", timeout=2)
+    harness = await _harness(passdb, clock)
+    old = passdb._pool
+    try:
+        client = await harness.connect()
+        assert await client.command(b"a LOGIN refnl pass") == [b"a " + REFERRED]
+        writeConfig(config, "sqlite", "other.sqlite")
+        await passdb.reload()
+        assert passdb._pool is not old
+        reply = await client.command(b"b LOGIN refnl other")  # other.sqlite's row
+        assert reply[0].startswith(b"b OK [REFERRAL imap://refnl;AUTH=PLAIN@imap9/]")
+        await _until(lambda: not old.running, "the old pool closed", 10)
+        await client.close()
+    finally:
+        await _stop(harness, passdb)
+
+
+@pytest_twisted.ensureDeferred
+async def test_lookupInFlightFinishesOnTheOldPool(postgres, sqliteDir):
+    slow = _hostQuery("slow.example.com").replace("FROM users", "FROM users, pg_sleep(0.5)")
+    config = writeConfig(str(sqliteDir / "sql.conf"), "pgsql", postgres.conninfo, slow)
+    passdb = passdbFromString(f"sql:{config}", timeout=5)
+    passdb.startService()
+    old = passdb._pool
+    try:
+        inFlight = passdb.lookup("refnl", LoginContext())
+        writeConfig(config, "sqlite", "users.sqlite")
+        await passdb.reload()
+        assert old.running and not inFlight.called
+        assert (await inFlight).host == "slow.example.com"
+        await _until(lambda: not old.running, "the old pool closed", 10)
+        assert (await passdb.lookup("refnl", LoginContext())).host == "imap2.example.com"
+    finally:
+        passdb.stopService()
+
+
+@pytest.mark.parametrize(
+    ("newConfig", "reason"),
+    [
+        ("driver = sqlite\nconnect = users.sqlite\n", "password_query"),
+        ("driver = sqlite\nconnect = missing.sqlite\npassword_query = " + QUERY + "\n",
+         "cannot open SQLite database"),
+        ("driver = sqlite\nconnect = users.sqlite\npassword_query = SELECT nosuch FROM users "
+         "WHERE userid = '%u'\n", "password_query is refused by the database"),
+    ],
+    ids=["no-query", "missing-database", "refused-query"],
+)  # fmt: skip
+@pytest_twisted.ensureDeferred
+async def test_brokenSQLConfigOnReloadKeepsTheCurrentOneAndLogsOneLine(
+    sqliteDir, logged, newConfig, reason
+):
+    config = writeConfig(str(sqliteDir / "sql.conf"), "sqlite", "users.sqlite")
+    passdb = passdbFromString(f"sql:{config}", timeout=2)
+    passdb.startService()
+    try:
+        with open(config, "w") as f:
+            f.write(newConfig)
+        await passdb.reload()
+        lines = [formatEvent(e) for e in logged if e["log_level"].name == "error"]
+        assert len(lines) == 1 and lines[0].startswith("keeping the current SQL config: " + config)
+        assert reason in lines[0] and "\n" not in lines[0]
+        assert not [e for e in logged if "log_failure" in e]
+        assert (await passdb.lookup("refnl", LoginContext())).host == "imap2.example.com"
+    finally:
+        passdb.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_postgresQueryRefusedOnReloadIsOneLine(postgres, tmp_path, logged):
+    """PostgreSQL's error goes on for lines (LINE 1: ... and a caret): only its first is shown."""
+    config = _postgresConfig(tmp_path, postgres)
+    passdb = passdbFromString(f"sql:{config}", timeout=5)
+    passdb.startService()
+    try:
+        _postgresConfig(tmp_path, postgres, "SELECT password FROM nosuchtable WHERE u = '%u'")
+        await passdb.reload()
+    finally:
+        passdb.stopService()
+    (line,) = [formatEvent(e) for e in logged if e["log_level"].name == "error"]
+    assert 'password_query is refused by the database: relation "nosuchtable"' in line
+    assert "\n" not in line and line.endswith(
+        "(query: SELECT password FROM nosuchtable WHERE u = '%u')"
+    )
+
+
+def test_postgresQueryErrorAtStartIsOneLine(postgres, tmp_path):
+    config = _postgresConfig(tmp_path, postgres, "SELECT password FROM nosuchtable WHERE u = '%u'")
+    with pytest.raises(PassdbConfigError) as refused:
+        passdbFromString(f"sql:{config}")
+    assert "\n" not in str(refused.value)

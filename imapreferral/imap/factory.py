@@ -23,6 +23,7 @@ from imapreferral.login.outcome import Referral
 from imapreferral.login.penalty import AuthPenalty
 from imapreferral.login.sasl import MECHANISMS
 from imapreferral.proxy.connect import BackendConnector
+from imapreferral.shutdown import Drain
 
 REFERRAL_AUTH_CHOICES = ("mech", "*")
 
@@ -103,6 +104,10 @@ class ReferralServerFactory(ServerFactory):
         self.connector = connector
         #: The proxied sessions being relayed, for L{closeRelays}.
         self.relays: set[Any] = set()
+        #: Every open connection, for shutdown (L{imapreferral.shutdown}).
+        self.connections: set[ReferralIMAP4Server] = set()
+        #: The shutdown in progress, or L{None}.
+        self.drain: Drain | None = None
         self.policy = ServerPolicy(
             mechanisms=tuple(m.upper() for m in mechanisms),
             referralAuth=referralAuth,
@@ -132,4 +137,11 @@ class ReferralServerFactory(ServerFactory):
         proto = self.protocol(self.attempts, self.policy, self.limiter, self.connector)
         proto.factory = self
         proto.portal = self.portal
+        self.connections.add(proto)
         return proto
+
+    def connectionEnded(self, proto: ReferralIMAP4Server) -> None:
+        """One of our connections is gone (its C{connectionLost})."""
+        self.connections.discard(proto)
+        if self.drain is not None:
+            self.drain.connectionEnded()

@@ -197,6 +197,7 @@ class ProxiedLogin:
             relays.add(relay)
             relay.done.addBoth(lambda result: (relays.discard(relay), result)[1])
         relay.start(toBackend=pipelined, toClient=session.attach(relay.backend))
+        server.relayStarted()
 
     @staticmethod
     def _ended(stats: RelayStats, fields: dict[str, object], duration: float) -> None:

@@ -59,6 +59,7 @@ from imapreferral.login.outcome import (
 )
 from imapreferral.login.sasl import MECHANISMS, Challenge, SASLExchange, SASLFailed, SASLStep
 from imapreferral.proxy.connect import BackendConnector
+from imapreferral.shutdown import SHUTTING_DOWN
 
 _log = Logger()
 
@@ -136,6 +137,8 @@ class ReferralIMAP4Server(IMAP4Server):
         self._idName: str | None = None
         self._tags: list[bytes] = []
         self.proxyTTL = DEFAULT_PROXY_TTL
+        #: L{None}, or C{"draining"} / C{"over"} once the server is stopping.
+        self._shutdown: str | None = None
 
     # Connection guards
 
@@ -486,6 +489,41 @@ class ReferralIMAP4Server(IMAP4Server):
         if self._proxy is not None:
             return  # input stays held until the backend answers
         self.guard.loginFinished()
+        if self._shutdown is not None and not self._closing():
+            if self.state == "unauth" or self._shutdown == "over":
+                self._bye(SHUTTING_DOWN)
+
+    # Shutdown (imapreferral.shutdown)
+
+    def shutDown(self) -> None:
+        """
+        The server is stopping: before login, goodbye now, or right after
+        the answer to the login in flight; a session goes on until
+        L{graceOver}.
+        """
+        self._shutdown = "draining"
+        inFlight = self._pendingLogin is not None or self._proxy is not None
+        if self.state == "unauth" and not inFlight and not self._closing():
+            self._bye(SHUTTING_DOWN)
+
+    def graceOver(self) -> None:
+        """The shutdown grace is over: close, unless a login is still being answered."""
+        self._shutdown = "over"
+        if self._proxy is not None and self._proxy.relay is not None:
+            self._proxy.close()
+        elif self._pendingLogin is None and self._proxy is None and not self._closing():
+            self._bye(SHUTTING_DOWN)
+
+    def _closing(self) -> bool:
+        """Whether the connection is already going (a goodbye said, or refused at admission)."""
+        return (
+            self.guard.closing or self._lost or bool(getattr(self.transport, "disconnecting", 0))
+        )
+
+    def relayStarted(self) -> None:
+        """A proxied session began; after the shutdown grace it ends at once."""
+        if self._shutdown == "over" and self._proxy is not None:
+            self._proxy.close()
 
     def dataReceived(self, data: bytes) -> None:
         if self._proxy is not None and self._proxy.relay is not None:
@@ -550,3 +588,5 @@ class ReferralIMAP4Server(IMAP4Server):
         if self._pendingLogin is not None:
             self._pendingLogin.cancel()
         super().connectionLost(reason)
+        if self.factory is not None and hasattr(self.factory, "connectionEnded"):
+            self.factory.connectionEnded(self)

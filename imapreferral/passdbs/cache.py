@@ -45,6 +45,7 @@ from imapreferral.interfaces import IPassdb, IPassdbCacheKey, IVerifyingPassdb
 from imapreferral.login.context import LoginContext
 from imapreferral.login.fields import PassdbReply
 from imapreferral.logtext import oneLine
+from imapreferral.reload import IReloadable
 
 _log = Logger()
 
@@ -96,6 +97,7 @@ class CacheEntry:
     lastSuccess: bool = False
 
 
+@implementer(IReloadable)
 class AuthCache:
     """
     The entries of every cached passdb, least recently used first.
@@ -203,6 +205,10 @@ class AuthCache:
         self._entries.clear()
         self._used = 0
         return count
+
+    def reload(self) -> None:
+        """L{IReloadable}: C{SIGHUP} flushes the cache, as Dovecot's auth process does."""
+        _log.info("auth cache flushed: {count} entries", count=self.flush())
 
 
 @implementer(IVerifyingPassdb)

@@ -5,7 +5,8 @@ C{user:password:uid:gid:gecos:home:shell:extra_fields}.
 Only the user, the password and the extra fields matter for login; the
 extra fields are the rest of the line after the seventh colon, so values
 with colons (C{host=2001:db8::1}) work. The file is re-read when it
-changes on disk; a broken new version is logged and the last good one kept.
+changes on disk (at most one C{stat} a second) and at once on C{SIGHUP}; a
+broken new version is logged and the last good one kept.
 
 Stricter than Dovecot, which reads a line without C{:} as a user without a
 password and, as a passdb, never looks at uid or gid: a line that lost a
@@ -20,9 +21,11 @@ from __future__ import annotations
 import os
 import re
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from imapreferral.interfaces import IPassdb
@@ -35,6 +38,7 @@ from imapreferral.login.fields import (
     splitExtraFields,
 )
 from imapreferral.passwords import allowsCramMD5
+from imapreferral.reload import IReloadable
 
 _log = Logger()
 
@@ -155,7 +159,20 @@ def _signature(st: os.stat_result) -> tuple[int, int, int]:
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
-@implementer(IPassdb)
+def _load(path: str) -> tuple[dict[str, PassdbReply], tuple[int, int, int]]:
+    """
+    Read and parse the file: its users and its stat signature.
+
+    @raise OSError: if it cannot be read.
+    @raise PasswdFileError: for a bad line.
+    """
+    st = os.stat(path)
+    with open(path, "rb") as f:
+        data = f.read()
+    return parsePasswdFile(path, data), _signature(st)
+
+
+@implementer(IPassdb, IReloadable)
 class PasswdFilePassdb:
     """
     @ivar path: The file. Read at construction: a missing, unreadable or
@@ -183,6 +200,7 @@ class PasswdFilePassdb:
         self._users = parsePasswdFile(path, data)
         self._signature = _signature(st)
         self._problem: str | None = None
+        self._reloads = DeferredLock()  # one re-read at a time, in order
         self._checked = self._clock.seconds()
 
     def __repr__(self) -> str:
@@ -198,17 +216,45 @@ class PasswdFilePassdb:
             st = os.stat(self.path)
             if _signature(st) == self._signature:
                 return
-            with open(self.path, "rb") as f:
-                data = f.read()
-            users = parsePasswdFile(self.path, data)
+            loaded = _load(self.path)
         except (OSError, PasswdFileError) as e:
-            problem = str(e) if isinstance(e, PasswdFileError) else f"{self.path}: {e.strerror}"
-            if problem != self._problem:
-                _log.error("keeping the last good passwd-file: {problem}", problem=problem)
-                self._problem = problem
+            self._keep(e, always=False)
             return
-        self._users, self._signature, self._problem = users, _signature(st), None
-        _log.info("re-read {path}: {count} users", path=self.path, count=len(users))
+        self._use(loaded)
+
+    def reload(self) -> Deferred[None]:
+        """
+        C{SIGHUP} (L{imapreferral.reload.IReloadable}): re-read the file
+        now, changed or not, and say so; a broken file keeps the last good
+        version, in one log line. Read and parsed in a thread: a file of
+        100,000 users takes seconds, which the reactor does not wait for.
+        """
+        self._checked = self._clock.seconds()
+        return self._reloads.run(self._reloadOnce)
+
+    def _reloadOnce(self) -> Deferred[None]:
+        d = deferToThread(_load, self.path)
+        d.addCallbacks(self._use, self._failedReload)
+        return d
+
+    def _failedReload(self, failure: Failure) -> None:
+        failure.trap(OSError, PasswdFileError)
+        self._keep(failure.value, always=True)
+
+    def _keep(self, error: BaseException, always: bool) -> None:
+        """Log why the new file is not used: once per problem, or C{always} (on a signal)."""
+        if isinstance(error, PasswdFileError):
+            problem = str(error)
+        else:
+            problem = f"{self.path}: {getattr(error, 'strerror', error)}"
+        if problem != self._problem or always:
+            _log.error("keeping the last good passwd-file: {problem}", problem=problem)
+            self._problem = problem
+
+    def _use(self, loaded: tuple[dict[str, PassdbReply], tuple[int, int, int]]) -> None:
+        self._users, self._signature = loaded
+        self._problem = None
+        _log.info("re-read {path}: {count} users", path=self.path, count=len(self._users))
 
     def lookup(self, username: str, context: LoginContext) -> Deferred[PassdbReply | None]:
         self._refresh()

@@ -9,6 +9,12 @@ An outage is two log lines, whatever the load: the first line of the error
 when it starts, and when it ends how long it lasted and how many lookups
 failed meanwhile (Twisted's pool would add a "Rollback failed" traceback
 per dead connection: L{QuietConnectionPool}).
+
+On C{SIGHUP} (L{SQLPassdb.reload}) the config file is read again and its
+query checked off the reactor, as at start-up; a file or query that does not
+work keeps the current configuration, in one log line. A new C{connect}
+(or driver) means a new pool; lookups in flight finish on the old one,
+which is closed after them.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -44,6 +51,7 @@ from imapreferral.passdbs.sqlconf import (
 )
 from imapreferral.passdbs.sqlpool import QuietConnectionPool
 from imapreferral.passwords import allowsCramMD5
+from imapreferral.reload import IReloadable
 
 _log = Logger()
 
@@ -176,6 +184,67 @@ class _Driver:
         )
 
 
+def readSQLConfig(path: str) -> SQLConfig:
+    """
+    Read and parse a Dovecot SQL config file.
+
+    @raise SQLConfigError: naming the file (and line).
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SQLConfigError(f"{path}: cannot read SQL config: {e}") from None
+    return parseSQLConfig(path, text)
+
+
+def checkQuery(driver: _Driver) -> str | None:
+    """
+    Run the query once, read-only, with a dummy user (blocking: at start-up,
+    or in a thread on reload): Dovecot starts with a broken query and then
+    fails every login; we refuse it.
+
+    @return: L{None}, or a warning when a PostgreSQL server cannot be
+        reached now (not the config's fault).
+    @raise SQLConfigError: for a database that cannot be opened or a query
+        it refuses, naming the file.
+    """
+    config = driver.config
+    try:
+        conn = driver.connect()
+    except sqlite3.Error as e:
+        raise SQLConfigError(
+            f"{config.path}: cannot open SQLite database {driver.database}: {e}"
+        ) from None
+    except Exception as e:
+        # libpq may echo a piece of the conninfo ('missing "=" after
+        # "secret"'): passwords never reach a message.
+        error = redactSecrets(str(e).strip(), config.connect)
+        if type(e).__name__ == "ProgrammingError":  # psycopg: a bad conninfo
+            raise SQLConfigError(
+                f"{config.path}: connect = {redactConninfo(config.connect)!r} "
+                f"is not usable: {error}"
+            ) from None
+        return f"{config.path}: cannot check password_query now, database unreachable: " + (
+            oneLine(error)
+        )
+    try:
+        cursor = conn.cursor()
+        cursor.execute(driver.query.sql, driver.query.parameters(_STARTUP_USER, LoginContext()))
+        cursor.fetchmany(1)
+    except Exception as e:
+        raise SQLConfigError(
+            f"{config.path}:{config.queryLine}: password_query is refused by the "
+            f"database: {oneLine(str(e))} (query: {config.passwordQuery})"
+        ) from None
+    finally:
+        try:
+            conn.rollback()
+        finally:
+            conn.close()
+    return None
+
+
 def _runQuery(
     cursor: Any, query: CompiledQuery, params: tuple[str, ...]
 ) -> tuple[list[str], list]:
@@ -185,7 +254,7 @@ def _runQuery(
     return names, rows
 
 
-@implementer(IPassdb, IPassdbCacheKey)
+@implementer(IPassdb, IPassdbCacheKey, IReloadable)
 class SQLPassdb(Service):
     """
     A passdb over Dovecot's SQL config. A C{Service}: start it to open the
@@ -214,6 +283,10 @@ class SQLPassdb(Service):
         self._clock = clock if clock is not None else reactor
         self._driver = _Driver(config, timeout)
         self._pool: adbapi.ConnectionPool | None = None
+        #: Lookups not yet answered, per pool: a pool replaced on reload
+        #: is closed once it has none.
+        self._inFlight: dict[adbapi.ConnectionPool, int] = {}
+        self._retiring: set[adbapi.ConnectionPool] = set()
         self._problem: str | None = None
         self._probing = False
         self._downSince = 0.0
@@ -227,12 +300,7 @@ class SQLPassdb(Service):
         @raise SQLConfigError: naming the file, and for a query the
             database refuses, the query and the database's error.
         """
-        try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-        except (OSError, UnicodeDecodeError) as e:
-            raise SQLConfigError(f"{path}: cannot read SQL config: {e}") from None
-        config = parseSQLConfig(path, text)
+        config = readSQLConfig(path)
         if config.ignored:
             _log.info(
                 "{path}: ignoring settings {keys}", path=path, keys=", ".join(config.ignored)
@@ -247,46 +315,77 @@ class SQLPassdb(Service):
 
     def checkQuery(self) -> None:
         """
-        Run the query once, read-only, with a dummy user: Dovecot starts
-        with a broken query and then fails every login; we refuse to start.
-        A PostgreSQL server that cannot be reached now is only a warning.
+        Run the query once (L{checkQuery}); a PostgreSQL server that cannot
+        be reached now is only a warning.
+
+        @raise SQLConfigError: for a query the database refuses.
         """
-        query = self._driver.query
+        warning = checkQuery(self._driver)
+        if warning is not None:
+            _log.warn("{warning}", warning=warning)
+
+    def reload(self) -> Deferred[None]:
+        """
+        C{SIGHUP}: read the config file again and check its query in a
+        thread, as at start-up; then use it (a new pool if C{driver} or
+        C{connect} changed), or keep the current one and log one line why.
+        """
+        path = self.config.path
         try:
-            conn = self._driver.connect()
-        except sqlite3.Error as e:
-            raise SQLConfigError(
-                f"{self.config.path}: cannot open SQLite database {self._driver.database}: {e}"
-            ) from None
-        except Exception as e:
-            # libpq may echo a piece of the conninfo ('missing "=" after
-            # "secret"'): passwords never reach a message.
-            error = redactSecrets(str(e).strip(), self.config.connect)
-            if type(e).__name__ == "ProgrammingError":  # psycopg: a bad conninfo
-                raise SQLConfigError(
-                    f"{self.config.path}: connect = {redactConninfo(self.config.connect)!r} "
-                    f"is not usable: {error}"
-                ) from None
-            _log.warn(
-                "{path}: cannot check password_query now, database unreachable: {error}",
-                path=self.config.path,
-                error=oneLine(error),
+            config = readSQLConfig(path)
+            driver = _Driver(config, self.timeout)
+        except SQLConfigError as e:
+            _log.error("keeping the current SQL config: {problem}", problem=str(e))
+            return succeed(None)
+        if config == self.config:
+            _log.info("re-read SQL config {path}: unchanged", path=path)
+            return succeed(None)
+        d = deferToThread(checkQuery, driver)
+        d.addCallbacks(self._use, self._refused, callbackArgs=(driver,))
+        return d
+
+    def _refused(self, failure: Failure) -> None:
+        failure.trap(SQLConfigError)
+        _log.error("keeping the current SQL config: {problem}", problem=str(failure.value))
+
+    def _use(self, warning: str | None, driver: _Driver) -> None:
+        if warning is not None:
+            _log.warn("{warning}", warning=warning)
+        old = self.config
+        newPool = (old.driver, old.connect) != (driver.config.driver, driver.config.connect)
+        self.config, self._driver = driver.config, driver
+        if newPool and self._pool is not None:
+            self._retire(self._pool)
+            self._pool = None
+            if self.running:
+                self._ensurePool()
+        _log.info(
+            "re-read SQL config {path}: {what}",
+            path=old.path,
+            what="new database connections" if newPool else "same database, new settings",
+        )
+
+    def _retire(self, pool: adbapi.ConnectionPool) -> None:
+        """Close C{pool} once its lookups are answered (L{_lookupDone})."""
+        self._retiring.add(pool)
+        if not self._inFlight.get(pool):
+            self._closeRetired(pool)
+
+    def _closeRetired(self, pool: adbapi.ConnectionPool) -> None:
+        """
+        Close a replaced pool without blocking the reactor: its threads are
+        joined in a thread (a query abandoned after the timeout may still
+        run there).
+        """
+        self._retiring.discard(pool)
+        self._inFlight.pop(pool, None)
+        if pool.shutdownID is not None:
+            self._reactor.removeSystemEventTrigger(pool.shutdownID)
+            pool.shutdownID = None
+        if pool.running:
+            deferToThread(pool.finalClose).addErrback(
+                lambda f: _log.failure("closing the replaced SQL pool", f)
             )
-            return
-        try:
-            cursor = conn.cursor()
-            cursor.execute(query.sql, query.parameters(_STARTUP_USER, LoginContext()))
-            cursor.fetchmany(1)
-        except Exception as e:
-            raise SQLConfigError(
-                f"{self.config.path}:{self.config.queryLine}: password_query is refused by the "
-                f"database: {str(e).strip()} (query: {self.config.passwordQuery})"
-            ) from None
-        finally:
-            try:
-                conn.rollback()
-            finally:
-                conn.close()
 
     def startService(self) -> None:
         super().startService()
@@ -294,9 +393,11 @@ class SQLPassdb(Service):
 
     def stopService(self) -> None:
         super().stopService()
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
+        for pool in {*self._retiring, self._pool} - {None}:
+            pool.close()  # type: ignore[union-attr]
+        self._pool = None
+        self._retiring.clear()
+        self._inFlight.clear()
 
     def _ensurePool(self) -> adbapi.ConnectionPool:
         if self._pool is None:
@@ -319,27 +420,50 @@ class SQLPassdb(Service):
         except UnicodeEncodeError:
             return succeed(None)  # a name that is not UTF-8 cannot be in the table
         self._probing = self._problem is not None
-        d = self._run(params, retry=True)
+        pool, driver = self._ensurePool(), self._driver
+        self._inFlight[pool] = self._inFlight.get(pool, 0) + 1
+        d = self._run(pool, driver.query, params, retry=True)
         d.addTimeout(self.timeout, self._clock)
-        d.addCallbacks(self._succeeded, self._failed)
+        config = driver.config
+        d.addCallbacks(self._succeeded, self._failed, (config,), errbackArgs=(config,))
+        d.addBoth(self._lookupDone, pool)
         return d
 
-    def _run(self, params: tuple[str, ...], retry: bool) -> Deferred:
-        d = self._ensurePool().runInteraction(_runQuery, self._driver.query, params)
+    def _lookupDone(self, result: object, pool: adbapi.ConnectionPool) -> object:
+        count = self._inFlight.get(pool, 1) - 1
+        self._inFlight[pool] = count
+        if count <= 0 and pool in self._retiring:
+            self._closeRetired(pool)
+        return result
+
+    def _run(
+        self,
+        pool: adbapi.ConnectionPool,
+        query: CompiledQuery,
+        params: tuple[str, ...],
+        retry: bool,
+    ) -> Deferred:
+        d = pool.runInteraction(_runQuery, query, params)
         if retry:
-            d.addErrback(self._retryLostConnection, params)
+            d.addErrback(self._retryLostConnection, pool, query, params)
         return d
 
-    def _retryLostConnection(self, failure: Failure, params: tuple[str, ...]) -> Deferred:
+    def _retryLostConnection(
+        self,
+        failure: Failure,
+        pool: adbapi.ConnectionPool,
+        query: CompiledQuery,
+        params: tuple[str, ...],
+    ) -> Deferred:
         """
         L{QuietConnectionPool} reports a connection that died since its last
         use, and drops it: one retry, on a new connection, hides a database
         restart from the client.
         """
         failure.trap(ConnectionLost)
-        return self._run(params, retry=False)
+        return self._run(pool, query, params, retry=False)
 
-    def _succeeded(self, result: tuple[list[str], list]) -> PassdbReply | None:
+    def _succeeded(self, result: tuple[list[str], list], config: SQLConfig) -> PassdbReply | None:
         self._probing = False
         if self._problem is not None:
             self._problem = None
@@ -359,12 +483,12 @@ class SQLPassdb(Service):
         if len(rows) > 1:
             raise TemporaryFailure("password_query returned more than one row")
         try:
-            reply = replyFromRow(names, rows[0], self.config.defaultPassScheme)
+            reply = replyFromRow(names, rows[0], config.defaultPassScheme)
         except FieldError as e:
             raise TemporaryFailure(f"password_query returned a bad field: {e}") from None
         return reply
 
-    def _failed(self, failure: Failure) -> Failure:
+    def _failed(self, failure: Failure, config: SQLConfig) -> Failure:
         self._probing = False
         if failure.check(TemporaryFailure, defer.CancelledError):
             return failure  # the client went away: says nothing about the database
@@ -372,8 +496,7 @@ class SQLPassdb(Service):
             problem = f"no answer within {self.timeout:g} s"
         else:
             problem = (
-                oneLine(redactSecrets(str(failure.value), self.config.connect))
-                or failure.type.__name__
+                oneLine(redactSecrets(str(failure.value), config.connect)) or failure.type.__name__
             )
         if self._problem is None:
             self._problem = problem
