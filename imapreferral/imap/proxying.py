@@ -76,6 +76,20 @@ def logProxy(event: str, failed: bool = False, **fields: object) -> None:
     emit("{summary}", summary=f"proxy {event}: {known}{chosen}", event=event, **fields)
 
 
+def failedEvent(result: object, verified: bool) -> str:
+    """
+    What a failed proxy login's line says happened. C{authentication
+    failed} when the backend refused a password the front did not check
+    (C{nopassword}): the client's guess was checked there, and
+    C{examples/fail2ban/} counts these lines as it counts the login lines.
+    Otherwise C{failed}: a backend that is down, slow, misconfigured or
+    refusing a password the front had already accepted is no guess.
+    """
+    if isinstance(result, BackendAuthFailed) and not verified:
+        return "authentication failed"
+    return "failed"
+
+
 class ProxiedLogin:
     """
     One connection's proxy login, then its relay.
@@ -154,7 +168,7 @@ class ProxiedLogin:
                     return
                 self._waiting = None
         logProxy(
-            "failed",
+            failedEvent(result, self._outcome.verified),
             failed=True,
             **self._fields(session=client.sessionID, state=result.state, cause=result.cause),
         )
