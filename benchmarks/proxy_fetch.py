@@ -24,6 +24,9 @@ front and the backend spent per round (utime+stime from /proc).
 
     .venv/bin/python benchmarks/proxy_fetch.py
     .venv/bin/python benchmarks/proxy_fetch.py --megabytes 200 --rounds 5
+    # where the front's time goes: py-spy (pip install py-spy) on the front
+    # during the measured rounds, raw collapsed stacks to FILE
+    .venv/bin/python benchmarks/proxy_fetch.py --py-spy /tmp/front.txt
 
 Not a test: nothing is asserted. Needs Dovecot (``dovecot-imapd``) and Linux.
 """
@@ -36,6 +39,7 @@ import multiprocessing
 import os
 import shlex
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -129,25 +133,33 @@ class Reader:
             raise RuntimeError(f"{text.split()[0]!r}: {line!r}")
         return line
 
-    def readUntil(self, end: bytes) -> int:
-        """Bytes read until C{end} ends the stream read so far."""
+    def readUntil(self, tag: bytes) -> int:
+        """
+        Bytes read until the line tagged C{tag} has ended (the body is
+        base64 lines: no line of it starts with a tag and a space); that
+        line must be an C{OK}.
+        """
         total = len(self.pending)
         tail = self.pending[-TAIL:]
         self.pending = b""
         recv, view, buffer = self.sock.recv_into, self.view, self.buffer
-        while not tail.endswith(end):
+        start = b"\r\n" + tag + b" "
+        while True:
+            if tail.endswith(b"\r\n") and (at := tail.rfind(start, 0, len(tail) - 2)) >= 0:
+                if not tail[at + 2 :].startswith(tag + b" OK"):
+                    raise RuntimeError(f"FETCH failed: {tail[at + 2 :]!r}")
+                return total
             n = recv(view)
             if not n:
                 raise RuntimeError("connection closed during the FETCH")
             total += n
             tail = (tail + buffer[max(0, n - TAIL) : n])[-TAIL:]
-        return total
 
     def fetch(self, message: int) -> tuple[int, float]:
         """C{FETCH message BODY[]}: bytes read (response included) and seconds."""
         start = time.perf_counter()
         self.sock.sendall(b"f FETCH %d BODY[]\r\n" % message)
-        total = self.readUntil(b"\r\nf OK Fetch completed.\r\n")
+        total = self.readUntil(b"f")
         return total, time.perf_counter() - start
 
     def close(self) -> None:
@@ -181,7 +193,7 @@ def clientCeiling(total: int) -> float:
         reader.buffer = bytearray(CHUNK)
         reader.view = memoryview(reader.buffer)
         start = time.perf_counter()
-        got = reader.readUntil(b"\r\nf OK Fetch completed.\r\n")
+        got = reader.readUntil(b"f")
         seconds = time.perf_counter() - start
         sock.close()
     finally:
@@ -192,6 +204,15 @@ def clientCeiling(total: int) -> float:
 
 def cpuSeconds(pid: int) -> float:
     return referral_login.tree_cpu_ticks([pid]) / referral_login.CLK_TCK
+
+
+def _pySpy(pid: int, out: str) -> subprocess.Popen:
+    spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
+    cmd = [spy, "record", "--nonblocking", "-r", "500", "-f", "raw", "-o", out, "-p", str(pid)]
+    print("profiler:", shlex.join(cmd))
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # attached
+    return proc
 
 
 def session(port: int) -> Reader:
@@ -205,13 +226,13 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--megabytes", type=int, default=200)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--py-spy", metavar="FILE", help="profile the front into FILE (raw stacks)")
     args = p.parse_args(argv)
     print("benchmark:", shlex.join([sys.executable, *sys.argv]))
-    print(
-        f"client ceiling (raw reader, sender from memory): {clientCeiling(args.megabytes * MiB):.0f} MB/s"
-    )
+    ceilings = ", ".join(f"{clientCeiling(args.megabytes * MiB):.0f}" for _ in range(3))
+    print(f"client ceiling (raw reader, sender from memory), 3 runs: {ceilings} MB/s")
     backend, size = _backend(args.megabytes)
-    ours = None
+    ours = spy = None
     results: dict[str, list[float]] = {"direct": [], "front": []}
     with tempfile.TemporaryDirectory(prefix="imapreferral-fetchbench-") as tmp:
         try:
@@ -223,6 +244,8 @@ def main(argv: list[str]) -> int:
                 reader = session(ports[name])
                 reader.fetch(2)
                 reader.close()
+            if args.py_spy:
+                spy = _pySpy(ours.pid, args.py_spy)
             for round in range(args.rounds):
                 for name, port in ports.items():
                     reader = session(port)
@@ -239,6 +262,10 @@ def main(argv: list[str]) -> int:
                         flush=True,
                     )
         finally:
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(60)
+                print(f"py-spy stacks of the front: {args.py_spy}")
             if ours is not None:
                 ours.terminate()
                 ours.wait(20)
