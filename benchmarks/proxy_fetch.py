@@ -37,6 +37,7 @@ import argparse
 import base64
 import multiprocessing
 import os
+import resource
 import shlex
 import shutil
 import signal
@@ -215,6 +216,11 @@ def _pySpy(pid: int, out: str) -> subprocess.Popen:
     return proc
 
 
+def ownCPU() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def session(port: int) -> Reader:
     reader = Reader(port)
     reader.command(b"a", b"LOGIN alice secret")
@@ -249,16 +255,16 @@ def main(argv: list[str]) -> int:
             for round in range(args.rounds):
                 for name, port in ports.items():
                     reader = session(port)
-                    before = cpuSeconds(ours.pid), cpuSeconds(dovecotPid)
+                    before = cpuSeconds(ours.pid), cpuSeconds(dovecotPid), ownCPU()
                     got, seconds = reader.fetch(2)
-                    after = cpuSeconds(ours.pid), cpuSeconds(dovecotPid)
+                    after = cpuSeconds(ours.pid), cpuSeconds(dovecotPid), ownCPU()
                     reader.close()
                     rate = got / MiB / seconds
                     results[name].append(rate)
                     print(
                         f"round {round + 1} {name:<6} {got} bytes in {seconds:.3f} s: "
                         f"{rate:7.1f} MB/s; CPU s front {after[0] - before[0]:.2f}, "
-                        f"Dovecot {after[1] - before[1]:.2f}",
+                        f"Dovecot {after[1] - before[1]:.2f}, client {after[2] - before[2]:.2f}",
                         flush=True,
                     )
         finally:
