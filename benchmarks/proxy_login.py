@@ -261,8 +261,17 @@ def main(argv: list[str]) -> int:
             if dovecot is not None:
                 dovecot.stop()
             backend.stop()
+            _logSizes(Path(tmp))
     _table(rows)
     return 2 if any(r["errors"] or not r["sessions"] for _, r in rows) else 0
+
+
+def _logSizes(directory: Path) -> None:
+    """Each front logs every session: how many lines each wrote, as a check."""
+    for name, path in (("imapreferral", "front.log"), ("nginx mail", "nginx/mail-error.log")):
+        if (directory / path).exists():
+            text = (directory / path).read_text(errors="replace")
+            print(f"{name} log: {text.count(chr(10))} lines; last: {text.splitlines()[-1:]}")
 
 
 def _table(rows: list) -> None:
