@@ -29,6 +29,9 @@ counted apart, in its own column).
     .venv/bin/python benchmarks/proxy_login.py
     .venv/bin/python benchmarks/proxy_login.py --connections 1 16 64 --duration 10
     .venv/bin/python benchmarks/proxy_login.py --fronts imapreferral nginx
+    # the backend's imap processes reused (no fork per login): it then
+    # bounds the fronts less, and the fronts' CPU shows more plainly
+    .venv/bin/python benchmarks/proxy_login.py --backend-reuse
 
 Prints its command line, each case, and a table of all. Not a test:
 nothing is asserted. Needs Dovecot (``dovecot-imapd``) and Linux.
@@ -55,10 +58,12 @@ from dovecotbackend import DovecotBackend, dovecotExecutable  # noqa: E402
 EXPECT = r"a OK \[CAPABILITY IMAP4rev1 "
 
 
-def _backend() -> DovecotBackend:
+def _backend(reuse: bool = False) -> DovecotBackend:
     backend = DovecotBackend(dovecotExecutable())
     with open(backend.configPath, "a") as config:
         config.write("protocol imap {\n  mail_max_userip_connections = 100000\n}\n")
+        if reuse:  # imap processes serve session after session: no fork per login
+            config.write("service imap {\n  service_count = 0\n  process_min_avail = 4\n}\n")
     return backend.start()
 
 
@@ -218,12 +223,18 @@ def main(argv: list[str]) -> int:
     p.add_argument("--warmup", "-W", type=float, default=1.0)
     p.add_argument("--workers", type=int, default=2, help="client processes")
     p.add_argument("--fronts", nargs="+", choices=FRONTS, default=list(FRONTS))
+    p.add_argument(
+        "--backend-reuse",
+        action="store_true",
+        help="the backend's imap processes serve many sessions (service_count = 0): "
+        "it then forks no process per login and bounds the fronts less",
+    )
     args = p.parse_args(argv)
     print("benchmark:", shlex.join([sys.executable, *sys.argv]))
     nginx = nginxExecutable() if "nginx" in args.fronts else None
     if "nginx" in args.fronts and nginx is None:
         print(f"nginx front left out: no nginx with {NGINX_MAIL_MODULE} (libnginx-mod-mail)")
-    backend = _backend()
+    backend = _backend(args.backend_reuse)
     dovecot = ours = mail = auth = None
     rows = []
     with tempfile.TemporaryDirectory(prefix="imapreferral-proxybench-") as tmp:
