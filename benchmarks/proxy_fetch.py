@@ -207,6 +207,12 @@ def cpuSeconds(pid: int) -> float:
     return referral_login.tree_cpu_ticks([pid]) / referral_login.CLK_TCK
 
 
+def userSystem(pid: int) -> tuple[float, float]:
+    """One process's user and system CPU seconds."""
+    fields = referral_login._stat_fields(pid) or ["0"] * 15
+    return int(fields[11]) / referral_login.CLK_TCK, int(fields[12]) / referral_login.CLK_TCK
+
+
 def _pySpy(pid: int, out: str) -> subprocess.Popen:
     spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
     cmd = [spy, "record", "--nonblocking", "-r", "500", "-f", "raw", "-o", out, "-p", str(pid)]
@@ -256,14 +262,19 @@ def main(argv: list[str]) -> int:
                 for name, port in ports.items():
                     reader = session(port)
                     before = cpuSeconds(ours.pid), cpuSeconds(dovecotPid), ownCPU()
+                    split = userSystem(ours.pid)
                     got, seconds = reader.fetch(2)
                     after = cpuSeconds(ours.pid), cpuSeconds(dovecotPid), ownCPU()
+                    user, system = (
+                        b - a for a, b in zip(split, userSystem(ours.pid), strict=True)
+                    )
                     reader.close()
                     rate = got / MiB / seconds
                     results[name].append(rate)
                     print(
                         f"round {round + 1} {name:<6} {got} bytes in {seconds:.3f} s: "
-                        f"{rate:7.1f} MB/s; CPU s front {after[0] - before[0]:.2f}, "
+                        f"{rate:7.1f} MB/s; CPU s front {after[0] - before[0]:.2f} "
+                        f"(user {user:.2f} sys {system:.2f}), "
                         f"Dovecot {after[1] - before[1]:.2f}, client {after[2] - before[2]:.2f}",
                         flush=True,
                     )
