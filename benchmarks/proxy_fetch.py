@@ -222,6 +222,15 @@ def _pySpy(pid: int, out: str) -> subprocess.Popen:
     return proc
 
 
+def runqueueWait(pid: int) -> float:
+    """Seconds the process has waited, runnable, for a CPU (/proc/PID/schedstat)."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as stat:
+            return int(stat.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
 def ownCPU() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -262,19 +271,20 @@ def main(argv: list[str]) -> int:
                 for name, port in ports.items():
                     reader = session(port)
                     before = cpuSeconds(ours.pid), cpuSeconds(dovecotPid), ownCPU()
-                    split = userSystem(ours.pid)
+                    split, waited = userSystem(ours.pid), runqueueWait(ours.pid)
                     got, seconds = reader.fetch(2)
                     after = cpuSeconds(ours.pid), cpuSeconds(dovecotPid), ownCPU()
                     user, system = (
                         b - a for a, b in zip(split, userSystem(ours.pid), strict=True)
                     )
+                    waited = runqueueWait(ours.pid) - waited
                     reader.close()
                     rate = got / MiB / seconds
                     results[name].append(rate)
                     print(
                         f"round {round + 1} {name:<6} {got} bytes in {seconds:.3f} s: "
                         f"{rate:7.1f} MB/s; CPU s front {after[0] - before[0]:.2f} "
-                        f"(user {user:.2f} sys {system:.2f}), "
+                        f"(user {user:.2f} sys {system:.2f}; waited for a CPU {waited:.2f}), "
                         f"Dovecot {after[1] - before[1]:.2f}, client {after[2] - before[2]:.2f}",
                         flush=True,
                     )
