@@ -55,7 +55,8 @@ _CHOSEN = ("user", "cause")
 def logProxy(event: str, failed: bool = False, **fields: object) -> None:
     """
     The one place proxy log lines are written. C{event} says what happened
-    (C{started}, C{failed}, C{ended}, C{client gone}); the fields (C{user},
+    (C{started}, C{failed}, C{authentication failed} (L{failedEvent}),
+    C{ended}, C{client gone}); the fields (C{user},
     C{remote}, C{backend}, C{session}, C{state}, C{cause}, byte counts)
     stay separate event keys for structured logs. Text logs get what we
     know first (C{remote=} is always the real client), then the user and
