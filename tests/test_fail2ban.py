@@ -2,9 +2,12 @@
 The published fail2ban filter (examples/fail2ban/) against real log lines:
 a real twistd writes its log file while clients log in with hostile user
 names; the filter must report every failure, and only the real client's
-address. With fail2ban installed its own tools run the filter and check the
-jail; the filter is also always applied in Python, with fail2ban's C{<HOST>}
-and date handling copied from its source.
+address. A second twistd proxies to a real Dovecot: the backend's refusal
+of a C{nopassword} user's password counts, the backend being down or
+refusing a password the front had accepted does not. With fail2ban
+installed its own tools run the filter and check the jail; the filter is
+also always applied in Python, with fail2ban's C{<HOST>} and date handling
+copied from its source.
 """
 
 from __future__ import annotations
