@@ -279,6 +279,8 @@ def main(argv: list[str]) -> int:
                     )
                     waited = runqueueWait(ours.pid) - waited
                     reader.close()
+                    if got < size:
+                        raise RuntimeError(f"{name}: {got} bytes read, the message has {size}")
                     rate = got / MiB / seconds
                     results[name].append(rate)
                     print(
