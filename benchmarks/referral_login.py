@@ -503,7 +503,15 @@ def percentile(sorted_vals: list[float], p: float) -> float:
     return sorted_vals[k]
 
 
-def run_case(args, port: int, nconns: int, server_roots: list[int]) -> dict:
+def run_case(
+    args, port: int, nconns: int, server_roots: list[int], side_roots: dict | None = None
+) -> dict:
+    """
+    One case. C{side_roots} names other process trees (e.g. a proxy's
+    auth service) whose CPU is sampled over the same window and reported
+    apart in C{side_cpu_us_per_session}.
+    """
+    side_roots = side_roots or {}
     ctx = multiprocessing.get_context("fork")
     nworkers = max(1, min(args.workers, nconns))
     shares = [nconns // nworkers + (1 if i < nconns % nworkers else 0) for i in range(nworkers)]
@@ -548,6 +556,7 @@ def run_case(args, port: int, nconns: int, server_roots: list[int]) -> dict:
                 tree_cpu_ticks(server_roots) if server_roots else None,
                 [proc_cpu_ticks(p.pid, children=False) or 0 for p in procs],
                 machine_cpu(),
+                {name: tree_cpu_ticks(roots) for name, roots in side_roots.items()},
             )
 
         while (d := t_measure - time.monotonic()) > 0:
@@ -611,7 +620,8 @@ def run_case(args, port: int, nconns: int, server_roots: list[int]) -> dict:
     irq = s1[2][2] - s0[2][2]
     # Busy CPU charged to neither the server nor the client: part of the
     # softirq time (loopback TCP), kernel threads, and other processes.
-    other_s = busy / CLK_TCK - (srv_s or 0) - cli_s
+    side_s = {name: (s1[3][name] - s0[3][name]) / CLK_TCK for name in side_roots}
+    other_s = busy / CLK_TCK - (srv_s or 0) - cli_s - sum(side_s.values())
     res = {
         "connections": nconns,
         "workers": nworkers,
@@ -646,6 +656,9 @@ def run_case(args, port: int, nconns: int, server_roots: list[int]) -> dict:
         "server_cpu_us_per_session": (
             None if srv_s is None or not sessions else 1e6 * srv_s / sessions
         ),
+        "side_cpu_us_per_session": {
+            name: 1e6 * cpu / sessions if sessions else None for name, cpu in side_s.items()
+        },
         "client_cpu_s": cli_s,
         "client_cpu_pct_of_core_each_worker": [100 * c / window for c in cli_each],
         "client_cpu_us_per_session": 1e6 * cli_s / sessions if sessions else None,
@@ -705,6 +718,8 @@ def print_case(r: dict) -> None:
         f"  server CPU           {fmt(r['server_cpu_us_per_session'])} us/session, "
         f"{fmt(r['server_cpu_pct_of_core'])}% of one core"
     )
+    for name, us in r.get("side_cpu_us_per_session", {}).items():
+        print(f"  {name + ' CPU':<20} {fmt(us)} us/session (not in the server's)")
     each = " + ".join(f"{p:.0f}%" for p in r["client_cpu_pct_of_core_each_worker"])
     print(
         f"  client CPU           {fmt(r['client_cpu_us_per_session'])} us/session, "

@@ -2,9 +2,12 @@
 The published fail2ban filter (examples/fail2ban/) against real log lines:
 a real twistd writes its log file while clients log in with hostile user
 names; the filter must report every failure, and only the real client's
-address. With fail2ban installed its own tools run the filter and check the
-jail; the filter is also always applied in Python, with fail2ban's C{<HOST>}
-and date handling copied from its source.
+address. A second twistd proxies to a real Dovecot: the backend's refusal
+of a C{nopassword} user's password counts, the backend being down or
+refusing a password the front had accepted does not. With fail2ban
+installed its own tools run the filter and check the jail; the filter is
+also always applied in Python, with fail2ban's C{<HOST>} and date handling
+copied from its source.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from base64 import b64encode
 from pathlib import Path
 
 import pytest
+from dovecotbackend import startDovecot
 from hostile import HOSTILE_NAMES
 from lineclient import LineClient
 from twisted.logger import formatEvent
@@ -142,32 +146,39 @@ def _waitForListener(proc: subprocess.Popen, port: int, log: Path) -> None:
             time.sleep(0.1)
 
 
-@pytest.fixture(scope="module")
-def serverLog(tmp_path_factory) -> tuple[str, int]:
-    """Run twistd with a log file, talk to it, stop it; the log and the failure count."""
-    directory = tmp_path_factory.mktemp("fail2ban")
-    users = directory / "users.passwd"
-    users.write_text(
-        "alice:{PLAIN}secret\nrefnl:{PLAIN}pass::::::host=imap2.example.com nologin\n"
-    )
+def _serve(directory: Path, users: str, talk, *options: str):
+    """Run twistd with a log file on C{users}, C{talk(port)}, stop it; the log and what talk said."""
+    passwd = directory / "users.passwd"
+    passwd.write_text(users)
     log = directory / "imapreferral.log"
     port = _freePort()
     proc = subprocess.Popen(
         [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
          "-n", "--pidfile=", "--logfile", str(log), "imapreferral",
-         "--listen", f"tcp:{port}:interface=127.0.0.1", "--passdb", f"passwd-file:{users}",
+         "--listen", f"tcp:{port}:interface=127.0.0.1", "--passdb", f"passwd-file:{passwd}",
          "--auth-failure-delay", "0", "--auth-penalty-cap", "0", "--max-auth-failures", "100",
-         "--trusted-networks", f"{CLIENT}/32", "--max-connections-per-ip", "1"],
+         "--trusted-networks", f"{CLIENT}/32", *options],
         cwd=directory, env=dict(os.environ, PYTHONPATH=str(REPO)),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
         _waitForListener(proc, port, log)
-        failures = _talk(port)
+        said = talk(port)
     finally:
         proc.terminate()
         proc.wait(timeout=20)
-    return str(log), failures
+    return str(log), said
+
+
+@pytest.fixture(scope="module")
+def serverLog(tmp_path_factory) -> tuple[str, int]:
+    """Run twistd with a log file, talk to it, stop it; the log and the failure count."""
+    return _serve(
+        tmp_path_factory.mktemp("fail2ban"),
+        "alice:{PLAIN}secret\nrefnl:{PLAIN}pass::::::host=imap2.example.com nologin\n",
+        _talk,
+        "--max-connections-per-ip", "1",
+    )  # fmt: skip
 
 
 def test_logHasOneAuthenticationFailureLinePerFailure(serverLog):
@@ -256,3 +267,60 @@ def test_filterInPythonReportsEachAddressForm(addressLog):
 @needsFail2ban
 def test_fail2banRegexReportsEachAddressForm(addressLog):
     assert _fail2banHosts(addressLog) == EXPECTED_HOSTS
+
+
+def _talkToProxyUsers(port: int) -> list[str]:
+    """
+    Proxy logins that fail in the backend login; the states the lines must
+    name. Only nopw's wrong password was a guess that a password check
+    answered (at the backend, as C{nopassword} leaves it there).
+    """
+    client = _Client(port, CLIENT)
+    assert client.command(b"a LOGIN nopw wrong") == b"a" + FAILED  # the backend's refusal
+    assert client.command(b"b LOGIN bob frontpw") == b"b" + FAILED  # checked here: no guess
+    assert client.command(b"c LOGIN gone wrong").startswith(b"c NO [UNAVAILABLE] ")
+    assert client.command(b"d LOGIN nopw secret").startswith(b"d OK [CAPABILITY ")
+    client.close()
+    return ["login", "login", "connect"]
+
+
+@pytest.fixture(scope="module")
+def proxyLog(tmp_path_factory) -> tuple[str, list[str]]:
+    """twistd proxying to a real Dovecot (alice: secret, bob: secret2); its log."""
+    dovecot = startDovecot()
+    to = f"proxy host=127.0.0.1 port={dovecot.port}"
+    users = (
+        f"nopw:::::::{to} nopassword destuser=alice\n"
+        f"bob:{{PLAIN}}frontpw::::::{to}\n"
+        f"gone:::::::proxy nopassword host=127.0.0.1 port={_freePort()}\n"
+    )
+    try:
+        return _serve(
+            tmp_path_factory.mktemp("fail2ban-proxy"), users, _talkToProxyUsers,
+            "--proxy-max-reconnects", "0",
+        )  # fmt: skip
+    finally:
+        dovecot.stop()
+
+
+def test_logSaysBackendRefusalOfAnUncheckedPasswordIsAnAuthenticationFailure(proxyLog):
+    log, states = proxyLog
+    lines = Path(log).read_text(encoding="utf-8").splitlines()
+    failed = [line.split(" proxy ", 1)[1] for line in lines if "] proxy " in line]
+    failed = [line for line in failed if not line.startswith(("started:", "ended:"))]
+    assert [line.split(":", 1)[0] for line in failed] == [
+        "authentication failed", "failed", "failed"
+    ]  # fmt: skip
+    assert [line.split(" state=", 1)[1].split()[0] for line in failed] == states
+    assert all(line.split(": ", 1)[1].startswith(f"remote={CLIENT} ") for line in failed)
+
+
+def test_filterInPythonCountsBackendPasswordRefusalsOnly(proxyLog):
+    log, _ = proxyLog
+    assert hostsInPython(Path(log).read_text(encoding="utf-8")) == [CLIENT]
+
+
+@needsFail2ban
+def test_fail2banRegexCountsBackendPasswordRefusalsOnly(proxyLog):
+    log, _ = proxyLog
+    assert _fail2banHosts(log) == [CLIENT]

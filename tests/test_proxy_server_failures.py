@@ -105,10 +105,13 @@ async def server(clock, backends):
     await harness.stop()
 
 
-async def reply(clock: task.Clock, client, data: bytes, limit: int = 2000) -> list[bytes]:
+async def reply(
+    clock: task.Clock, client, data: bytes, limit: int = 2000, horizon: float = 1.0
+) -> list[bytes]:
     """
     Send C{data}; let real I/O happen and move C{clock} on to each retry
-    (a call due within a second) until the tagged reply; every line up to it.
+    (a call due within C{horizon} seconds: 2 lets the failure delay pass)
+    until the tagged reply; every line up to it.
     """
     tag = data.split(b" ", 1)[0]
     client.send(data)
@@ -120,7 +123,7 @@ async def reply(clock: task.Clock, client, data: bytes, limit: int = 2000) -> li
                 return lines
         await task.deferLater(reactor, 0.005, lambda: None)
         soon = [c.getTime() - clock.seconds() for c in clock.getDelayedCalls()]
-        soon = [due for due in soon if due <= 1.0]
+        soon = [due for due in soon if due <= horizon]
         if soon:
             clock.advance(max(0.0, min(soon)))
     raise AssertionError(f"no tagged reply; got {lines}")
@@ -323,3 +326,32 @@ async def test_proxyLineKeepsTheRealAddressFirstAndQuotesWhatOthersChose(
     assert line.count("remote=") == 3 and line.index("remote=127.0.0.1") < line.index('user="')
     assert 'user="evil\\" remote=6.6.6.6 x=\\""' in line
     assert 'cause="NO [LIMIT] x\\" remote=6.6.6.6' in line
+
+
+@pytest.mark.parametrize(
+    ("fields", "answer", "event"),
+    [
+        (" nopassword", b"TAG NO [AUTHENTICATIONFAILED] no", "authentication failed"),
+        (" nopassword", b"TAG NO wrong", "authentication failed"),
+        ("", b"TAG NO [AUTHENTICATIONFAILED] no", "failed"),
+        (" nopassword", b"TAG NO [UNAVAILABLE] x", "failed"),
+        (" nopassword", b"TAG NO [LIMIT] x", "failed"),
+    ],
+    ids=["nopassword-refused", "nopassword-bare-no", "checked-here", "unavailable", "limit"],
+)
+@pytest_twisted.ensureDeferred
+async def test_proxyLineCallsOnlyABackendPasswordCheckAnAuthenticationFailure(
+    server, client, clock, backends, logged, fields, answer, event
+):
+    """
+    Only where the backend checked a password the front did not (the line
+    examples/fail2ban/ counts); not a password the front accepted, nor a
+    backend that is unavailable or refuses for another reason.
+    """
+    _, port = await backends(LOGIN=answer)
+    server.route("alice", f"proxy host=127.0.0.1 port={port}{fields}")
+    await reply(clock, client, b"a LOGIN alice secret\r\n", horizon=2.0)
+    proxyEvents = [e["event"] for e in logged if "session" in e and "state" in e]
+    assert proxyEvents == [event]
+    (line,) = [formatEvent(e) for e in logged if e.get("event") == event]
+    assert line.startswith(f"proxy {event}: remote=127.0.0.1 ")

@@ -48,7 +48,8 @@ _CHOSEN = ("user", "cause")
 def logProxy(event: str, failed: bool = False, **fields: object) -> None:
     """
     The one place proxy log lines are written. C{event} says what happened
-    (C{started}, C{failed}, C{ended}, C{client gone}); the fields (C{user},
+    (C{started}, C{failed}, C{authentication failed} (L{failedEvent}),
+    C{ended}, C{client gone}); the fields (C{user},
     C{remote}, C{backend}, C{session}, C{state}, C{cause}, byte counts)
     stay separate event keys for structured logs. Text logs get what we
     know first (C{remote=} is always the real client), then the user and
@@ -74,6 +75,20 @@ def logProxy(event: str, failed: bool = False, **fields: object) -> None:
         log_system=sessionSystem(_log.namespace, level, session),  # type: ignore[arg-type]
         **fields,
     )
+
+
+def failedEvent(result: object, verified: bool) -> str:
+    """
+    What a failed proxy login's line says happened. C{authentication
+    failed} when the backend refused a password the front did not check
+    (C{nopassword}): the client's guess was checked there, and
+    C{examples/fail2ban/} counts these lines as it counts the login lines.
+    Otherwise C{failed}: a backend that is down, slow, misconfigured or
+    refusing a password the front had already accepted is no guess.
+    """
+    if isinstance(result, BackendAuthFailed) and not verified:
+        return "authentication failed"
+    return "failed"
 
 
 class ProxiedLogin:
@@ -154,7 +169,7 @@ class ProxiedLogin:
                     return
                 self._waiting = None
         logProxy(
-            "failed",
+            failedEvent(result, self._outcome.verified),
             failed=True,
             **self._fields(session=client.sessionID, state=result.state, cause=result.cause),
         )
