@@ -275,7 +275,7 @@ def _talkToProxyUsers(port: int) -> list[str]:
     name. Only nopw's wrong password was a guess that a password check
     answered (at the backend, as C{nopassword} leaves it there).
     """
-    client = _Client(port, CLIENT)
+    client = LineClient(port, CLIENT)
     assert client.command(b"a LOGIN nopw wrong") == b"a" + FAILED  # the backend's refusal
     assert client.command(b"b LOGIN bob frontpw") == b"b" + FAILED  # checked here: no guess
     assert client.command(b"c LOGIN gone wrong").startswith(b"c NO [UNAVAILABLE] ")

@@ -352,6 +352,6 @@ async def test_proxyLineCallsOnlyABackendPasswordCheckAnAuthenticationFailure(
     server.route("alice", f"proxy host=127.0.0.1 port={port}{fields}")
     await reply(clock, client, b"a LOGIN alice secret\r\n", horizon=2.0)
     proxyEvents = [e["event"] for e in logged if "session" in e and "state" in e]
-    assert proxyEvents == [event]
-    (line,) = [formatEvent(e) for e in logged if e.get("event") == event]
+    assert proxyEvents == [f"proxy {event}"]
+    (line,) = [formatEvent(e) for e in logged if e.get("event") == f"proxy {event}"]
     assert line.startswith(f"proxy {event}: remote=127.0.0.1 ")
