@@ -24,6 +24,8 @@ from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.cred.strcred import ICheckerFactory, findCheckerFactories
 from twisted.logger import globalLogPublisher
 
+from imapreferral.login.unixchecker import UnixPasswordChecker
+
 #: What an IMAP login can be checked as: a cleartext password (LOGIN,
 #: PLAIN, SASL LOGIN) or a challenge-response (CRAM-MD5).
 SUPPORTED_INTERFACES = (IUsernamePassword, IUsernameHashedPassword)
@@ -61,8 +63,7 @@ def _factories() -> tuple[list[ICheckerFactory], list[str]]:
     def observe(event: dict) -> None:
         failure = event.get("log_failure") or event.get("failure")  # new or legacy log
         if failure is not None:
-            where = f"{failure.frames[-1][1]}: " if failure.frames else ""
-            failures.append(f"{where}{failure.type.__name__}: {failure.getErrorMessage()}")
+            failures.append(_whereAndWhy(failure))
 
     globalLogPublisher.addObserver(observe)
     try:
@@ -70,6 +71,23 @@ def _factories() -> tuple[list[ICheckerFactory], list[str]]:
     finally:
         globalLogPublisher.removeObserver(observe)
     return factories, failures
+
+
+def _whereAndWhy(failure: object) -> str:
+    """
+    C{FILE:LINE: Error: message} for a plugin that failed to import: a
+    syntax error names its own file and line (its traceback ends in
+    Twisted's importer), any other error the frame it was raised in.
+    """
+    error = failure.value  # type: ignore[attr-defined]
+    message = failure.getErrorMessage()  # type: ignore[attr-defined]
+    if isinstance(error, SyntaxError) and error.filename:
+        where = f"{error.filename}:{error.lineno}: "
+        message = error.msg
+    else:
+        frames = failure.frames  # type: ignore[attr-defined]
+        where = f"{frames[-1][1]}:{frames[-1][2]}: " if frames else ""
+    return f"{where}{type(error).__name__}: {message}"
 
 
 def findFactory(authType: str, shown: str) -> ICheckerFactory:
@@ -130,7 +148,7 @@ def checkerFromString(description: str) -> AuthChecker:
         raise AuthPluginError(f"{shown}: the plugin made {checker!r}, not a credentials checker")
     _checkFile(checker, shown)
     sys.stderr.write(warnings.getvalue())
-    return AuthChecker(authType, _bytesUsers(checker))
+    return AuthChecker(authType, _nonBlocking(_bytesUsers(checker)))
 
 
 def _checkFile(checker: object, shown: str) -> None:
@@ -146,6 +164,17 @@ def _checkFile(checker: object, shown: str) -> None:
             raise AuthPluginError(
                 f"{shown}:{checker.filename}: cannot read ({e.strerror})"
             ) from None
+
+
+def _nonBlocking(checker: ICredentialsChecker) -> ICredentialsChecker:
+    """
+    Twisted's C{unix} checker calls C{crypt(3)} on the reactor's thread
+    (which holds the GIL): we serve C{--auth unix} with the same password
+    databases checked in threads (L{UnixPasswordChecker}).
+    """
+    if type(checker).__module__ == "twisted.plugins.cred_unix":
+        return UnixPasswordChecker()
+    return checker
 
 
 def _bytesUsers(checker: ICredentialsChecker) -> ICredentialsChecker:

@@ -173,12 +173,19 @@ class ServerHarness:
         **factoryArgs: object,
     ) -> ServerHarness:
         """
-        A harness around a L{ReferralServerFactory} for C{checker}. Unless
+        A harness around a L{ReferralServerFactory} for C{checker}, asked
+        the way C{twistd imapreferral --auth} asks it (through a
+        L{CheckerChain}: the name normalised, an empty password refused,
+        a failure made temporary) unless it is a L{PassdbChecker}. Unless
         given a C{connector}, proxy logins are not retried: a backend that
         refuses is answered at once, with no clock to advance.
         """
         from twisted.internet import reactor
 
+        from imapreferral.login.chain import CheckerChain
+
+        if not isinstance(checker, PassdbChecker | CheckerChain):
+            checker = CheckerChain([checker])  # as twistd asks an --auth checker
         portal = Portal(ReferralRealm(), [checker])
         implicitTLS = factoryArgs.pop("implicitTLS", None)
         unixSocket: str | None = factoryArgs.pop("unixSocket", None)  # type: ignore[assignment]

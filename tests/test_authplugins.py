@@ -336,7 +336,7 @@ def test_twistdNamesAPluginThatFailsToImport(tmp_path):
     )
     assert (status, out) == (1, "")
     assert err.splitlines()[-1].endswith(
-        f"; a plugin failed to load: {plugins / 'mine.py'}: ModuleNotFoundError: "
+        f"; a plugin failed to load: {plugins / 'mine.py'}:1: ModuleNotFoundError: "
         "No module named 'no_such_module_here'"
     )
 
@@ -727,7 +727,7 @@ async def test_aFailingCheckersLogLineCarriesTheSessionId(tmp_path, monkeypatch,
     async with _serving("--auth", "directory:x", "--auth-failure-delay", "0") as client:
         await client.command(b"a LOGIN alice pw")
     (login,) = [e for e in logged if e.get("log_format", "").startswith("login ")]
-    (failed,) = [e for e in logged if e.get("log_failure") is not None]
+    (failed,) = [e for e in logged if e.get("event") == "checker failed"]
     assert login["session"] is not None
     assert failed.get("session") == login["session"]
 
@@ -793,3 +793,57 @@ async def test_theTestingHarnessServesACheckerAsAuthDoes():
     async with ServerHarness.forChecker(Recording(), failureDelay=0).serving() as client:
         await client.command(b"a LOGIN BOB pw")
     assert asked == [b"bob"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_theLoginCommandWithoutAPasswordCheckerIsCannot(tmp_path, monkeypatch, logged):
+    _addPlugin(tmp_path, monkeypatch, "review_challenges", _CHALLENGES_PLUGIN)
+    async with _serving("--auth", "challenges", "--auth-failure-delay", "0") as client:
+        reply = await client.command(b"a LOGIN alice secret")
+    assert reply == [b"a NO [CANNOT] Plaintext authentication is not available here."]
+    assert [e["result"] for e in logged if e.get("event") == "login"] == [
+        "plaintext authentication not available (no checker takes passwords)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("password", "answer"), [(b"secret", b"a OK "), (b"wrong", b"a NO ")], ids=["right", "wrong"]
+)
+@pytest_twisted.ensureDeferred
+async def test_theUnixCheckerChecksThePasswordDatabase(monkeypatch, password, answer):
+    from passlib.hash import sha512_crypt
+
+    _fakeUnixUser(monkeypatch, "carol", sha512_crypt.hash("secret", rounds=5000))
+    async with _serving("--auth", "unix", "--auth-failure-delay", "0") as client:
+        reply = await client.command(b"a LOGIN carol " + password)
+    assert reply[-1].startswith(answer)
+
+
+@pytest_twisted.ensureDeferred
+async def test_exampleCheckerClosesTheHTTPConnectionWhenTheClientHangsUp():
+    from twisted.internet import reactor
+
+    from imapreferral.testing import ServerHarness
+
+    service = _StallingBody()
+    port = reactor.listenTCP(0, Site(service), interface="127.0.0.1")
+    try:
+        url = f"http://127.0.0.1:{port.getHost().port}/auth"
+        checker = _loadExample().HTTPAuthChecker(url, reactor, timeout=30)
+        async with ServerHarness.forChecker(checker, failureDelay=0).serving() as client:
+            client.send(b"a LOGIN bob pw\r\n")
+            for _ in range(500):
+                if service.requests:
+                    break
+                await deferLater(reactor, 0.01, lambda: None)
+            finished = service.requests[0].notifyFinish()
+        lost = []
+        finished.addErrback(lost.append)
+        for _ in range(500):
+            if lost:
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        assert lost, "the HTTP connection stayed open after the client left"
+    finally:
+        service.abortAll()
+        await port.stopListening()

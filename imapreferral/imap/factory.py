@@ -110,6 +110,7 @@ class ReferralServerFactory(ServerFactory):
         self.drain: Drain | None = None
         self.policy = ServerPolicy(
             mechanisms=tuple(m.upper() for m in mechanisms),
+            passwordsCheckable=IUsernamePassword in portal.checkers,
             referralAuth=referralAuth,
             greeting=sanitiseText(greeting, "imapreferral ready."),
             hostname=socket.gethostname(),

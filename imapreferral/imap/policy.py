@@ -57,6 +57,8 @@ def validateServerURL(url: str) -> str:
 class ServerPolicy:
     """
     @ivar mechanisms: SASL mechanisms offered (over secured connections).
+    @ivar passwordsCheckable: Whether any checker takes a cleartext password;
+        if none does, the LOGIN command is disabled (C{LOGINDISABLED}).
     @ivar referralAuth: C{"mech"} or C{"*"}: what C{;AUTH=} says.
     @ivar greeting: Text of the C{* OK} greeting (already sanitised).
     @ivar hostname: For CRAM-MD5 challenges.
@@ -88,6 +90,7 @@ class ServerPolicy:
     """
 
     mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN")
+    passwordsCheckable: bool = True
     referralAuth: str = "mech"
     greeting: bytes = b"imapreferral ready."
     hostname: str = "imapreferral"

@@ -23,6 +23,7 @@ from imapreferral.login.outcome import (
     Disable,
     LoggedIn,
     Outcome,
+    PlaintextUnavailable,
     PrivacyRequired,
     Refer,
     Referral,
@@ -38,6 +39,8 @@ UNAVAILABLE = b"[UNAVAILABLE] Temporary authentication failure."
 PRIVACY_REQUIRED = (
     b"[PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure (SSL/TLS) connections."
 )
+#: RFC 5530 CANNOT: it can never succeed here, whatever the client does.
+PLAINTEXT_UNAVAILABLE = b"[CANNOT] Plaintext authentication is not available here."
 AUTHORIZATION_FAILED = b"[AUTHORIZATIONFAILED] Authorization failed."
 
 
@@ -95,6 +98,8 @@ def renderOutcome(
         return b"NO", FAILED
     if isinstance(outcome, PrivacyRequired):
         return b"NO", PRIVACY_REQUIRED  # RFC 3501 §6.2.3 wants NO (Twisted says BAD)
+    if isinstance(outcome, PlaintextUnavailable):
+        return b"NO", PLAINTEXT_UNAVAILABLE
     if isinstance(outcome, AuthorizationRefused):
         return b"NO", AUTHORIZATION_FAILED
     return b"NO", UNAVAILABLE

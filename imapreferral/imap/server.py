@@ -52,6 +52,7 @@ from imapreferral.login.outcome import (
     AuthorizationRefused,
     LoggedIn,
     Outcome,
+    PlaintextUnavailable,
     PrivacyRequired,
     ProxyLogin,
     Refer,
@@ -229,7 +230,7 @@ class ReferralIMAP4Server(IMAP4Server):
             return caps
         if self._canStartTLS():
             caps[b"STARTTLS"] = None
-        if not self._plaintextAllowed():
+        if not (self._plaintextAllowed() and self.policy.passwordsCheckable):
             caps[b"LOGINDISABLED"] = None
         mechanisms = self.guard.offeredMechanisms(self.policy.mechanisms, self._secured())
         caps[b"AUTH"] = [m.encode("ascii") for m in mechanisms]
@@ -304,13 +305,19 @@ class ReferralIMAP4Server(IMAP4Server):
     # LOGIN
 
     def do_LOGIN(self, tag: bytes, user: bytes, passwd: bytes) -> None:
+        if not self.policy.passwordsCheckable:
+            self._refuse(tag, PlaintextUnavailable(), "PLAIN")
+            return
         if not self._plaintextAllowed():
             self._refuse(tag, PrivacyRequired(), "PLAIN")
             return
         self._login(tag, PasswordCredentials(user, passwd, self._loginContext("PLAIN")), "PLAIN")
 
     def _refuse(
-        self, tag: bytes, outcome: PrivacyRequired | AuthorizationRefused, mechanism: str
+        self,
+        tag: bytes,
+        outcome: PrivacyRequired | PlaintextUnavailable | AuthorizationRefused,
+        mechanism: str,
     ) -> None:
         """A login refused before any check: logged and answered."""
         logRefusal(self.guard.addresses(), mechanism, outcome)

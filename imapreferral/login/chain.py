@@ -10,11 +10,20 @@ plain C{UnauthorizedLogin}) goes on to the next checker; the first that
 logs the user in, refers, proxies or disables decides. A checker that fails
 otherwise (down, or a bug) is skipped; if no later checker decides, the
 login is a temporary failure, not a wrong password.
+
+A chain is also a guard around checkers written elsewhere: an empty
+cleartext password never reaches them (only a passdb's C{nopassword} lets
+a user in without one), an answer that is not an avatar id (a coroutine
+that fell off its end: C{None}) is a checker's bug, not a login, and a
+checker's failure is logged by its type and where it happened, never by
+its repr or its exception's message (either may quote what the checker
+was given: C{--auth} arguments, the client's password).
 """
 
 from __future__ import annotations
 
 import copy
+import traceback
 from collections.abc import Sequence
 
 from twisted.cred.checkers import ICredentialsChecker
@@ -22,12 +31,13 @@ from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from imapreferral.interfaces import IPassdb, IReferralCarrier
-from imapreferral.login.checker import normaliseUsername
+from imapreferral.login.checker import PassdbChecker, normaliseUsername
 from imapreferral.login.errors import LoginDisabled, LoginProxied, TemporaryFailure
+from imapreferral.login.outcome import AvatarId
+from imapreferral.logtext import sessionSystem
 
 _log = Logger()
 
@@ -76,6 +86,7 @@ class CheckerChain:
     def __init__(self, checkers: Sequence[ICredentialsChecker], lowercaseUsernames: bool = True):
         if not checkers:
             raise ValueError("CheckerChain needs at least one checker")
+        self._reported: set[tuple[str, ...]] = set()
         self.checkers = tuple(checkers)
         self.lowercaseUsernames = lowercaseUsernames
         interfaces: dict[object, None] = {}
@@ -106,11 +117,15 @@ class CheckerChain:
         credentials = self._normalised(credentials)
         refused: UnauthorizedLogin | None = None
         tempfail: str | None = None
+        session = getattr(getattr(credentials, "context", None), "session", None)
         for checker in self.checkers:
             if not any(i.providedBy(credentials) for i in checker.credentialInterfaces):
                 continue
+            if _emptyPassword(credentials) and not isinstance(checker, PassdbChecker):
+                refused = UnauthorizedLogin("empty password")
+                continue
             try:
-                return await maybeDeferred(checker.requestAvatarId, credentials)
+                avatarId = await maybeDeferred(checker.requestAvatarId, credentials)
             except CancelledError:
                 raise  # the client went away: nobody else is asked
             except UnauthorizedLogin as e:
@@ -120,11 +135,46 @@ class CheckerChain:
             except TemporaryFailure as e:
                 tempfail = e.why
             except Exception as e:
-                # A checker of someone's own failing: its author wants the traceback.
-                _log.failure("checker {checker!r} failed", Failure(), checker=checker)
-                tempfail = f"checker {checker!r} failed: {e!r}"
+                self._report(checker, type(e).__name__, e.__traceback__, session)
+                tempfail = f"checker {type(checker).__name__} failed: {type(e).__name__}"
+            else:
+                if isinstance(avatarId, bytes | str | AvatarId) and avatarId:
+                    return avatarId
+                problem = f"answered {type(avatarId).__name__}, not an avatar id"
+                self._report(checker, problem, None, session)
+                tempfail = f"checker {type(checker).__name__} {problem}"
         if tempfail is not None:
             raise TemporaryFailure(tempfail)
         if refused is None:
             raise UnhandledCredentials(f"no checker takes {credentials!r}")
         raise refused
+
+    def _report(self, checker: object, problem: str, where: object, session: str | None) -> None:
+        """
+        A checker's bug, logged once per checker type, problem and place (a
+        client could otherwise repeat it into a log flood; every login
+        still has its own line, with C{why=}): the checker's type, the
+        exception's type and the traceback's frames, not its message.
+        """
+        frames = traceback.extract_tb(where) if where is not None else []  # type: ignore[arg-type]
+        at = "; ".join(f"{f.filename}:{f.lineno} in {f.name}" for f in frames[-6:])
+        raisedAt = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+        key = (type(checker).__qualname__, problem, raisedAt)
+        if key in self._reported:
+            return
+        self._reported.add(key)
+        _log.error(
+            "checker {checker} failed: {problem}{at} (not logged: its message and "
+            "arguments, which may quote credentials; logged once per place)",
+            checker=type(checker).__qualname__,
+            problem=problem,
+            at=f" at {at}" if at else "",
+            event="checker failed",
+            session=session,
+            log_system=sessionSystem(_log.namespace, "error", session),
+        )
+
+
+def _emptyPassword(credentials: object) -> bool:
+    """A cleartext login with an empty password (CRAM-MD5 has none to be empty)."""
+    return IUsernamePassword.providedBy(credentials) and not getattr(credentials, "password", b"")

@@ -27,7 +27,13 @@ from imapreferral.limits import ConnectionLimiter
 from imapreferral.login.client import UNKNOWN
 from imapreferral.login.context import LoginContext
 from imapreferral.login.logline import localText, remoteText
-from imapreferral.login.outcome import AuthorizationRefused, Disable, PrivacyRequired, Reject
+from imapreferral.login.outcome import (
+    AuthorizationRefused,
+    Disable,
+    PlaintextUnavailable,
+    PrivacyRequired,
+    Reject,
+)
 from imapreferral.logtext import sessionSystem
 from imapreferral.networks import NetworkList
 
@@ -266,7 +272,7 @@ class PreLoginGuard:
 
         @return: C{True}: the budget is spent.
         """
-        counted = Reject | Disable | PrivacyRequired | AuthorizationRefused
+        counted = Reject | Disable | PrivacyRequired | PlaintextUnavailable | AuthorizationRefused
         return isinstance(outcome, counted) and self.authFailed()
 
     def authFailed(self) -> bool:

@@ -26,6 +26,7 @@ from imapreferral.login.outcome import (
     Disable,
     LoggedIn,
     Outcome,
+    PlaintextUnavailable,
     PrivacyRequired,
     ProxyLogin,
     Refer,
@@ -68,6 +69,8 @@ def describeOutcome(outcome: Outcome) -> str:
         return "proxying" if outcome.insteadOf is None else PROXIED_INSTEAD
     if isinstance(outcome, PrivacyRequired):
         return "plaintext authentication refused without TLS"
+    if isinstance(outcome, PlaintextUnavailable):
+        return "plaintext authentication not available (no checker takes passwords)"
     if isinstance(outcome, AuthorizationRefused):
         return "authorization refused"
     return "temporary failure"
@@ -188,7 +191,9 @@ def logAuthentication(
 
 
 def logRefusal(
-    context: object, mechanism: str, outcome: PrivacyRequired | AuthorizationRefused
+    context: object,
+    mechanism: str,
+    outcome: PrivacyRequired | PlaintextUnavailable | AuthorizationRefused,
 ) -> None:
     """
     A login refused before any password was checked (plaintext without

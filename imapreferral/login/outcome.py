@@ -206,6 +206,16 @@ class PrivacyRequired:
 
 
 @attrs.frozen
+class PlaintextUnavailable:
+    """
+    A cleartext password (the LOGIN command) where no passdb or checker
+    takes one (a challenge-response-only C{--auth} checker): it could never
+    succeed, so it is refused before anything is checked, and the
+    capabilities say C{LOGINDISABLED}.
+    """
+
+
+@attrs.frozen
 class AuthorizationRefused:
     """
     SASL PLAIN asked to act as another user (an authzid other than the

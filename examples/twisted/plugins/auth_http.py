@@ -27,10 +27,11 @@ and reads the answer's headers:
       HOST: C{OK [REFERRAL ...]}.
     - C{Auth-Reason: TEXT}: the text of the referral reply.
 
-A service that is down, slow or answers other than HTTP 200 gives the
-client C{NO [UNAVAILABLE]}: a temporary failure, not a wrong password.
-The request never blocks the server: C{Agent} is asynchronous, and the
-checker's Deferred is cancelled if the client hangs up.
+A service that is down, slow (the whole answer, body included, within
+C{timeout}) or answers other than HTTP 200 gives the client
+C{NO [UNAVAILABLE]}: a temporary failure, not a wrong password. The request
+never blocks the server: C{Agent} is asynchronous; if the client hangs up
+or the time runs out, the HTTP connection is closed.
 """
 
 from __future__ import annotations
@@ -42,9 +43,11 @@ from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.strcred import ICheckerFactory, InvalidAuthArgumentString
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.protocol import Protocol
 from twisted.plugin import IPlugin
-from twisted.web.client import Agent, readBody
+from twisted.web.client import Agent
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import IResponse
 from zope.interface import implementer
 
 from imapreferral import AvatarId, LoginReferral, Referral, TemporaryFailure
@@ -77,11 +80,10 @@ class HTTPAuthChecker:
                 "Client-IP": [getattr(context, "remoteIP", None) or ""],
             }
         )
-        request = self.agent.request(b"GET", self.url.encode("ascii"), headers)
-        request.addTimeout(self.timeout, self.reactor)
+        exchange = Deferred.fromCoroutine(self._ask(headers))
+        exchange.addTimeout(self.timeout, self.reactor)  # request and body together
         try:
-            response = await request
-            await readBody(response)
+            response = await exchange
         except CancelledError:
             raise  # the client hung up: nothing to report
         except Exception as e:
@@ -109,6 +111,32 @@ class HTTPAuthChecker:
         if header("Auth-Nologin") == "no":
             return AvatarId(username=user, referral=referral)  # OK [REFERRAL ...]
         raise LoginReferral(referral)  # NO [REFERRAL ...]
+
+    async def _ask(self, headers: Headers) -> IResponse:
+        """The answer, once its body is read too (only its headers matter)."""
+        response = await self.agent.request(b"GET", self.url.encode("ascii"), headers)
+        body = _Body()
+        response.deliverBody(body)
+        await body.done
+        return response
+
+
+class _Body(Protocol):
+    """
+    An answer's body, read and dropped. Unlike C{readBody}, giving up on it
+    (a timeout, the client gone) closes the connection: C{Agent}'s transport
+    has no C{abortConnection} for C{readBody} to call.
+    """
+
+    def __init__(self) -> None:
+        self.done: Deferred[None] = Deferred(lambda _: self.transport.stopProducing())
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+    def connectionLost(self, reason: object) -> None:
+        if not self.done.called:
+            self.done.callback(None)
 
 
 @implementer(ICheckerFactory, IPlugin)
