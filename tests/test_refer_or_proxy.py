@@ -284,3 +284,31 @@ async def test_imaplibInReferModeGetsTheReferral(dovecot, clock):
     assert error.args[0] == referralLine(dovecot, b"alice", REFER_TEXT)
     url = b"imap://alice;AUTH=PLAIN@127.0.0.1:%d/" % dovecot.port
     assert referral == ("REFERRAL", [url])
+
+
+# Review of issue 9: defects found.
+
+
+@pytest.mark.parametrize("mode", ["refer", "auto", "proxy"])
+@pytest_twisted.ensureDeferred
+async def test_nopasswordReferralToOurselvesRefusesAWrongPassword(clock, mode):
+    """
+    A C{nopassword} referral leaves the password to the target; when the
+    target is this server, logging in here must not skip the check
+    altogether (without C{--local-backend} nobody checks it).
+    """
+    passdb = MemoryPassdb.fromLines({})
+    harness = ServerHarness.forPassdbs([passdb], clock=clock, referralMode=mode, failureDelay=0)
+    await harness.start()
+    passdb.users["anyone"] = PassdbReply.fromFields(
+        splitExtraFields(f"nopassword host=127.0.0.1 port={harness.port} nologin")
+    )
+    try:
+        client = await harness.connect()
+        try:
+            (reply,) = await client.command(b"a LOGIN anyone not-the-password")
+        finally:
+            await client.close()
+    finally:
+        await harness.stop()
+    assert reply.startswith(b"a NO "), reply
