@@ -312,3 +312,47 @@ async def test_nopasswordReferralToOurselvesRefusesAWrongPassword(clock, mode):
     finally:
         await harness.stop()
     assert reply.startswith(b"a NO "), reply
+
+
+async def cramMD5Login(client: TranscriptClient, user: bytes, password: bytes) -> bytes:
+    """Log in with AUTHENTICATE CRAM-MD5 (imaplib-style tag); the tagged reply."""
+    (challengeLine,) = await client.command(b"a AUTHENTICATE CRAM-MD5")
+    digest = hmac.new(password, b64decode(challengeLine[2:]), hashlib.md5).hexdigest()
+    (reply,) = await client.command(b64encode(user + b" " + digest.encode()), b"a")
+    return reply
+
+
+@pytest_twisted.ensureDeferred
+async def test_proxyModeNeverAnswersAReferralToAClientThatCannotFollowIt(dovecot, clock):
+    """
+    C{--referral-mode proxy} is "nobody gets the referral" (its --help, the
+    README table's proxy column): it is what an admin picks when clients
+    cannot use the target (an internal host) or do not follow referrals.
+    With the default mechanisms CRAM-MD5 is offered (the passdb holds
+    plaintext); a client set to it (Thunderbird's "encrypted password")
+    must not be stranded at "Try this server instead." with the internal
+    host in the URL. Either CRAM-MD5 is not offered in this mode or its
+    login is not answered with a referral.
+    """
+    async with session(dovecot, clock, "proxy") as client:
+        (capability, _) = await client.command(b"c CAPABILITY")
+        if b"AUTH=CRAM-MD5" not in capability:
+            return
+        reply = await cramMD5Login(client, b"alice", b"secret")
+    assert b"[REFERRAL " not in reply, reply
+
+
+@pytest_twisted.ensureDeferred
+async def test_logSaysWhyAnUnknownClientWasReferredInAutoMode(dovecot, clock, logged):
+    """
+    In C{auto} mode an unknown client is proxied; when it is referred
+    after all (CRAM-MD5 brings no password to proxy with), the login line
+    must say why, or "referred client=unknown" reads as a bug and the
+    admin's count of users still depending on the front misses it.
+    """
+    async with session(dovecot, clock, "auto") as client:
+        reply = await cramMD5Login(client, b"alice", b"secret")
+        assert reply.startswith(b"a NO [REFERRAL ")
+    (event,) = [e for e in logged if e.get("event") == "login"]
+    assert event["result"] == "referred" and event["client"] == "unknown"
+    assert event["why"], formatEvent(event)
