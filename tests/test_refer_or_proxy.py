@@ -356,3 +356,28 @@ async def test_logSaysWhyAnUnknownClientWasReferredInAutoMode(dovecot, clock, lo
     (event,) = [e for e in logged if e.get("event") == "login"]
     assert event["result"] == "referred" and event["client"] == "unknown"
     assert event["why"], formatEvent(event)
+
+
+@pytest_twisted.ensureDeferred
+async def test_recognitionKeepsNoLongTagsBeforeLogin(clock):
+    """
+    Before issue 9 a pre-login connection held at most one command line;
+    now the first 16 tags are kept whole, and a tag may be as long as a
+    line (16 KiB): 256 KiB per connection for the pre-login lifetime, or
+    512 MiB over --max-connections. Recognition needs eight bytes a tag.
+    """
+    harness = ServerHarness.forPassdbs([MemoryPassdb.fromLines({})], clock=clock)
+    await harness.start()
+    try:
+        client = await harness.connect()
+        try:
+            tag = b"x" * 16000
+            for _ in range(16):
+                assert (await client.command(tag + b" NOOP", tag))[-1].startswith(tag + b" OK")
+            (server,) = [wrapper.wrappedProtocol for wrapper in harness._tracking.closed]
+            kept = sum(map(len, server._tags))
+            assert kept < 4096, kept
+        finally:
+            await client.close()
+    finally:
+        await harness.stop()
