@@ -97,3 +97,19 @@ BYE = [
 )
 def test_byeBeforeReferralOnlyForCClientOnAuthenticate(client, sasl, expected):
     assert byeBeforeReferral(client, sasl) is expected
+
+
+# Review of issue 9: defects found.
+
+
+def test_anIDNameNeverMakesAClientCClient():
+    """
+    C{--referral-client-names c-client} is accepted, and a client whose
+    C{ID} says that name is then taken for c-client by its name alone:
+    with imaplib's tags it gets the one-prompt C{BYE} form that "nobody
+    else ever gets" (other clients report the C{BYE} as an aborted
+    connection). Only the tags may say c-client.
+    """
+    client = recogniseClient([b"KDOE1", b"KDOE2"], "c-client", ("c-client",))
+    assert client != C_CLIENT
+    assert not byeBeforeReferral(client, sasl=True)

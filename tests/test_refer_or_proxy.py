@@ -284,3 +284,100 @@ async def test_imaplibInReferModeGetsTheReferral(dovecot, clock):
     assert error.args[0] == referralLine(dovecot, b"alice", REFER_TEXT)
     url = b"imap://alice;AUTH=PLAIN@127.0.0.1:%d/" % dovecot.port
     assert referral == ("REFERRAL", [url])
+
+
+# Review of issue 9: defects found.
+
+
+@pytest.mark.parametrize("mode", ["refer", "auto", "proxy"])
+@pytest_twisted.ensureDeferred
+async def test_nopasswordReferralToOurselvesRefusesAWrongPassword(clock, mode):
+    """
+    A C{nopassword} referral leaves the password to the target; when the
+    target is this server, logging in here must not skip the check
+    altogether (without C{--local-backend} nobody checks it).
+    """
+    passdb = MemoryPassdb.fromLines({})
+    harness = ServerHarness.forPassdbs([passdb], clock=clock, referralMode=mode, failureDelay=0)
+    await harness.start()
+    passdb.users["anyone"] = PassdbReply.fromFields(
+        splitExtraFields(f"nopassword host=127.0.0.1 port={harness.port} nologin")
+    )
+    try:
+        client = await harness.connect()
+        try:
+            (reply,) = await client.command(b"a LOGIN anyone not-the-password")
+        finally:
+            await client.close()
+    finally:
+        await harness.stop()
+    assert reply.startswith(b"a NO "), reply
+
+
+async def cramMD5Login(client: TranscriptClient, user: bytes, password: bytes) -> bytes:
+    """Log in with AUTHENTICATE CRAM-MD5 (imaplib-style tag); the tagged reply."""
+    (challengeLine,) = await client.command(b"a AUTHENTICATE CRAM-MD5")
+    digest = hmac.new(password, b64decode(challengeLine[2:]), hashlib.md5).hexdigest()
+    (reply,) = await client.command(b64encode(user + b" " + digest.encode()), b"a")
+    return reply
+
+
+@pytest_twisted.ensureDeferred
+async def test_proxyModeNeverAnswersAReferralToAClientThatCannotFollowIt(dovecot, clock):
+    """
+    C{--referral-mode proxy} is "nobody gets the referral" (its --help, the
+    README table's proxy column): it is what an admin picks when clients
+    cannot use the target (an internal host) or do not follow referrals.
+    With the default mechanisms CRAM-MD5 is offered (the passdb holds
+    plaintext); a client set to it (Thunderbird's "encrypted password")
+    must not be stranded at "Try this server instead." with the internal
+    host in the URL. Either CRAM-MD5 is not offered in this mode or its
+    login is not answered with a referral.
+    """
+    async with session(dovecot, clock, "proxy") as client:
+        (capability, _) = await client.command(b"c CAPABILITY")
+        if b"AUTH=CRAM-MD5" not in capability:
+            return
+        reply = await cramMD5Login(client, b"alice", b"secret")
+    assert b"[REFERRAL " not in reply, reply
+
+
+@pytest_twisted.ensureDeferred
+async def test_logSaysWhyAnUnknownClientWasReferredInAutoMode(dovecot, clock, logged):
+    """
+    In C{auto} mode an unknown client is proxied; when it is referred
+    after all (CRAM-MD5 brings no password to proxy with), the login line
+    must say why, or "referred client=unknown" reads as a bug and the
+    admin's count of users still depending on the front misses it.
+    """
+    async with session(dovecot, clock, "auto") as client:
+        reply = await cramMD5Login(client, b"alice", b"secret")
+        assert reply.startswith(b"a NO [REFERRAL ")
+    (event,) = [e for e in logged if e.get("event") == "login"]
+    assert event["result"] == "referred" and event["client"] == "unknown"
+    assert event["why"], formatEvent(event)
+
+
+@pytest_twisted.ensureDeferred
+async def test_recognitionKeepsNoLongTagsBeforeLogin(clock):
+    """
+    Before issue 9 a pre-login connection held at most one command line;
+    now the first 16 tags are kept whole, and a tag may be as long as a
+    line (16 KiB): 256 KiB per connection for the pre-login lifetime, or
+    512 MiB over --max-connections. Recognition needs eight bytes a tag.
+    """
+    harness = ServerHarness.forPassdbs([MemoryPassdb.fromLines({})], clock=clock)
+    await harness.start()
+    try:
+        client = await harness.connect()
+        try:
+            tag = b"x" * 16000
+            for _ in range(16):
+                assert (await client.command(tag + b" NOOP", tag))[-1].startswith(tag + b" OK")
+            (server,) = [wrapper.wrappedProtocol for wrapper in harness._tracking.closed]
+            kept = sum(map(len, server._tags))
+            assert kept < 4096, kept
+        finally:
+            await client.close()
+    finally:
+        await harness.stop()

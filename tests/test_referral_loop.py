@@ -8,6 +8,7 @@ passdb entry. The server-level row is in C{test_refer_or_proxy.py}.
 
 from __future__ import annotations
 
+import attrs
 import pytest
 import pytest_twisted
 from twisted.logger import formatEvent
@@ -15,7 +16,7 @@ from twisted.logger import formatEvent
 from imapreferral.login.checker import PassdbChecker
 from imapreferral.login.context import LoginContext
 from imapreferral.login.credentials import PasswordCredentials
-from imapreferral.login.errors import AuthenticationFailed, LoginReferral
+from imapreferral.login.errors import AuthenticationFailed, LoginReferral, TemporaryFailure
 from imapreferral.login.outcome import AvatarId, Referral
 from imapreferral.testing import MemoryPassdb
 
@@ -103,3 +104,33 @@ async def test_loopWarningNamesThePassdbAndTheUser(logged):
         f"referral loop remote=127.0.0.2: passdb {loop.passdbs[0]!r} refers to this server "
         '(host="192.0.2.1" port=143), logging in here instead user="moved"'
     )
+
+
+# Review of issue 9: defects found.
+
+
+@pytest_twisted.ensureDeferred
+async def test_nopasswordReferralToThisServerDoesNotLogInWithAnyPassword():
+    """
+    C{nopassword} on a referral means "the target checks the password".
+    When the target is this server nobody checks it: turning the loop into
+    a local login must not let any password in.
+    """
+    passdb = MemoryPassdb.fromLines({"moved": (None, "nopassword host=127.0.0.1 nologin")})
+    loop = PassdbChecker([passdb], selfAddresses=PROXY_SELF)
+    with pytest.raises((AuthenticationFailed, TemporaryFailure)):
+        await check(loop, b"any password at all")
+
+
+@pytest_twisted.ensureDeferred
+async def test_loopWarningCarriesTheSessionId(logged):
+    """
+    Every log line of a connection carries its session id, so the warning
+    can be matched with the login line that follows it.
+    """
+    here = attrs.evolve(HERE, session="S3ss10nId123")
+    await checker("host=192.0.2.1 nologin").requestAvatarId(
+        PasswordCredentials(b"moved", b"pass", here)
+    )
+    (event,) = [e for e in logged if "referral loop" in formatEvent(e)]
+    assert event.get("session") == "S3ss10nId123"
