@@ -44,7 +44,7 @@ from imapreferral.listeners import (
 from imapreferral.login.attempt import DEFAULT_FAILURE_DELAY
 from imapreferral.login.chain import CheckerChain, canCheckChallenges, canCheckPasswords
 from imapreferral.login.checker import PassdbChecker
-from imapreferral.login.client import DEFAULT_REFERRAL_CLIENT_NAMES, REFERRAL_MODES
+from imapreferral.login.client import DEFAULT_REFERRAL_CLIENT_NAMES, REFERRAL_MODES, UNKNOWN
 from imapreferral.login.destination import proxyDestination
 from imapreferral.login.fields import FieldError, PassdbReply, splitExtraFields
 from imapreferral.login.outcome import Unavailable
@@ -217,8 +217,9 @@ class Options(usage.Options, strcred.AuthOptionMixin):
          "'proxy' (proxied to that host instead) or 'auto' (referred if the client follows "
          "referrals, else proxied)."],
         ["referral-client-names", None, ",".join(DEFAULT_REFERRAL_CLIENT_NAMES),
-         "ID names (case-insensitive, comma-separated) of clients that follow referrals, "
-         "besides c-client, which is recognised by its tags."],
+         "Clients that follow referrals (comma-separated): 'c-client' (recognised by its "
+         "tags; drop it if PHP's imap extension, a c-client that does not follow, logs "
+         "in) and ID names (case-insensitive)."],
         ["backend-ca", None, None,
          "PEM CA certificates proxy backends' certificates must chain to "
          "(default: the system trust store)."],
@@ -326,6 +327,11 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             for name in self["referral-client-names"].split(",")
             if name.strip()
         )
+        if UNKNOWN in self["referral-client-names"]:
+            raise usage.UsageError(
+                f"--referral-client-names: {UNKNOWN!r} is what a client nothing recognises "
+                "is called, not a client name"
+            )
         if self["plaintext-auth"] not in PLAINTEXT_AUTH_CHOICES:
             raise usage.UsageError(
                 f"{_shown('plaintext-auth', self['plaintext-auth'])}: use 'secure' or 'always'"

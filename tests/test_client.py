@@ -113,3 +113,7 @@ def test_anIDNameNeverMakesAClientCClient():
     client = recogniseClient([b"KDOE1", b"KDOE2"], "c-client", ("c-client",))
     assert client != C_CLIENT
     assert not byeBeforeReferral(client, sasl=True)
+
+
+def test_cClientTagsAreNotAFollowerWhenTheAdminTookCClientOut():
+    assert recogniseClient([b"00000000"], None, ("alpine", "pine")) == UNKNOWN

@@ -62,13 +62,17 @@ def dovecot():
     backend.stop()
 
 
-async def phpAgainst(dovecot, clock, mode: str) -> str:
+async def phpAgainst(dovecot, clock, mode: str, **policy: object) -> str:
     """PHP opening alice's INBOX through our server in C{mode} (default mechanisms)."""
     passdb = MemoryPassdb.fromLines(
         {"alice": ("{PLAIN}secret", f"host=127.0.0.1 port={dovecot.port} nologin")}
     )
     harness = ServerHarness.forPassdbs(
-        [passdb], clock=clock, referralMode=mode, connector=BackendConnector(reactor, clock)
+        [passdb],
+        clock=clock,
+        referralMode=mode,
+        connector=BackendConnector(reactor, clock),
+        **policy,
     )
     await harness.start()
     try:
@@ -94,7 +98,8 @@ async def test_phpInAutoModeReadsItsMailbox(dovecot, clock):
     C{--referral-mode auto}: "recognised referral followers get the
     referral; every other client is proxied". PHP does not follow
     referrals, yet its c-client tags make it a "follower": it gets the
-    C{BYE} form and fails. Tags say c-client, not "follows referrals";
-    the admin has no way to have such programs proxied.
+    C{BYE} form and fails. Tags say c-client, not "follows referrals":
+    an admin with PHP users takes c-client out of the followers.
     """
-    assert await phpAgainst(dovecot, clock, "auto") == "SUBJECT marker-alice"
+    reply = await phpAgainst(dovecot, clock, "auto", referralClientNames=("alpine", "pine"))
+    assert reply == "SUBJECT marker-alice"

@@ -81,7 +81,7 @@ def test_referralModeDefaultsToRefer():
     factory = tap.makeService(options).factory
     (checker,) = set(factory.portal.checkers.values())
     assert checker.referralMode == "refer"
-    assert factory.policy.referralClientNames == ("alpine", "pine")
+    assert factory.policy.referralClientNames == ("c-client", "alpine", "pine")
 
 
 def _refusal(args: list[str]) -> str:
@@ -578,3 +578,9 @@ def test_selfAddressesAreProxySelfAndListenersWithWildcardsExpanded():
     found = tap.selfAddresses(config)
     assert {("127.0.0.1", 1143), ("127.0.0.2", 1144), ("2001:db8::1", 143)} <= found
     assert ("127.0.0.1", 1144) not in found
+
+
+def test_referralClientNamesRefuseUnknown(tmp_path):
+    status, _, err = _twistdRefusal("--referral-client-names", "alpine,unknown", cwd=str(tmp_path))
+    assert status == 1
+    assert err.strip().splitlines()[-1].startswith("imapreferral: --referral-client-names: ")

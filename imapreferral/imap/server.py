@@ -70,6 +70,8 @@ _ALWAYS = {b"SASL-IR": None, b"LOGIN-REFERRALS": None, b"ID": None}
 
 #: Tags kept for client recognition: enough to see a pattern, bounded.
 _TAGS_KEPT = 16
+#: Bytes kept of each: one more than c-client's tags, so longer ones differ.
+_TAG_BYTES_KEPT = 9
 
 
 def _isTLS(transport: object) -> bool:
@@ -561,7 +563,8 @@ class ReferralIMAP4Server(IMAP4Server):
         if self.parseState == "command":
             tag = line.split(b" ", 1)[0]
             if self.state == "unauth" and len(self._tags) < _TAGS_KEPT:
-                self._tags.append(tag)
+                # Enough to tell c-client's eight hex digits from the rest.
+                self._tags.append(tag[:_TAG_BYTES_KEPT])
             if tag and not validTag(tag):
                 # Echoing it would put controls, "*" or "+" where a tag goes.
                 self.sendBadResponse(None, b"Invalid tag.")

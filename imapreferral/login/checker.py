@@ -45,7 +45,7 @@ from imapreferral.login.outcome import (
     Reject,
     Unavailable,
 )
-from imapreferral.logtext import quote
+from imapreferral.logtext import quote, sessionSystem
 from imapreferral.passwords import SchemeVerifier
 
 _log = Logger()
@@ -167,7 +167,10 @@ class PassdbChecker:
                 (reply.host or "").strip(), reply.port or 143, DEFAULT_PROXY_TIMEOUT, context
             ):
                 _warnLoop(passdb, reply, username, context)
-                reply = attrs.evolve(reply, host=None, port=None, destuser=None, nologin=False)
+                # nopassword left the check to the target, which is us: no login unchecked.
+                reply = attrs.evolve(
+                    reply, host=None, port=None, destuser=None, nologin=False, nopassword=False
+                )
             decision = decide(reply, passwordOk, username)
             if isinstance(decision, Proxy):
                 return self._proxy(decision.user, reply, credentials, verified=passwordOk)
@@ -290,16 +293,17 @@ class PassdbChecker:
         """
         C{proxy}: fail with L{LoginProxied} holding the backend destination
         for C{user}, whose password is C{pass} or else the one the client
-        sent. A referral proxied C{insteadOf} that cannot be (CRAM-MD5 sent
-        no password and there is no C{pass}) returns: it is referred.
+        sent. A login that cannot be proxied (CRAM-MD5 sent no password and
+        there is no C{pass}) is a temporary failure saying why, also when it
+        is proxied C{insteadOf} a referral: in C{proxy} mode nobody is
+        referred (the target may be an internal host), and c-client goes on
+        to its next mechanism (PLAIN) after a C{NO}.
         """
         password = None
         if IUsernamePassword.providedBy(credentials):
             password = credentials.password.decode("utf-8", "surrogateescape")  # type: ignore[attr-defined]
         destination = proxyDestination(reply, user, password)
         if isinstance(destination, Unavailable):
-            if insteadOf is not None:
-                return
             raise TemporaryFailure(destination.why)
         raise LoginProxied(
             destination, verified=verified and not reply.nopassword, insteadOf=insteadOf
@@ -341,7 +345,9 @@ def _warnLoop(passdb: IPassdb, reply: PassdbReply, username: str, context: Login
     """
     A referral to this server would send the client back here (Alpine
     follows such a loop hop after hop, a password prompt each time): say
-    which passdb entry does it; the user logs in here instead.
+    which passdb entry does it; the user logs in here instead, if the
+    password was checked (a C{nopassword} referral leaves that to the
+    target, which is us: then the login fails).
     """
     port = reply.port or 143
     summary = (
@@ -349,4 +355,15 @@ def _warnLoop(passdb: IPassdb, reply: PassdbReply, username: str, context: Login
         f"server (host={quote(reply.host or '')} port={port}), logging in here instead "
         f"user={quote(username, USER_LIMIT)}"
     )
-    _log.warn("{summary}", summary=summary, passdb=repr(passdb), user=username, port=port)
+    session = getattr(context, "session", None)
+    _log.warn(
+        "{summary}",
+        summary=summary,
+        passdb=repr(passdb),
+        user=username,
+        port=port,
+        event="referral loop",
+        session=session,
+        remote=remoteText(context),
+        log_system=sessionSystem(_log.namespace, "warn", session),
+    )

@@ -18,18 +18,24 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Sequence
 
-#: c-client (Alpine, Pine, ...): its tags are eight lower-case hex digits
-#: counting up (C{sprintf(tag, "%08lx", gensym++)} in C{imap4r1.c}). The
-#: counter is the process's, not the connection's: after following a
-#: referral Alpine's first command was C{00000002 AUTHENTICATE}.
+#: c-client (Alpine, Pine, PHP's imap extension, ...): its tags are eight
+#: lower-case hex digits counting up (C{sprintf(tag, "%08lx", gensym++)} in
+#: C{imap4r1.c}). The counter is the process's, not the connection's: after
+#: following a referral Alpine's first command was C{00000002 AUTHENTICATE}.
+#: Not every c-client program follows referrals: c-client does so only for
+#: a program that registers a referral callback (Alpine and Pine do; PHP's
+#: C{imap_open} does not), and before login they look the same. So this
+#: fingerprint is one of the C{--referral-client-names}, on by default, and
+#: an admin whose users have PHP webmails takes it out.
 C_CLIENT = "c-client"
 #: A client we cannot tell apart: it gets what the mode gives everyone.
 UNKNOWN = "unknown"
 
-#: Client names (C{ID} C{name}, case-insensitive) that follow referrals.
-#: Alpine sends no C{ID} before login (measured, 2.26), so today it is
-#: recognised by its tags; a name helps a client that does send one.
-DEFAULT_REFERRAL_CLIENT_NAMES = ("alpine", "pine")
+#: Clients that follow referrals: L{C_CLIENT} (the tag fingerprint) and
+#: C{ID} names (case-insensitive). Alpine sends no C{ID} before login
+#: (measured, 2.26), so today it is recognised by its tags; a name helps a
+#: client that does send one.
+DEFAULT_REFERRAL_CLIENT_NAMES = (C_CLIENT, "alpine", "pine")
 
 #: C{refer}: everyone gets the referral (Dovecot's behaviour, and ours by
 #: default). C{proxy}: nobody does, the session is proxied to the host
@@ -52,18 +58,20 @@ def recogniseClient(
     @param idName: The C{name} the client gave in C{ID} before login, or
         L{None}.
     @param followerNames: Lower-case names of clients known to follow
-        referrals (C{--referral-client-names}).
-    @return: L{C_CLIENT} when every tag is c-client's (whatever the first
-        value); else the matching name from C{followerNames}; else
-        L{UNKNOWN}. The result is one of our own words, never the client's
-        text, so logs may print it unquoted.
+        referrals (C{--referral-client-names}); L{C_CLIENT} among them turns
+        the tag fingerprint on.
+    @return: L{C_CLIENT} when that fingerprint is on and every tag is
+        c-client's (whatever the first value); else the matching C{ID} name
+        from C{followerNames} (never L{C_CLIENT} or L{UNKNOWN}: only tags
+        say c-client); else L{UNKNOWN}. The result is one of the admin's
+        words or ours, never the client's text.
     """
-    if tags and all(map(_isCClientTag, tags)):
+    if C_CLIENT in followerNames and tags and all(map(_isCClientTag, tags)):
         return C_CLIENT
     if idName is not None:
         name = idName.strip().lower()
         for known in followerNames:
-            if name == known:
+            if name == known and known not in (C_CLIENT, UNKNOWN):
                 return known
     return UNKNOWN
 
