@@ -14,6 +14,7 @@ lets other threads run.
 
 from __future__ import annotations
 
+from twisted.application.service import Service
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
@@ -50,17 +51,27 @@ def storedCrypt(name: str) -> str | None:
 
 
 @implementer(ICredentialsChecker)
-class UnixPasswordChecker:
+class UnixPasswordChecker(Service):
     """
-    The system's users and passwords, checked off the reactor's thread.
+    The system's users and passwords, checked off the reactor's thread. A
+    service (the server starts and stops it with itself): it stops its
+    verifier's thread pool.
 
-    @ivar verifier: Hashes in its own thread pool (started on first use).
+    @ivar verifier: Hashes in its own thread pool.
     """
 
     credentialInterfaces = (IUsernamePassword,)
 
     def __init__(self, verifier: SchemeVerifier | None = None) -> None:
         self.verifier = verifier if verifier is not None else SchemeVerifier("CRYPT")
+
+    def startService(self) -> None:
+        super().startService()
+        self.verifier.startService()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self.verifier.stopService()
 
     def requestAvatarId(self, credentials: object) -> Deferred[bytes]:
         return Deferred.fromCoroutine(self._check(credentials))
