@@ -153,7 +153,6 @@ class ServerMetrics:
         self._factory = factory
         self._checkers = passdbCheckers(checker)
         self._verifier = verifier
-        self._labels: dict[int, str] = {}
         self._limitsSeen: Tally[str] = Tally()
         disable_created_metrics()  # no *_created series: Prometheus does not need them
         if directory is not None:
@@ -237,12 +236,6 @@ class ServerMetrics:
         )
         self.refresh()
 
-    def _label(self, passdb: IPassdb) -> str:
-        label = self._labels.get(id(passdb))
-        if label is None:
-            label = self._labels[id(passdb)] = passdbLabel(passdb)
-        return label
-
     # Events
 
     def observe(self, event: dict[str, Any]) -> None:
@@ -269,7 +262,7 @@ class ServerMetrics:
 
     def lookupTimed(self, passdb: IPassdb, seconds: float) -> None:
         """L{PassdbChecker.lookupTimed}."""
-        self.lookupSeconds.labels(self._label(passdb)).observe(seconds)
+        self.lookupSeconds.labels(passdbLabel(passdb)).observe(seconds)
 
     # State
 
@@ -290,7 +283,7 @@ class ServerMetrics:
         self.hashRunning.set(getattr(self._verifier, "hashing", 0))
         for passdb in (p for checker in self._checkers for p in checker.passdbs):
             up = getattr(_behindCache(passdb), "available", True)
-            self.passdbUp.labels(self._label(passdb)).set(1 if up else 0)
+            self.passdbUp.labels(passdbLabel(passdb)).set(1 if up else 0)
 
 
 class _MetricsPage(Resource):
