@@ -207,6 +207,17 @@ def test_loginsAreCountedByOutcome(server):
     assert grew(before, after, "imapreferral_login_seconds_count") == 7
 
 
+def test_authenticateLoginsAreCountedToo(server):
+    """The SASL path writes the same login line as LOGIN."""
+    before = server.scrape()
+    with imaplib.IMAP4("127.0.0.1", server.port, timeout=10) as client:
+        with pytest.raises(imaplib.IMAP4.error, match="REFERRAL imap://moved3;AUTH=PLAIN@"):
+            client.authenticate("PLAIN", lambda _: b"\0moved3\0pass")
+    after = server.scrape()
+    assert grew(before, after, "imapreferral_logins_total", outcome="referred") == 1
+    assert grew(before, after, "imapreferral_referrals_total", host="imap3.example.com") == 1
+
+
 def test_referralsAreCountedByDestinationHost(server):
     before = server.scrape()
     for user in ("moved2", "moved3", "moved3", "suggest", "sqluser"):
@@ -350,28 +361,61 @@ def dovecot():
     backend.stop()
 
 
-def test_proxiedSessionIsOpenWhileRelayed(tmp_path, dovecot):
+@pytest.fixture(scope="module")
+def proxyServer(tmp_path_factory, dovecot) -> Iterator[Twistd]:
+    """
+    Proxies C{alice} to Dovecot (C{proxy}); C{moved}, whose passdb entry
+    refers, too (C{--referral-mode proxy}); C{stale} with a password Dovecot
+    no longer takes.
+    """
     password = DOVECOT_USERS["alice"]
+    backend = f"host=127.0.0.1 port={dovecot.port}"
     twistd = Twistd(
-        tmp_path,
-        f"alice:{{PLAIN}}{password}::::::proxy host=127.0.0.1 port={dovecot.port}\n",
-        "--proxy-max-reconnects", "0",
+        tmp_path_factory.mktemp("proxy"),
+        f"alice:{{PLAIN}}{password}::::::proxy {backend}\n"
+        f"moved:{{PLAIN}}{password}::::::{backend} nologin destuser=alice\n"
+        f"stale:{{PLAIN}}old::::::proxy {backend} destuser=alice\n",
+        "--proxy-max-reconnects", "0", "--referral-mode", "proxy",
     )  # fmt: skip
-    try:
-        before = twistd.scrape()
-        with imaplib.IMAP4("127.0.0.1", twistd.port, timeout=10) as client:
-            client.login("alice", password)
-            assert client.select("INBOX")[0] == "OK"  # Dovecot answers, through us
-            during = twistd.scrape()
-            client.logout()
-        after = _scrapeUntil(twistd, "imapreferral_proxied_sessions_open", 0)
-    finally:
-        twistd.stop()
+    yield twistd
+    twistd.stop()
+
+
+def test_proxiedSessionIsOpenWhileRelayed(proxyServer):
+    before = _scrapeUntil(proxyServer, "imapreferral_connections_open", 0)
+    with imaplib.IMAP4("127.0.0.1", proxyServer.port, timeout=10) as client:
+        client.login("alice", DOVECOT_USERS["alice"])
+        assert client.select("INBOX")[0] == "OK"  # Dovecot answers, through us
+        during = proxyServer.scrape()
+        client.logout()
+    after = _scrapeUntil(proxyServer, "imapreferral_proxied_sessions_open", 0)
     assert value(before, "imapreferral_proxied_sessions_open") == 0
     assert value(during, "imapreferral_proxied_sessions_open") == 1
     assert value(during, "imapreferral_connections_open") == 1
     assert grew(before, after, "imapreferral_logins_total", outcome="proxied") == 1
     assert grew(before, after, "imapreferral_backend_logins_total", result="ok") == 1
+
+
+def test_proxiedInsteadOfAReferralHasItsOwnOutcome(proxyServer):
+    before = proxyServer.scrape()
+    with imaplib.IMAP4("127.0.0.1", proxyServer.port, timeout=10) as client:
+        client.login("moved", DOVECOT_USERS["alice"])
+        assert client.select("INBOX")[0] == "OK"
+        client.logout()
+    after = _scrapeUntil(proxyServer, "imapreferral_proxied_sessions_open", 0)
+    logins = "imapreferral_logins_total"
+    assert grew(before, after, logins, outcome="proxied_instead_of_referral") == 1
+    assert grew(before, after, logins, outcome="proxied") == 0
+    assert grew(before, after, "imapreferral_referrals_total", host="127.0.0.1") == 0
+
+
+def test_backendRefusalIsAFailedBackendLogin(proxyServer):
+    before = proxyServer.scrape()
+    with imaplib.IMAP4("127.0.0.1", proxyServer.port, timeout=10) as client:
+        with pytest.raises(imaplib.IMAP4.error):
+            client.login("stale", "old")  # right here, wrong on Dovecot
+    after = proxyServer.scrape()
+    assert grew(before, after, "imapreferral_backend_logins_total", result="failed") == 1
 
 
 # Several processes
