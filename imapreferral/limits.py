@@ -27,6 +27,9 @@ class ConnectionLimiter:
     @ivar maxTotal: Most connections at once; 0 means no limit.
     @ivar maxPerAddress: Most connections from one address (IPv6: one /48);
         0 means no limit.
+    @ivar hits: How often each limit was reached, by the option that sets
+        it (C{max-connections}, C{max-connections-per-ip}, and those the
+        pre-login guard counts with L{hit}), for metrics.
     """
 
     def __init__(
@@ -45,6 +48,7 @@ class ConnectionLimiter:
         self.exempt = exempt
         self.total = 0
         self._perAddress: Counter[str] = Counter()
+        self.hits: Counter[str] = Counter()
         self.refusals = RefusalLog(clock) if clock is not None else None
 
     def refusalToLog(self, host: str | None) -> int | None:
@@ -59,6 +63,7 @@ class ConnectionLimiter:
             the reason to give the client.
         """
         if self.maxTotal and self.total >= self.maxTotal:
+            self.hits["max-connections"] += 1
             return "Maximum number of connections reached."
         key = _keyOf(host)
         if (
@@ -66,10 +71,15 @@ class ConnectionLimiter:
             and self._perAddress[key] >= self.maxPerAddress
             and not self.exempt.contains(host)
         ):
+            self.hits["max-connections-per-ip"] += 1
             return "Maximum number of connections from your address reached."
         self.total += 1
         self._perAddress[key] += 1
         return None
+
+    def hit(self, limit: str) -> None:
+        """A connection reached C{limit} (named after its option) and is closed."""
+        self.hits[limit] += 1
 
     def release(self, host: str | None) -> None:
         """A connection admitted from C{host} has ended."""

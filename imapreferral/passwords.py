@@ -517,6 +517,16 @@ class SchemeVerifier(Service):
         self._pending.add(result)  # type: ignore[arg-type]
         return result.addBoth(self._answered, result)
 
+    @property
+    def queued(self) -> int:
+        """Slow checks queued for a hashing thread (beyond C{maxConcurrent})."""
+        return len(self._semaphore.waiting)
+
+    @property
+    def hashing(self) -> int:
+        """Slow checks in the pool now."""
+        return self._semaphore.limit - self._semaphore.tokens
+
     def _answered(self, result: object, d: Deferred[Any]) -> object:
         self._pending.discard(d)
         return result

@@ -239,6 +239,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         # --passdb and --auth in command-line order: they are consulted so.
         self["sources"] = []
         self["proxy-self"] = []
+        self["metrics"] = None
 
     def parseOptions(self, options: Any = None) -> None:
         """
@@ -273,6 +274,22 @@ class Options(usage.Options, strcred.AuthOptionMixin):
     def opt_listen_tls(self, description: str) -> None:
         """Listen for implicit TLS (imaps), e.g. tcp:993 (repeatable); needs --tls-cert."""
         self._listener("listen-tls", description)
+
+    def opt_metrics(self, description: str) -> None:
+        """
+        Serve Prometheus metrics at /metrics on a Twisted server endpoint,
+        e.g. tcp:9143:interface=127.0.0.1 (no password: keep it on loopback
+        or a private network).
+        """
+        from twisted.internet import reactor
+
+        try:
+            listener = parseListener("metrics", description, reactor)
+        except ListenerError as e:
+            raise usage.UsageError(str(e)) from None
+        if listener.proxied:
+            raise usage.UsageError(f"{listener.shown}: no PROXY headers here")
+        self["metrics"] = listener
 
     def opt_proxy_self(self, address: str) -> None:
         """
@@ -370,7 +387,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             # so a port in use is this one line on stderr. Parsing alone
             # (tests, embedding) binds nothing; workers adopt the sockets.
             try:
-                probeListeners(self["listeners"])
+                probeListeners([*self["listeners"], *filter(None, [self["metrics"]])])
             except ListenerError as e:
                 raise usage.UsageError(str(e)) from None
 
@@ -660,6 +677,13 @@ def makeService(config: Any) -> IService:
         reloadable = getattr(reloadable, "checker", reloadable)  # an --auth checker too
         if IReloadable.providedBy(reloadable):
             service.reloader.register(reloadable)
+    if config["metrics"] is not None:
+        from imapreferral.metrics import MetricsService  # prometheus_client only if asked
+
+        MetricsService(
+            reactor, config["metrics"], factory, checker, verifier,
+            workers=config["workers"], worker=bool(config["adopt-listeners"]),
+        ).setServiceParent(service)  # fmt: skip
     for source in config["sources"]:
         source = getattr(source, "checker", source)  # an --auth checker may be a service too
         if IService.providedBy(source):  # e.g. SQL: a connection pool to start and stop

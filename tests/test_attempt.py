@@ -369,3 +369,95 @@ async def test_decoySchemeIsTheUsersNotTheLookups():
     finally:
         await verifier.stopService()
     assert verifier.verified[-1][0].startswith("{BLF-CRYPT}$2y$05$")
+
+
+def test_loginLineSaysHowLongTheCheckTookWithoutPenaltyOrDelay():
+    """The C{durationMs} of the login event (C{imapreferral_login_seconds}): the check only."""
+    clock = task.Clock()
+    passdb = MemoryPassdb.fromLines({"alice": ("{PLAIN}secret", "")})
+    attempts = _attemptsFor(clock, PassdbChecker([passdb], SlowVerifier(clock, 0.75)))
+    attempts.penalty.failed(ATTACKER)  # 4 s before the check
+    with capturedLogs() as events:
+        outcomes = _login(attempts, b"alice", b"wrong")
+        assert _answeredAt(clock, outcomes) == 4.0 + DELAY
+    (event,) = events
+    assert (event["result"], event["durationMs"]) == ("authentication failed", 750)
+
+
+class FailingPassdb:
+    def lookup(self, username, context):
+        return fail(RuntimeError("down"))
+
+    def canProvidePlaintext(self):
+        return True
+
+
+def test_checkerTimesEveryPassdbLookupThatAnswered():
+    """What C{imapreferral_passdb_lookup_seconds} gets, per passdb, found or not or failed."""
+    failing = FailingPassdb()
+    empty = MemoryPassdb.fromLines({})
+    found = MemoryPassdb.fromLines({"bob": ("{PLAIN}pw", "")})
+    # Each lookup's start and end; then the password check's (not counted).
+    times = iter([0.0, 0.5, 1.0, 1.25, 2.0, 2.125, 3.0, 4.0])
+    timed = []
+    checker = PassdbChecker(
+        [failing, empty, found],
+        lookupTimed=lambda passdb, seconds: timed.append((passdb, seconds)),
+        timer=lambda: next(times),
+    )
+    checker.requestAvatarId(_credentials())
+    assert timed == [(failing, 0.5), (empty, 0.25), (found, 0.125)]
+
+
+def test_penalisedCountsAddressesNotYetForgiven():
+    """What C{imapreferral_penalised_addresses} reads."""
+    clock = task.Clock()
+    penalty = AuthPenalty(clock, NetworkList.fromStrings(["192.0.2.0/24"]), cap=CAP, forget=60)
+    penalty.failed("198.51.100.1")
+    penalty.failed("198.51.100.1")
+    penalty.failed("192.0.2.1")  # trusted: never penalised
+    clock.advance(30)
+    penalty.failed("2001:db8:1::1")
+    penalty.failed("2001:db8:1::2")  # the same /48
+    assert penalty.penalised() == 2
+    clock.advance(31)
+    assert penalty.penalised() == 1
+    penalty.succeeded("2001:db8:1::3")
+    assert penalty.penalised() == 0
+
+
+class SlowPassdb:
+    """A passdb that answers after C{seconds} of C{clock} time."""
+
+    def __init__(self, clock, seconds, passdb) -> None:
+        self.clock, self.seconds, self.passdb = clock, seconds, passdb
+
+    def lookup(self, username, context):
+        return deferLater(self.clock, self.seconds, self.passdb.lookup, username, context)
+
+    def canProvidePlaintext(self):
+        return True
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["plain", "behind the auth cache"])
+def test_lookupTimeLeavesOutThePasswordCheck(cached):
+    """Even where the passdb runs the check itself (the auth cache), only the lookup counts."""
+    from imapreferral.passdbs.cache import AuthCache, CachedPassdb
+
+    clock = task.Clock()
+    passdb = SlowPassdb(clock, 0.5, MemoryPassdb.fromLines({"bob": ("{PLAIN}pw", "")}))
+    if cached:
+        passdb = CachedPassdb(passdb, AuthCache(1 << 20, clock=clock), "passdb0")
+    timed = []
+    checker = PassdbChecker(
+        [passdb],
+        SlowVerifier(clock, 0.75),
+        lookupTimed=lambda p, seconds: timed.append(seconds),
+        timer=clock.seconds,
+    )
+    avatars = []
+    checker.requestAvatarId(_credentials()).addCallback(avatars.append)
+    clock.advance(0.5)
+    clock.advance(0.75)
+    assert [a.username for a in avatars] == ["bob"]
+    assert timed == [0.5]

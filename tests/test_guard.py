@@ -248,3 +248,31 @@ def test_closingRunsNoMoreLines():
     guard.start(handshakePending=False)
     guard.close()
     assert connection.held is True
+
+
+def test_spentBudgetsAndTimersAreTalliedOnceEachInTheLimiter():
+    """What C{imapreferral_limit_hits_total} reads: each spent budget counts once."""
+    clock, limiter = Clock(), ConnectionLimiter(0, 0, NetworkList())
+    guard = makeGuard(clock=clock, limiter=limiter)
+    guard.start(handshakePending=False)
+    for _ in range(4):
+        guard.badCommand()
+    for _ in range(3):
+        guard.authFailed()
+    guard.idleTimedOut()
+    clock.advance(300)
+    assert dict(limiter.hits) == {
+        "max-bad-commands": 1,
+        "max-auth-failures": 1,
+        "preauth-idle-timeout": 1,
+        "preauth-lifetime": 1,
+    }
+
+
+def test_idleAfterLoginIsNotAPreLoginLimit():
+    limiter = ConnectionLimiter(0, 0, NetworkList())
+    guard = makeGuard(limiter=limiter)
+    guard.start(handshakePending=False)
+    guard.leave()
+    guard.idleTimedOut()
+    assert not limiter.hits

@@ -82,3 +82,14 @@ def test_rememberedAddressesAreBounded(clock):
 def test_limiterWithoutAClockLogsEveryRefusal():
     limiter = ConnectionLimiter(0, 1, NetworkList())
     assert [limiter.refusalToLog("192.0.2.7") for _ in range(3)] == [0, 0, 0]
+
+
+def test_refusalsAreTalliedByTheLimitReached():
+    """What C{imapreferral_limit_hits_total} reads."""
+    limiter = ConnectionLimiter(3, 1, NetworkList.fromStrings(["192.0.2.0/24"]))
+    assert limiter.admit("198.51.100.1") is None
+    assert limiter.admit("198.51.100.1") == REFUSED
+    assert limiter.admit("192.0.2.1") is None  # exempt from the per-address limit
+    assert limiter.admit("192.0.2.1") is None
+    assert limiter.admit("192.0.2.1") == "Maximum number of connections reached."
+    assert dict(limiter.hits) == {"max-connections-per-ip": 1, "max-connections": 1}

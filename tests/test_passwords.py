@@ -410,3 +410,27 @@ async def test_decoyHasTheSchemeAndCostOfItsModel(verifier: SchemeVerifier, mode
 def test_decoyOfACheapSchemeIsPlain(model: str) -> None:
     decoy = passwords.decoyLike(model)
     assert decoy.startswith("{PLAIN}") and decoy != "{PLAIN}pw"
+
+
+@pytest_twisted.ensureDeferred
+async def test_queuedAndHashingCountTheChecksOutsideAndInsideThePool(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What the hashing gauges of C{--metrics} read."""
+    release = threading.Event()
+
+    def check(raw: bytes, password: bytes) -> bool:
+        release.wait(10)
+        return raw == password
+
+    monkeypatch.setitem(passwords._SCHEMES, "TEST-SLOW", passwords._Scheme(check, slow=True))
+    verifier = SchemeVerifier(maxConcurrent=2)
+    try:
+        pending = [verifier.verify("{TEST-SLOW}x", b"x") for _ in range(5)]
+        assert (verifier.queued, verifier.hashing) == (3, 2)
+        release.set()
+        await gatherResults(pending)
+        assert (verifier.queued, verifier.hashing) == (0, 0)
+    finally:
+        release.set()
+        await verifier.stopService()

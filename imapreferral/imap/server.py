@@ -195,6 +195,7 @@ class ReferralIMAP4Server(IMAP4Server):
 
     def timeoutConnection(self) -> None:
         """The idle timer: Twisted's words, our way of closing."""
+        self.guard.idleTimedOut()
         self._bye(b"Autologout; connection idle too long")
 
     def lineLengthExceeded(self, line: bytes) -> None:

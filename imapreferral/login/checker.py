@@ -9,6 +9,7 @@ asks L{decide} and turns the decision into an avatar id or an error.
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 
 import attrs
@@ -106,6 +107,12 @@ class PassdbChecker:
         proxied to that host instead) or C{auto} (referred if the client
         follows referrals, else proxied); see
         L{imapreferral.login.client.referOrProxy}.
+    @ivar lookupTimed: Told C{(passdb, seconds)} after each passdb lookup
+        that answered (found, not found or failed; not one the client
+        cancelled), e.g. by metrics; L{None}: nobody asks. The seconds do
+        not include the password check, even where the passdb runs it (the
+        auth cache).
+    @ivar timer: Seconds from a fixed point, to time lookups with.
     """
 
     credentialInterfaces = (IUsernamePassword, IUsernameHashedPassword)
@@ -118,6 +125,8 @@ class PassdbChecker:
         selfAddresses: Collection[tuple[str, int]] = (),
         resolveHost: Callable[[str, int, float], Awaitable[Sequence[str]]] | None = None,
         referralMode: str = REFER,
+        lookupTimed: Callable[[IPassdb, float], None] | None = None,
+        timer: Callable[[], float] = time.monotonic,
     ) -> None:
         if not passdbs:
             raise ValueError("PassdbChecker needs at least one passdb")
@@ -129,6 +138,8 @@ class PassdbChecker:
         self.lowercaseUsernames = lowercaseUsernames
         self.selfAddresses = selfAddresses
         self.resolveHost = resolveHost
+        self.lookupTimed = lookupTimed
+        self.timer = timer
         self._decoys = Decoys(self.verifier)
 
     def canProvidePlaintext(self) -> bool:
@@ -201,18 +212,39 @@ class PassdbChecker:
         of that passdb.
         """
 
+        checking = [0.0]  # seconds in verify, not the passdb's (lookupTimed)
+
         async def verify(reply: PassdbReply) -> bool:
+            began = self.timer()
             try:
                 return await self._passwordMatches(reply, credentials)
             except TemporaryFailure as e:
                 raise _Unverifiable(e) from e
+            finally:
+                checking[0] += self.timer() - began
 
-        if IVerifyingPassdb.providedBy(passdb):
-            return await passdb.lookupVerified(username, context, verify)  # type: ignore[attr-defined]
-        reply = await passdb.lookup(username, context)
+        started = self.timer()
+        answer: tuple[PassdbReply | None, bool] | None = None
+        try:
+            if IVerifyingPassdb.providedBy(passdb):
+                answer = await passdb.lookupVerified(username, context, verify)  # type: ignore[attr-defined]
+            else:
+                reply = await passdb.lookup(username, context)
+        except CancelledError:
+            raise
+        except Exception:
+            self._timed(passdb, started, checking[0])
+            raise
+        self._timed(passdb, started, checking[0])
+        if answer is not None:
+            return answer
         if reply is None:
             return None, False
         return reply, await verify(reply)
+
+    def _timed(self, passdb: IPassdb, started: float, checking: float) -> None:
+        if self.lookupTimed is not None:
+            self.lookupTimed(passdb, self.timer() - started - checking)
 
     async def _passwordMatches(self, reply: PassdbReply, credentials: object) -> bool:
         if reply.nopassword or reply.password is None:

@@ -223,7 +223,18 @@ class PreLoginGuard:
 
     def _lifetimeExceeded(self) -> None:
         self._lifetime = None
+        self._limitHit("preauth-lifetime")
         self._connection.preLoginExpired()
+
+    def idleTimedOut(self) -> None:
+        """The protocol's idle timer ran out: before login, C{--preauth-idle-timeout}."""
+        if self._preLogin:
+            self._limitHit("preauth-idle-timeout")
+
+    def _limitHit(self, limit: str) -> None:
+        """Count a spent budget in the limiter's tally (L{ConnectionLimiter.hits})."""
+        if self._limiter is not None:
+            self._limiter.hit(limit)
 
     def _cancelLifetime(self) -> None:
         if self._lifetime is not None and self._lifetime.active():
@@ -260,6 +271,8 @@ class PreLoginGuard:
         if not self._preLogin or self.lost:
             return False
         self._badCommands += 1
+        if self._badCommands == self._maxBadCommands:
+            self._limitHit("max-bad-commands")
         return self._badCommands >= self._maxBadCommands
 
     def loginFailed(self, outcome: object) -> bool:
@@ -278,6 +291,8 @@ class PreLoginGuard:
     def authFailed(self) -> bool:
         """Count a failed authentication; C{True}: the budget is spent."""
         self._authFailures += 1
+        if self._authFailures == self._maxAuthFailures:
+            self._limitHit("max-auth-failures")
         return self._authFailures >= self._maxAuthFailures
 
     # Plaintext policy

@@ -10,8 +10,9 @@ address goes; the first C{remote=} of a line is always the real address:
 C{examples/fail2ban/} matches these lines. The event also carries the
 fields apart (C{event}, C{session}, C{user}, C{remote}, C{local},
 C{mechanism}, C{tls}, C{result}, C{referral}, C{backend}, C{why},
-C{durationMs}) for structured logs (L{imapreferral.jsonlog}); text logs
-print C{summary}, with the session id in the line's system.
+C{durationMs}, C{referralHost}) for structured logs
+(L{imapreferral.jsonlog}) and metrics (L{imapreferral.metrics}); text
+logs print C{summary}, with the session id in the line's system.
 """
 
 from __future__ import annotations
@@ -184,6 +185,7 @@ def logAuthentication(
         result=result,
         referral=text,
         backend=backend,
+        referralHost=None if referral is None else referral.host,
         why=why,
         durationMs=None if duration is None else round(duration * 1000, 3),
         client=client,

@@ -89,6 +89,15 @@ class AuthPenalty:
         if checkStarted is None or last <= checkStarted:
             self._failures.pop(key, None)
 
+    def penalised(self) -> int:
+        """
+        How many addresses (IPv6: /48s) have failures not yet forgiven: their
+        next attempts wait (unless the failure delay is 0). Counts every
+        entry: at most C{maxEntries}, for a metrics scrape, not per login.
+        """
+        now = self.clock.seconds()
+        return sum(1 for _, last in self._failures.values() if now - last <= self.forget)
+
     def _prune(self, now: float) -> None:
         """Bound memory: drop forgiven entries, or the oldest half if none are."""
         stale = [k for k, (_, last) in self._failures.items() if now - last > self.forget]

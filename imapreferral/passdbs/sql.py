@@ -313,6 +313,11 @@ class SQLPassdb(Service):
     def __repr__(self) -> str:
         return f"<SQLPassdb {self.config.driver} {self.config.path}>"
 
+    @property
+    def available(self) -> bool:
+        """Whether lookups reach the database: not between its unavailable and back lines."""
+        return self._problem is None
+
     def checkQuery(self) -> None:
         """
         Run the query once (L{checkQuery}); a PostgreSQL server that cannot
