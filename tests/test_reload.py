@@ -283,3 +283,36 @@ def test_sighupReachesEveryWorker(tmp_path):
         assert server.wait() == 0
     finally:
         server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_authCacheHoldsNoEntryFromBeforeTheReloadOnceItIsDone(tmp_path):
+    """
+    Review of issue 12: the cache is flushed first, while the passwd-file
+    is still being re-read in a thread; a login meanwhile caches the old
+    fields again, and they outlive the reload (for --auth-cache-ttl, an
+    hour by default): a user moved to another host stays here.
+    """
+    from twisted.cred.credentials import IUsernamePassword
+
+    from imapreferral import tap
+
+    passwd = tmp_path / "users.passwd"
+    passwd.write_text("alice:{PLAIN}p::::::\n")
+    options = tap.Options()
+    options.parseOptions(
+        [
+            "--listen", "tcp:0:interface=127.0.0.1",
+            "--passdb", f"passwd-file:{passwd}",
+            "--auth-cache-size", "1M",
+        ]
+    )  # fmt: skip
+    service = tap.makeService(options)
+    cached = service.factory.portal.checkers[IUsernamePassword].passdbs[0]
+    assert (await cached.lookup("alice", LoginContext())).host is None
+    passwd.write_text("alice:{PLAIN}p::::::host=imap9.example.com nologin\n")
+    reloading = service.reloader.reload()
+    # A login while the new file is read (it is answered from the old one).
+    assert (await cached.lookup("alice", LoginContext())).host is None
+    await reloading
+    assert (await cached.lookup("alice", LoginContext())).host == "imap9.example.com"
