@@ -378,3 +378,49 @@ def test_defaultPassdbsAreTheServers():
         f"passdb 1: <PasswdFilePassdb {tap.EXAMPLE_PASSWD}>",
         f"passdb 2: <SQLPassdb sqlite {tap.EXAMPLE_SQL}>",
     ]
+
+
+# Review of issue 12
+
+
+def test_authTestReplyIsTheServersWhenPlaintextLoginsAreRefused(passwd, tmp_path):
+    """
+    A client outside --trusted-networks without TLS gets PRIVACYREQUIRED
+    from the server; auth test, told the same address and options, must not
+    promise it a login.
+    """
+    port = _freePort()
+    options = ["--passdb", f"passwd-file:{passwd}", "--trusted-networks", "10.0.0.0/8"]
+    proc = _twistd(
+        "--listen", f"tcp:{port}:interface=127.0.0.1", *options,
+        "--auth-failure-delay", "0", cwd=str(tmp_path),
+    )  # fmt: skip
+    try:
+        _connectWhenListening(proc, port).close()
+        served = _serverReply(port, "bob", SECRET)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=20)
+    done = cli("auth", "test", *options, "--remote-ip", "127.0.0.1", "bob", SECRET)
+    assert _line(done.stdout, "reply: ") == served, done.stdout
+
+
+def test_authTestNamesThePassdbThatAnsweredBesideAnAuthChecker(passwd):
+    """
+    With an --auth checker beside --passdb (a CheckerChain), the passdb's
+    fields and that it decided are still shown, not "no passdb was asked".
+    """
+    done = cli("auth", "test", "--passdb", f"passwd-file:{passwd}",
+               "--auth", "memory:zed:pw", "alice", SECRET)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"passdb <PasswdFilePassdb {passwd}>: found" in done.stdout.splitlines()
+    assert _line(done.stdout, "decided by: ") == f"<PasswdFilePassdb {passwd}>"
+
+
+def test_authLookupDoesNotSkipAnAuthCheckerSilently():
+    """
+    auth lookup of a user only an --auth checker knows: it says the checker
+    was not asked (or asks it), instead of "user unknown" from nothing.
+    """
+    done = cli("auth", "lookup", "--auth", "memory:zed:pw", "zed")
+    assert "memory" in done.stdout, done.stdout + done.stderr
