@@ -175,3 +175,52 @@ def test_jsonWithSyslogIsRefusedAtStartUp(tmp_path):
     err = _startupError(tmp_path, "--syslog", "imapreferral", "--log-format", "json")
     assert "not --syslog" in err
     assert "Traceback" not in err
+
+
+# Review of issue 12
+
+
+@pytest.fixture(scope="module")
+def loopAndProxyLog(tmp_path_factory) -> list[dict]:
+    """
+    A JSON log with a referral loop (a user referred to this very server)
+    and a proxy login to a backend that is down.
+    """
+    directory = tmp_path_factory.mktemp("jsonloop")
+    port, closed = _freePort(), _freePort()
+    extra = directory / "more.passwd"
+    extra.write_text(
+        f"loopy:{{PLAIN}}pass::::::host=127.0.0.1 port={port} nologin\n"
+        f"px:{{PLAIN}}pass::::::proxy host=127.0.0.1 port={closed} destuser=backenduser\n"
+    )
+    proc = _twistd(directory, port, "--passdb", f"passwd-file:{extra}", "--log-format", "json",
+                   "--proxy-max-reconnects", "0")  # fmt: skip
+    try:
+        client = LineClient(port, wait=20)
+        assert client.command(b"l LOGIN loopy pass").startswith(b"l OK ")
+        client.close()
+        client = LineClient(port)
+        assert client.command(b"p LOGIN px pass").startswith(b"p NO [UNAVAILABLE]")
+        client.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    lines = (directory / "imapreferral.log").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_referralLoopWarningCarriesItsConnectionsSessionID(loopAndProxyLog):
+    (login,) = [line for line in _logins(loopAndProxyLog) if line["user"] == "loopy"]
+    (loop,) = [line for line in loopAndProxyLog if "referral loop" in line["text"]]
+    assert loop["session"] == login["session"], loop
+
+
+def test_proxyLineUserIsTheNameTheClientLoggedInWith(loopAndProxyLog):
+    """
+    Every line of a session has the same C{user} (the login name); the
+    backend's name is the proxy destination's business, not another user.
+    """
+    (login,) = [line for line in _logins(loopAndProxyLog) if line["user"] == "px"]
+    proxied = [line for line in loopAndProxyLog if line["event"].startswith("proxy ")]
+    assert proxied and {line["session"] for line in proxied} == {login["session"]}
+    assert {line["user"] for line in proxied} == {"px"}, proxied
