@@ -275,3 +275,45 @@ def test_shutdownGraceDefaultsToTenSeconds():
     options.parseOptions([])
     assert options["shutdown-grace"] == 10.0
     assert tap.makeService(options).grace == 10.0
+
+
+# Review of issue 12
+
+
+def test_sigtermClosesAPreLoginTLSConnectionWithoutWaitingForTheClient(twistd, tmp_path):
+    """
+    A TLS client that reads the BYE but does not answer TLS's close_notify
+    (an idle client; one gone behind NAT) must not keep the server for the
+    last call (grace + 30 s): a plain connection is closed at once.
+    """
+    import socket
+    import ssl
+
+    from tlscerts import makeCertificate
+
+    cert, key = makeCertificate(tmp_path)
+    passwd = tmp_path / "users.passwd"
+    passwd.write_text("alice:{PLAIN}secret::::::\n")
+    server = Twistd(
+        tmp_path,
+        "--listen", "tcp:{imap}:interface=127.0.0.1",
+        "--listen-tls", "tcp:{imaps}:interface=127.0.0.1",
+        "--tls-cert", str(cert), "--tls-key", str(key),
+        "--passdb", f"passwd-file:{passwd}", "--shutdown-grace", "0",
+        ports=("imap", "imaps"),
+    )  # fmt: skip
+    try:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        raw = socket.create_connection(("127.0.0.1", server.ports["imaps"]), timeout=10)
+        with context.wrap_socket(raw) as sock:
+            f = sock.makefile("rb")
+            assert f.readline().startswith(b"* OK")
+            started = time.monotonic()
+            server.terminate()
+            assert f.readline() == BYE
+            assert server.wait(timeout=60) == 0
+            assert time.monotonic() - started < 10, server.log()
+    finally:
+        server.stop()
