@@ -317,3 +317,46 @@ def test_sigtermClosesAPreLoginTLSConnectionWithoutWaitingForTheClient(twistd, t
             assert time.monotonic() - started < 10, server.log()
     finally:
         server.stop()
+
+
+def _children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_sigtermToEveryWorkerAtOnceKeepsTheGrace(twistd):
+    """
+    systemd (KillMode=control-group, the default and the shipped units')
+    and a terminal's Ctrl-C signal every process of the server at once; the
+    first process then signals its workers again, which must not count as
+    the operator asking twice: logged-in sessions keep their grace.
+    """
+    import os
+    import signal
+
+    server = twistd("alice:{PLAIN}secret::::::", "--workers", "2", "--shutdown-grace", "20")
+    server.waitForLog("imapreferral serving", count=2)  # the worker's too
+    sessions = []
+    for _ in range(10):  # both processes accept: some land on the worker
+        sock = server.connect()
+        f = sock.makefile("rb")
+        f.readline()
+        sock.sendall(b"a LOGIN alice secret\r\n")
+        assert f.readline().startswith(b"a OK ")
+        sessions.append((sock, f))
+    try:
+        workers = _children(server.proc.pid)
+        assert workers
+        for pid in workers:  # systemd's signal reaches the workers first
+            os.kill(pid, signal.SIGTERM)
+        server.waitForLog("shutting down:")
+        server.terminate()  # ... then the first process, which signals them again
+        log = server.waitForLog("shutting down:", count=2)
+        assert " 0 connections open" not in log, "no session on one of the processes"
+        time.sleep(1)
+        for sock, f in sessions:
+            sock.sendall(b"n NOOP\r\n")
+            assert f.readline() == b"n OK NOOP No operation performed\r\n", server.log()
+    finally:
+        for sock, _ in sessions:
+            sock.close()
+    assert server.wait(timeout=60) == 0
