@@ -224,3 +224,30 @@ def test_proxyLineUserIsTheNameTheClientLoggedInWith(loopAndProxyLog):
     proxied = [line for line in loopAndProxyLog if line["event"].startswith("proxy ")]
     assert proxied and {line["session"] for line in proxied} == {login["session"]}
     assert {line["user"] for line in proxied} == {"px"}, proxied
+
+
+def test_forwardedSessionIDIsOnEveryLineOfTheConnection(tmp_path):
+    """
+    A trusted front's ID (x-originating-ip, x-session-id) gives the
+    connection the front's session id: the ID line itself is one of the
+    connection's lines and must carry the same id as its login line.
+    """
+    port = _freePort()
+    proc = _twistd(tmp_path, port, "--log-format", "json")
+    try:
+        client = LineClient(port, wait=20)
+        reply = client.command(
+            b'i ID ("name" "front" "x-originating-ip" "192.0.2.5" "x-session-id" "FrontSess123")'
+        )
+        assert reply.startswith(b"* ID ")
+        client.line()
+        assert client.command(b"z LOGIN alice secret").startswith(b"z OK ")
+        client.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    log = [json.loads(line) for line in (tmp_path / "imapreferral.log").read_text().splitlines()]
+    (login,) = _logins(log)
+    (clientID,) = [line for line in log if line["event"] == "client ID"]
+    assert login["session"] == "FrontSess123"
+    assert clientID["session"] == login["session"], clientID
