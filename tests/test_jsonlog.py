@@ -251,3 +251,37 @@ def test_forwardedSessionIDIsOnEveryLineOfTheConnection(tmp_path):
     (clientID,) = [line for line in log if line["event"] == "client ID"]
     assert login["session"] == "FrontSess123"
     assert clientID["session"] == login["session"], clientID
+
+
+def test_sigusr1RotationMovesEveryWorkersLinesToTheNewFile(tmp_path):
+    """
+    logrotate's postrotate signals the pid in the pid file (the first
+    process): after the rotation no process may go on writing into the
+    rotated file, or a worker's lines go to the file logrotate compresses
+    and deletes.
+    """
+    import signal
+    import time
+
+    port = _freePort()
+    proc = _twistd(tmp_path, port, "--log-format", "json", "--workers", "2")
+    log = tmp_path / "imapreferral.log"
+    rotated = tmp_path / "imapreferral.log.1"
+    try:  # wait for the worker's start-up line too
+        deadline = time.monotonic() + 30
+        while not log.exists() or log.read_text().count("imapreferral serving") < 2:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGUSR1)
+        while not rotated.exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        for _ in range(10):  # both processes accept: some land on the worker
+            client = LineClient(port)
+            assert client.command(b"z LOGIN alice secret").startswith(b"z OK ")
+            client.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert rotated.read_text().count('"event":"login"') == 0
+    assert log.read_text().count('"event":"login"') == 10
