@@ -424,3 +424,16 @@ def test_authLookupDoesNotSkipAnAuthCheckerSilently():
     """
     done = cli("auth", "lookup", "--auth", "memory:zed:pw", "zed")
     assert "memory" in done.stdout, done.stdout + done.stderr
+
+
+def test_configCheckTakesTheSocketActivatedUnitsListeners(passwd):
+    """
+    The unit's comment and the README say to check its options with config
+    check before starting it; run from a shell there are no systemd sockets,
+    and config check binds (and adopts) nothing, so that is no error.
+    """
+    done = cli("config", "check", "--listen", "systemd:domain=INET:index=0",
+               "--listen", "systemd:domain=INET6:index=1",
+               "--passdb", f"passwd-file:{passwd}")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("imapreferral ")
