@@ -285,3 +285,31 @@ def test_sigusr1RotationMovesEveryWorkersLinesToTheNewFile(tmp_path):
         proc.wait(timeout=30)
     assert rotated.read_text().count('"event":"login"') == 0
     assert log.read_text().count('"event":"login"') == 10
+
+
+def test_workersSharingTheLogFileLoseNoLine(tmp_path):
+    """
+    With --workers, every process writes the same --logfile; each must
+    append (O_APPEND), not write at the offset it opened the file at, or
+    the processes write over each other's lines (lines lost, lines torn in
+    half that no JSON reader takes).
+    """
+    import time
+
+    port = _freePort()
+    proc = _twistd(tmp_path, port, "--log-format", "json", "--workers", "2")
+    log = tmp_path / "imapreferral.log"
+    try:
+        deadline = time.monotonic() + 30
+        while not log.exists() or log.read_text().count("imapreferral serving") < 2:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        for _ in range(40):  # both processes accept and log
+            client = LineClient(port)
+            assert client.command(b"z LOGIN alice secret").startswith(b"z OK ")
+            client.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(_logins(lines)) == 40
