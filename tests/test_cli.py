@@ -437,3 +437,38 @@ def test_configCheckTakesTheSocketActivatedUnitsListeners(passwd):
                "--passdb", f"passwd-file:{passwd}")  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("imapreferral ")
+
+
+def test_configCheckSaysAnExpiredCertificateHasExpired(tmp_path, passwd):
+    """
+    "configuration OK ... expires <yesterday>" hides what every client will
+    refuse: a renewal hook that installed the old file goes unnoticed.
+    """
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "old.example.com")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(1)
+        .not_valid_before(now - datetime.timedelta(days=90))
+        .not_valid_after(now - datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    (tmp_path / "old.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "old.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    done = cli("config", "check", "--passdb", f"passwd-file:{passwd}",
+               "--tls-cert", str(tmp_path / "old.crt"), "--tls-key", str(tmp_path / "old.key"))  # fmt: skip
+    assert "expired" in (done.stdout + done.stderr).lower(), done.stdout
