@@ -471,4 +471,5 @@ def test_configCheckSaysAnExpiredCertificateHasExpired(tmp_path, passwd):
     )
     done = cli("config", "check", "--passdb", f"passwd-file:{passwd}",
                "--tls-cert", str(tmp_path / "old.crt"), "--tls-key", str(tmp_path / "old.key"))  # fmt: skip
-    assert "expired" in (done.stdout + done.stderr).lower(), done.stdout
+    said = (done.stdout + done.stderr).replace(str(tmp_path), "TMP")  # its name has "Expired"
+    assert "expired" in said.lower(), done.stdout
