@@ -340,3 +340,39 @@ async def test_passwdFileChangedOnDiskIsNotReadOnTheReactor(tmp_path, clock):
     blocked = time.monotonic() - started
     await looking
     assert blocked < 0.3, f"the lookup held the reactor {blocked:.2f} s"
+
+
+def test_sighupWhileStartingDoesNotKillTheServer(tmp_path):
+    """
+    Review of issue 12: until the Reloader starts, SIGHUP keeps its default
+    action and ends the process, silently (start-up reads the passwd-files,
+    checks SQL queries: seconds). A renewal hook's SIGHUP that meets a
+    restart leaves no server, and systemd's Restart=on-failure counts a
+    death by SIGHUP as a clean exit, so nothing restarts it.
+    """
+    import subprocess
+    import time
+
+    from test_tap import _connectWhenListening, _freePort, _twistd
+
+    passwd = tmp_path / "users.passwd"
+    passwd.write_text(
+        "".join(
+            f"user{i}:{{PLAIN}}p{i}::::::host=imap{i % 7}.example.com nologin\n"
+            for i in range(300_000)
+        )
+    )
+    port = _freePort()
+    proc = _twistd("--listen", f"tcp:{port}:interface=127.0.0.1",
+                   "--passdb", f"passwd-file:{passwd}", cwd=str(tmp_path))  # fmt: skip
+    try:
+        time.sleep(2)  # Python is up; the passwd-file is being read
+        proc.send_signal(signal.SIGHUP)
+        _connectWhenListening(proc, port).close()
+    finally:
+        proc.terminate()
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
