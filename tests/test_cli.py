@@ -473,3 +473,18 @@ def test_configCheckSaysAnExpiredCertificateHasExpired(tmp_path, passwd):
                "--tls-cert", str(tmp_path / "old.crt"), "--tls-key", str(tmp_path / "old.key"))  # fmt: skip
     said = (done.stdout + done.stderr).replace(str(tmp_path), "TMP")  # its name has "Expired"
     assert "expired" in said.lower(), done.stdout
+
+
+@pytest.mark.parametrize("command", [["auth", "test", "bob"], ["pw"]], ids=["auth test", "pw"])
+def test_noPasswordToReadIsOneLineNotATraceback(command):
+    """
+    Run from a script or cron (no terminal, stdin at its end), the prompt
+    gets end-of-file: a one-line error and a non-zero status, as for any
+    bad input, not Python's traceback.
+    """
+    done = subprocess.run(
+        [str(CLI), *command], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        timeout=60, env=dict(os.environ, PYTHONPATH=str(ROOT)), start_new_session=True,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr, done.stderr
