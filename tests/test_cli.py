@@ -488,3 +488,15 @@ def test_noPasswordToReadIsOneLineNotATraceback(command):
     )  # fmt: skip
     assert done.returncode != 0
     assert "Traceback" not in done.stderr, done.stderr
+
+
+def test_authTestInAutoModeSaysWhatAClientFollowingReferralsGets(passwd):
+    """
+    With --referral-mode auto the answer depends on the client: auth test
+    shows only the proxying an unknown client gets, not the referral that
+    Alpine or another referral-following client would be sent.
+    """
+    done = cli("auth", "test", "--passdb", f"passwd-file:{passwd}",
+               "--referral-mode", "auto", "alice", SECRET)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "NO [REFERRAL imap://alice;AUTH=PLAIN@imap2.example.com/]" in done.stdout, done.stdout
