@@ -500,3 +500,16 @@ def test_authTestInAutoModeSaysWhatAClientFollowingReferralsGets(passwd):
                "--referral-mode", "auto", "alice", SECRET)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "NO [REFERRAL imap://alice;AUTH=PLAIN@imap2.example.com/]" in done.stdout, done.stdout
+
+
+def test_configCheckErrorNeverShowsTheLocalBackendsPassword():
+    """
+    A bad --local-backend is echoed whole in the one-line error, master
+    password included: in the journal when systemd starts the server. A bad
+    --passdb static:... shows password=*** already.
+    """
+    done = cli("config", "check",
+               "--local-backend", "host=127.0.0.1 master=admin pass=MasterSecret9 port=x")  # fmt: skip
+    assert done.returncode == 1
+    assert "port='x'" in done.stderr
+    assert "MasterSecret9" not in done.stderr, done.stderr
