@@ -513,3 +513,16 @@ def test_configCheckErrorNeverShowsTheLocalBackendsPassword():
     assert done.returncode == 1
     assert "port='x'" in done.stderr
     assert "MasterSecret9" not in done.stderr, done.stderr
+
+
+def test_configCheckListsAuthCheckersInTheOrderTheyAreAsked(passwd):
+    """
+    --auth checkers are consulted in order with --passdb; config check
+    lists only the passdbs, so the checker asked first does not appear.
+    """
+    done = cli("config", "check", "--auth", "memory:zed:Secret7",
+               "--passdb", f"passwd-file:{passwd}")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    sources = [line for line in done.stdout.splitlines() if "memory" in line or "Passwd" in line]
+    assert len(sources) == 2 and "memory" in sources[0], done.stdout
+    assert "Secret7" not in done.stdout
