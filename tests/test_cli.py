@@ -526,3 +526,17 @@ def test_configCheckListsAuthCheckersInTheOrderTheyAreAsked(passwd):
     sources = [line for line in done.stdout.splitlines() if "memory" in line or "Passwd" in line]
     assert len(sources) == 2 and "memory" in sources[0], done.stdout
     assert "Secret7" not in done.stdout
+
+
+def test_authTestSeesAProxyToItselfAsTheServerDoes():
+    """
+    A proxy destination that is one of our own listeners is refused by the
+    server (NO [SERVERBUG], "proxying loops to itself") from its options
+    alone, without contacting anything; auth test says "proxied", exit 0.
+    """
+    port = _freePort()
+    done = cli("auth", "test", "--listen", f"tcp:{port}:interface=127.0.0.1",
+               "--passdb", f"static:password=pw proxy host=127.0.0.1 port={port}",
+               "bob", "pw")  # fmt: skip
+    assert done.returncode != 0, done.stdout
+    assert _line(done.stdout, "reply: ").startswith("a NO [SERVERBUG]"), done.stdout
