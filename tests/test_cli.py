@@ -378,3 +378,165 @@ def test_defaultPassdbsAreTheServers():
         f"passdb 1: <PasswdFilePassdb {tap.EXAMPLE_PASSWD}>",
         f"passdb 2: <SQLPassdb sqlite {tap.EXAMPLE_SQL}>",
     ]
+
+
+# Review of issue 12
+
+
+def test_authTestReplyIsTheServersWhenPlaintextLoginsAreRefused(passwd, tmp_path):
+    """
+    A client outside --trusted-networks without TLS gets PRIVACYREQUIRED
+    from the server; auth test, told the same address and options, must not
+    promise it a login.
+    """
+    port = _freePort()
+    options = ["--passdb", f"passwd-file:{passwd}", "--trusted-networks", "10.0.0.0/8"]
+    proc = _twistd(
+        "--listen", f"tcp:{port}:interface=127.0.0.1", *options,
+        "--auth-failure-delay", "0", cwd=str(tmp_path),
+    )  # fmt: skip
+    try:
+        _connectWhenListening(proc, port).close()
+        served = _serverReply(port, "bob", SECRET)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=20)
+    done = cli("auth", "test", *options, "--remote-ip", "127.0.0.1", "bob", SECRET)
+    assert _line(done.stdout, "reply: ") == served, done.stdout
+
+
+def test_authTestNamesThePassdbThatAnsweredBesideAnAuthChecker(passwd):
+    """
+    With an --auth checker beside --passdb (a CheckerChain), the passdb's
+    fields and that it decided are still shown, not "no passdb was asked".
+    """
+    done = cli("auth", "test", "--passdb", f"passwd-file:{passwd}",
+               "--auth", "memory:zed:pw", "alice", SECRET)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"passdb <PasswdFilePassdb {passwd}>: found" in done.stdout.splitlines()
+    assert _line(done.stdout, "decided by: ") == f"<PasswdFilePassdb {passwd}>"
+
+
+def test_authLookupDoesNotSkipAnAuthCheckerSilently():
+    """
+    auth lookup of a user only an --auth checker knows: it says the checker
+    was not asked (or asks it), instead of "user unknown" from nothing.
+    """
+    done = cli("auth", "lookup", "--auth", "memory:zed:pw", "zed")
+    assert "memory" in done.stdout, done.stdout + done.stderr
+
+
+def test_configCheckTakesTheSocketActivatedUnitsListeners(passwd):
+    """
+    The unit's comment and the README say to check its options with config
+    check before starting it; run from a shell there are no systemd sockets,
+    and config check binds (and adopts) nothing, so that is no error.
+    """
+    done = cli("config", "check", "--listen", "systemd:domain=INET:index=0",
+               "--listen", "systemd:domain=INET6:index=1",
+               "--passdb", f"passwd-file:{passwd}")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("imapreferral ")
+
+
+def test_configCheckSaysAnExpiredCertificateHasExpired(tmp_path, passwd):
+    """
+    "configuration OK ... expires <yesterday>" hides what every client will
+    refuse: a renewal hook that installed the old file goes unnoticed.
+    """
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "old.example.com")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(1)
+        .not_valid_before(now - datetime.timedelta(days=90))
+        .not_valid_after(now - datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    (tmp_path / "old.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "old.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    done = cli("config", "check", "--passdb", f"passwd-file:{passwd}",
+               "--tls-cert", str(tmp_path / "old.crt"), "--tls-key", str(tmp_path / "old.key"))  # fmt: skip
+    said = (done.stdout + done.stderr).replace(str(tmp_path), "TMP")  # its name has "Expired"
+    assert "expired" in said.lower(), done.stdout
+
+
+@pytest.mark.parametrize("command", [["auth", "test", "bob"], ["pw"]], ids=["auth test", "pw"])
+def test_noPasswordToReadIsOneLineNotATraceback(command):
+    """
+    Run from a script or cron (no terminal, stdin at its end), the prompt
+    gets end-of-file: a one-line error and a non-zero status, as for any
+    bad input, not Python's traceback.
+    """
+    done = subprocess.run(
+        [str(CLI), *command], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        timeout=60, env=dict(os.environ, PYTHONPATH=str(ROOT)), start_new_session=True,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr, done.stderr
+
+
+def test_authTestInAutoModeSaysWhatAClientFollowingReferralsGets(passwd):
+    """
+    With --referral-mode auto the answer depends on the client: auth test
+    shows only the proxying an unknown client gets, not the referral that
+    Alpine or another referral-following client would be sent.
+    """
+    done = cli("auth", "test", "--passdb", f"passwd-file:{passwd}",
+               "--referral-mode", "auto", "alice", SECRET)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "NO [REFERRAL imap://alice;AUTH=PLAIN@imap2.example.com/]" in done.stdout, done.stdout
+
+
+def test_configCheckErrorNeverShowsTheLocalBackendsPassword():
+    """
+    A bad --local-backend is echoed whole in the one-line error, master
+    password included: in the journal when systemd starts the server. A bad
+    --passdb static:... shows password=*** already.
+    """
+    done = cli("config", "check",
+               "--local-backend", "host=127.0.0.1 master=admin pass=MasterSecret9 port=x")  # fmt: skip
+    assert done.returncode == 1
+    assert "port='x'" in done.stderr
+    assert "MasterSecret9" not in done.stderr, done.stderr
+
+
+def test_configCheckListsAuthCheckersInTheOrderTheyAreAsked(passwd):
+    """
+    --auth checkers are consulted in order with --passdb; config check
+    lists only the passdbs, so the checker asked first does not appear.
+    """
+    done = cli("config", "check", "--auth", "memory:zed:Secret7",
+               "--passdb", f"passwd-file:{passwd}")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    sources = [line for line in done.stdout.splitlines() if "memory" in line or "Passwd" in line]
+    assert len(sources) == 2 and "memory" in sources[0], done.stdout
+    assert "Secret7" not in done.stdout
+
+
+def test_authTestSeesAProxyToItselfAsTheServerDoes():
+    """
+    A proxy destination that is one of our own listeners is refused by the
+    server (NO [SERVERBUG], "proxying loops to itself") from its options
+    alone, without contacting anything; auth test says "proxied", exit 0.
+    """
+    port = _freePort()
+    done = cli("auth", "test", "--listen", f"tcp:{port}:interface=127.0.0.1",
+               "--passdb", f"static:password=pw proxy host=127.0.0.1 port={port}",
+               "bob", "pw")  # fmt: skip
+    assert done.returncode != 0, done.stdout
+    assert _line(done.stdout, "reply: ").startswith("a NO [SERVERBUG]"), done.stdout

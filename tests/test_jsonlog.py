@@ -175,3 +175,141 @@ def test_jsonWithSyslogIsRefusedAtStartUp(tmp_path):
     err = _startupError(tmp_path, "--syslog", "imapreferral", "--log-format", "json")
     assert "not --syslog" in err
     assert "Traceback" not in err
+
+
+# Review of issue 12
+
+
+@pytest.fixture(scope="module")
+def loopAndProxyLog(tmp_path_factory) -> list[dict]:
+    """
+    A JSON log with a referral loop (a user referred to this very server)
+    and a proxy login to a backend that is down.
+    """
+    directory = tmp_path_factory.mktemp("jsonloop")
+    port, closed = _freePort(), _freePort()
+    extra = directory / "more.passwd"
+    extra.write_text(
+        f"loopy:{{PLAIN}}pass::::::host=127.0.0.1 port={port} nologin\n"
+        f"px:{{PLAIN}}pass::::::proxy host=127.0.0.1 port={closed} destuser=backenduser\n"
+    )
+    proc = _twistd(directory, port, "--passdb", f"passwd-file:{extra}", "--log-format", "json",
+                   "--proxy-max-reconnects", "0")  # fmt: skip
+    try:
+        client = LineClient(port, wait=20)
+        assert client.command(b"l LOGIN loopy pass").startswith(b"l OK ")
+        client.close()
+        client = LineClient(port)
+        assert client.command(b"p LOGIN px pass").startswith(b"p NO [UNAVAILABLE]")
+        client.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    lines = (directory / "imapreferral.log").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_referralLoopWarningCarriesItsConnectionsSessionID(loopAndProxyLog):
+    (login,) = [line for line in _logins(loopAndProxyLog) if line["user"] == "loopy"]
+    (loop,) = [line for line in loopAndProxyLog if "referral loop" in line["text"]]
+    assert loop["session"] == login["session"], loop
+
+
+def test_proxyLineUserIsTheNameTheClientLoggedInWith(loopAndProxyLog):
+    """
+    Every line of a session has the same C{user} (the login name); the
+    backend's name is the proxy destination's business, not another user.
+    """
+    (login,) = [line for line in _logins(loopAndProxyLog) if line["user"] == "px"]
+    proxied = [line for line in loopAndProxyLog if line["event"].startswith("proxy ")]
+    assert proxied and {line["session"] for line in proxied} == {login["session"]}
+    assert {line["user"] for line in proxied} == {"px"}, proxied
+
+
+def test_forwardedSessionIDIsOnEveryLineOfTheConnection(tmp_path):
+    """
+    A trusted front's ID (x-originating-ip, x-session-id) gives the
+    connection the front's session id: the ID line itself is one of the
+    connection's lines and must carry the same id as its login line.
+    """
+    port = _freePort()
+    proc = _twistd(tmp_path, port, "--log-format", "json")
+    try:
+        client = LineClient(port, wait=20)
+        reply = client.command(
+            b'i ID ("name" "front" "x-originating-ip" "192.0.2.5" "x-session-id" "FrontSess123")'
+        )
+        assert reply.startswith(b"* ID ")
+        client.line()
+        assert client.command(b"z LOGIN alice secret").startswith(b"z OK ")
+        client.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    log = [json.loads(line) for line in (tmp_path / "imapreferral.log").read_text().splitlines()]
+    (login,) = _logins(log)
+    (clientID,) = [line for line in log if line["event"] == "client ID"]
+    assert login["session"] == "FrontSess123"
+    assert clientID["session"] == login["session"], clientID
+
+
+def test_sigusr1RotationMovesEveryWorkersLinesToTheNewFile(tmp_path):
+    """
+    logrotate's postrotate signals the pid in the pid file (the first
+    process): after the rotation no process may go on writing into the
+    rotated file, or a worker's lines go to the file logrotate compresses
+    and deletes.
+    """
+    import signal
+    import time
+
+    port = _freePort()
+    proc = _twistd(tmp_path, port, "--log-format", "json", "--workers", "2")
+    log = tmp_path / "imapreferral.log"
+    rotated = tmp_path / "imapreferral.log.1"
+    try:  # wait for the worker's start-up line too
+        deadline = time.monotonic() + 30
+        while not log.exists() or log.read_text().count("imapreferral serving") < 2:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGUSR1)
+        while not rotated.exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        for _ in range(10):  # both processes accept: some land on the worker
+            client = LineClient(port)
+            assert client.command(b"z LOGIN alice secret").startswith(b"z OK ")
+            client.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert rotated.read_text().count('"event":"login"') == 0
+    assert log.read_text().count('"event":"login"') == 10
+
+
+def test_workersSharingTheLogFileLoseNoLine(tmp_path):
+    """
+    With --workers, every process writes the same --logfile; each must
+    append (O_APPEND), not write at the offset it opened the file at, or
+    the processes write over each other's lines (lines lost, lines torn in
+    half that no JSON reader takes).
+    """
+    import time
+
+    port = _freePort()
+    proc = _twistd(tmp_path, port, "--log-format", "json", "--workers", "2")
+    log = tmp_path / "imapreferral.log"
+    try:
+        deadline = time.monotonic() + 30
+        while not log.exists() or log.read_text().count("imapreferral serving") < 2:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        for _ in range(40):  # both processes accept and log
+            client = LineClient(port)
+            assert client.command(b"z LOGIN alice secret").startswith(b"z OK ")
+            client.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(_logins(lines)) == 40

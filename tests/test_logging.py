@@ -11,7 +11,10 @@ import attrs
 import pytest
 import pytest_twisted
 from hostile import HOSTILE_NAMES, unquote
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernamePassword
 from twisted.logger import formatEvent
+from zope.interface import implementer
 
 from imapreferral.haproxy import InvalidProxyHeader, parseV1Header
 from imapreferral.login.context import LoginContext
@@ -266,3 +269,37 @@ def test_badProxyHeaderValueIsQuoted():
 )
 def test_describeOutcomeNamesEveryRefusal(outcome, result):
     assert describeOutcome(outcome) == result
+
+
+# Review of issue 12
+
+
+@implementer(ICredentialsChecker)
+class _BuggyChecker:
+    """A checker with a bug: it raises what no checker should."""
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def requestAvatarId(self, credentials: object) -> object:
+        raise RuntimeError("a bug in a checker")
+
+
+@pytest_twisted.ensureDeferred
+async def test_anUnexpectedErrorsLogLineCarriesTheSessionID(logged):
+    """
+    An error's traceback is a line of the connection too: it must carry
+    the session id of the login it broke (as the login line does), or
+    `grep SESSION` finds the temporary failure but not why.
+    """
+    harness = await ServerHarness.forChecker(_BuggyChecker()).start()
+    try:
+        client = await harness.connect()
+        (reply,) = await client.command(b"a LOGIN bob pw")
+        assert reply.startswith(b"a NO [UNAVAILABLE]")
+        await client.close()
+    finally:
+        await harness.stop()
+    (login,) = [event for event in logged if event.get("event") == "login"]
+    failures = [event for event in logged if event.get("log_failure") is not None]
+    assert failures, "the bug is not logged at all"
+    assert all(event.get("session") == login["session"] for event in failures), failures

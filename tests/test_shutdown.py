@@ -275,3 +275,88 @@ def test_shutdownGraceDefaultsToTenSeconds():
     options.parseOptions([])
     assert options["shutdown-grace"] == 10.0
     assert tap.makeService(options).grace == 10.0
+
+
+# Review of issue 12
+
+
+def test_sigtermClosesAPreLoginTLSConnectionWithoutWaitingForTheClient(twistd, tmp_path):
+    """
+    A TLS client that reads the BYE but does not answer TLS's close_notify
+    (an idle client; one gone behind NAT) must not keep the server for the
+    last call (grace + 30 s): a plain connection is closed at once.
+    """
+    import socket
+    import ssl
+
+    from tlscerts import makeCertificate
+
+    cert, key = makeCertificate(tmp_path)
+    passwd = tmp_path / "users.passwd"
+    passwd.write_text("alice:{PLAIN}secret::::::\n")
+    server = Twistd(
+        tmp_path,
+        "--listen", "tcp:{imap}:interface=127.0.0.1",
+        "--listen-tls", "tcp:{imaps}:interface=127.0.0.1",
+        "--tls-cert", str(cert), "--tls-key", str(key),
+        "--passdb", f"passwd-file:{passwd}", "--shutdown-grace", "0",
+        ports=("imap", "imaps"),
+    )  # fmt: skip
+    try:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        raw = socket.create_connection(("127.0.0.1", server.ports["imaps"]), timeout=10)
+        with context.wrap_socket(raw) as sock:
+            f = sock.makefile("rb")
+            assert f.readline().startswith(b"* OK")
+            started = time.monotonic()
+            server.terminate()
+            assert f.readline() == BYE
+            assert server.wait(timeout=60) == 0
+            assert time.monotonic() - started < 10, server.log()
+    finally:
+        server.stop()
+
+
+def _children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_sigtermToEveryWorkerAtOnceKeepsTheGrace(twistd):
+    """
+    systemd (KillMode=control-group, the default and the shipped units')
+    and a terminal's Ctrl-C signal every process of the server at once; the
+    first process then signals its workers again, which must not count as
+    the operator asking twice: logged-in sessions keep their grace.
+    """
+    import os
+    import signal
+
+    server = twistd("alice:{PLAIN}secret::::::", "--workers", "2", "--shutdown-grace", "20")
+    server.waitForLog("imapreferral serving", count=2)  # the worker's too
+    sessions = []
+    for _ in range(10):  # both processes accept: some land on the worker
+        sock = server.connect()
+        f = sock.makefile("rb")
+        f.readline()
+        sock.sendall(b"a LOGIN alice secret\r\n")
+        assert f.readline().startswith(b"a OK ")
+        sessions.append((sock, f))
+    try:
+        workers = _children(server.proc.pid)
+        assert workers
+        for pid in workers:  # systemd's signal reaches the workers first
+            os.kill(pid, signal.SIGTERM)
+        server.waitForLog("shutting down:")
+        server.terminate()  # ... then the first process, which signals them again
+        log = server.waitForLog("shutting down:", count=2)
+        assert " 0 connections open" not in log, "no session on one of the processes"
+        time.sleep(1)
+        for sock, f in sessions:
+            sock.sendall(b"n NOOP\r\n")
+            assert f.readline() == b"n OK NOOP No operation performed\r\n", server.log()
+    finally:
+        for sock, _ in sessions:
+            sock.close()
+    assert server.wait(timeout=60) == 0

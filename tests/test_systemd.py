@@ -201,3 +201,19 @@ def test_systemdListenerWithoutItsSocketIsOneLine(tmp_path):
         "imapreferral: --listen systemd:domain=INET:index=0: systemd passed no socket with "
         "that index (LISTEN_FDS, LISTEN_FDNAMES): start the service through its .socket unit\n",
     )
+
+
+# Review of issue 12
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_systemctlReloadSendsSighup(service):
+    """
+    The README's certificate renewal hook is `systemctl reload`: without
+    ExecReload= systemd refuses it ("Job type reload is not applicable").
+    """
+    lines = (EXAMPLES / service).read_text().splitlines()
+    reloads = [line.split("=", 1)[1] for line in lines if line.startswith("ExecReload=")]
+    assert len(reloads) == 1, "no ExecReload="
+    words = reloads[0].split()
+    assert words[0].endswith("kill") and "-HUP" in words and words[-1] == "$MAINPID", reloads
