@@ -62,12 +62,19 @@ class Reloader(Service):
         self._signum = signum
         self._previous: Any = None
         self.reloadables: list[Any] = []
+        self._afterwards: list[Any] = []
 
-    def register(self, reloadable: Any) -> None:
-        """Re-read C{reloadable} (an L{IReloadable}) on every signal from now on."""
+    def register(self, reloadable: Any, afterwards: bool = False) -> None:
+        """
+        Re-read C{reloadable} (an L{IReloadable}) on every signal from now on.
+
+        @param afterwards: Once the others are done (a cache of what they
+            hold: emptied before they are, logins meanwhile would fill it
+            again with the old answers, for its whole TTL).
+        """
         if not IReloadable.providedBy(reloadable):
             raise TypeError(f"{reloadable!r} does not provide IReloadable")
-        self.reloadables.append(reloadable)
+        (self._afterwards if afterwards else self.reloadables).append(reloadable)
 
     def startService(self) -> None:
         super().startService()
@@ -89,25 +96,30 @@ class Reloader(Service):
     def reload(self) -> Deferred[None]:
         """
         Re-read every reloadable, each on its own (one that fails unexpectedly
-        does not stop the others); fires when all are done, after a closing
-        log line.
+        does not stop the others), then those registered C{afterwards}; fires
+        when all are done, after a closing log line.
         """
         name = signal.Signals(self._signum).name
         _log.info(
             "{signal}: re-reading {count} configuration sources",
             signal=name,
-            count=len(self.reloadables),
+            count=len(self.reloadables) + len(self._afterwards),
         )
-        runs = []
-        for reloadable in self.reloadables:
-            d = maybeDeferred(reloadable.reload)
-            d.addErrback(self._unexpected, reloadable)
-            runs.append(d)
 
         def done(_: object) -> None:
             _log.info("{signal}: reload done", signal=name)
 
-        return DeferredList(runs).addCallback(done)
+        d = self._reloadAll(self.reloadables)
+        d.addCallback(lambda _: self._reloadAll(self._afterwards))
+        return d.addCallback(done)
+
+    def _reloadAll(self, reloadables: list[Any]) -> Deferred[Any]:
+        runs = []
+        for reloadable in reloadables:
+            d = maybeDeferred(reloadable.reload)
+            d.addErrback(self._unexpected, reloadable)
+            runs.append(d)
+        return DeferredList(runs)
 
     @staticmethod
     def _unexpected(failure: Failure, reloadable: Any) -> None:

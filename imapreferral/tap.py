@@ -7,8 +7,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import shlex
+import signal
 import socket
 import sys
+import threading
 from typing import Any
 
 from OpenSSL import crypto
@@ -132,6 +134,21 @@ def _mechanisms(value: str) -> tuple[str, ...]:
     return names
 
 
+def _ignoreHangupUntilReady() -> None:
+    """
+    C{SIGHUP}'s default action ends the process, silently (and systemd's
+    C{Restart=on-failure} does not restart a process a HUP ended): from the
+    moment our options are parsed (files are read, SQL queries checked:
+    seconds) until the L{Reloader} takes the signal at start, a renewal
+    hook's C{SIGHUP} is ignored instead.
+    """
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+    ):
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
 class Options(usage.Options, strcred.AuthOptionMixin):
     synopsis = "[options]"
     longdesc = (
@@ -231,6 +248,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
 
     def __init__(self) -> None:
         super().__init__()
+        _ignoreHangupUntilReady()
         self["listen"] = []
         self["listen-tls"] = []
         self["listeners"] = []
@@ -529,8 +547,8 @@ class ReferralService(MultiService):
         self.grace = grace
         self.reloader = Reloader(reactor)
         self.reloader.setServiceParent(self)
-        if authCache is not None:
-            self.reloader.register(authCache)
+        if authCache is not None:  # emptied once the passdbs are re-read
+            self.reloader.register(authCache, afterwards=True)
 
     def setServiceParent(self, parent: Any) -> Any:
         """

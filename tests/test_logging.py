@@ -300,6 +300,10 @@ async def test_anUnexpectedErrorsLogLineCarriesTheSessionID(logged):
     finally:
         await harness.stop()
     (login,) = [event for event in logged if event.get("event") == "login"]
-    failures = [event for event in logged if event.get("log_failure") is not None]
+    failures = [
+        event
+        for event in logged
+        if event.get("log_failure") is not None or event.get("event") == "checker failed"
+    ]
     assert failures, "the bug is not logged at all"
     assert all(event.get("session") == login["session"] for event in failures), failures

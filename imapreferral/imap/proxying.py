@@ -42,7 +42,7 @@ _log = Logger()
 #: Fields of a proxy line that a client or a backend chose: written last,
 #: quoted by L{quote} (the user name may be the login name; a cause may carry
 #: the backend's text), so they cannot forge the fields before them.
-_CHOSEN = ("user", "cause")
+_CHOSEN = ("user", "destuser", "cause")
 
 
 def logProxy(event: str, failed: bool = False, **fields: object) -> None:
@@ -101,17 +101,26 @@ class ProxiedLogin:
     """
 
     __slots__ = (
-        "_auth", "_connecting", "_lost", "_outcome", "_server", "_tag", "_waiting",
+        "_auth", "_connecting", "_lost", "_outcome", "_server", "_tag", "_user", "_waiting",
         "finished", "relay",
     )  # fmt: skip
 
     def __init__(
-        self, server: ReferralIMAP4Server, tag: bytes, outcome: ProxyLogin, auth: str
+        self,
+        server: ReferralIMAP4Server,
+        tag: bytes,
+        outcome: ProxyLogin,
+        auth: str,
+        user: str | None = None,
     ) -> None:
         """
         @param auth: What a referral URL puts in C{;AUTH=} (the mechanism or
             C{*}), for a C{--local-backend} login that suggests a referral.
+        @param user: The name the client logged in with, which every line of
+            the session carries (the backend's user, if another, is
+            C{destuser}); the destination's user if L{None}.
         """
+        self._user = user
         self._server = server
         self._tag = tag
         self._outcome = outcome
@@ -129,9 +138,12 @@ class ProxiedLogin:
 
     def _fields(self, **more: object) -> dict[str, object]:
         context = self._server._context("")
+        destuser = self._outcome.destination.user
+        user = self._user if self._user is not None else destuser
         return {
             "remote": remoteText(context),
-            "user": self._outcome.destination.user,
+            "user": user,
+            "destuser": destuser if destuser != user else None,
             "backend": self._outcome.destination.address,
             **more,
         }

@@ -59,6 +59,7 @@ from imapreferral.login.outcome import (
     Unavailable,
 )
 from imapreferral.login.sasl import MECHANISMS, Challenge, SASLExchange, SASLFailed, SASLStep
+from imapreferral.logtext import sessionSystem
 from imapreferral.proxy.connect import BackendConnector
 from imapreferral.shutdown import SHUTTING_DOWN
 
@@ -85,6 +86,12 @@ def _isTLS(transport: object) -> bool:
 
 
 @implementer(IHandshakeListener)
+
+def _loginName(credentials: object) -> str | None:
+    """The name the client logged in with, as the login line writes it."""
+    name = getattr(credentials, "username", None)
+    return name.decode("utf-8", "surrogateescape") if isinstance(name, bytes) else None
+
 class ReferralIMAP4Server(IMAP4Server):
     """
     An IMAP4rev1 server whose logins go through L{LoginAttempts}.
@@ -288,13 +295,13 @@ class ReferralIMAP4Server(IMAP4Server):
         except ValueError:
             self.sendBadResponse(tag, b"Invalid ID parameters.")
             return
+        if not self._idSeen and self.state == "unauth" and self.guard.fromTrustedNetwork():
+            acceptForwardedID(self, fields)  # first: the ID line is the forwarded session's too
         if fields:
             logClientID(self.guard.addresses(), fields)
         if self.state == "unauth":
             names = [value for key, value in fields if key.lower() == "name"]
             self._idName = names[0] if names else None
-        if not self._idSeen and self.state == "unauth" and self.guard.fromTrustedNetwork():
-            acceptForwardedID(self, fields)
         self._idSeen = True
         if self.guard.closing:
             return
@@ -420,7 +427,9 @@ class ReferralIMAP4Server(IMAP4Server):
             outcome = localBackendLogin(local, outcome, credentials)
         if isinstance(outcome, ProxyLogin) and self.connector is not None:
             if not self._lost:
-                self._proxy = ProxiedLogin(self, tag, outcome, self._auth(mechanism))
+                self._proxy = ProxiedLogin(
+                    self, tag, outcome, self._auth(mechanism), _loginName(credentials)
+                )
                 self._proxy.start(self.connector, forwardedClient(self, self.proxyTTL))
             return
         if isinstance(outcome, LoggedIn):
@@ -491,7 +500,13 @@ class ReferralIMAP4Server(IMAP4Server):
     def _loginError(self, failure: Failure, tag: bytes) -> None:
         if failure.check(CancelledError) or self._lost:
             return
-        _log.failure("login failed unexpectedly", failure)
+        session = self.guard.addresses().session
+        _log.failure(
+            "login failed unexpectedly",
+            failure,
+            session=session,
+            log_system=sessionSystem(_log.namespace, "critical", session),
+        )
         self._reply(tag, Unavailable("unexpected error"), "")
 
     def _loginFinished(self, _: object) -> None:
@@ -577,7 +592,12 @@ class ReferralIMAP4Server(IMAP4Server):
         try:
             getattr(self, "parse_" + self.parseState)(line)
         except Exception:
-            _log.failure("error while handling a command line")
+            session = self.guard.addresses().session
+            _log.failure(
+                "error while handling a command line",
+                session=session,
+                log_system=sessionSystem(_log.namespace, "critical", session),
+            )
             self.sendBadResponse(None, b"Internal server error.")
 
     # Session end

@@ -49,6 +49,7 @@ from imapreferral.login.outcome import (
     Unavailable,
 )
 from imapreferral.login.penalty import AuthPenalty
+from imapreferral.logtext import sessionSystem
 
 _log = Logger()
 
@@ -60,7 +61,7 @@ def _referralOf(thing: object) -> Any:
     return None if carrier is None else carrier.referral
 
 
-def outcomeOfFailure(failure: Failure) -> Outcome | Failure:
+def outcomeOfFailure(failure: Failure, session: str | None = None) -> Outcome | Failure:
     """
     Map a failed C{portal.login} to an outcome. Any C{UnauthorizedLogin}
     providing L{IReferralCarrier} refers, whoever's checker raised it. A
@@ -85,7 +86,12 @@ def outcomeOfFailure(failure: Failure) -> Outcome | Failure:
         return Unavailable(error.why)
     if isinstance(error, UnhandledCredentials):
         return Unavailable(f"no checker handles these credentials: {error}")
-    _log.failure("unexpected error during login", failure)
+    _log.failure(
+        "unexpected error during login",
+        failure,
+        session=session,
+        log_system=sessionSystem(_log.namespace, "critical", session),
+    )
     return Unavailable(f"unexpected error: {error!r}")
 
 
@@ -139,7 +145,10 @@ class LoginAttempts:
     def _check(self, credentials: object, username: str, remote: str | None) -> Deferred[Outcome]:
         started = self.clock.seconds()
         d = self.portal.login(credentials, None, self.interface)
-        d.addCallbacks(self._loggedIn, outcomeOfFailure, callbackArgs=(username,))
+        session = getattr(getattr(credentials, "context", None), "session", None)
+        d.addCallbacks(
+            self._loggedIn, outcomeOfFailure, callbackArgs=(username,), errbackArgs=(session,)
+        )
         d.addCallback(self._logged, credentials, started)
         d.addCallback(self._delayFailure, remote, started)
         return d

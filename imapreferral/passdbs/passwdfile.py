@@ -206,21 +206,29 @@ class PasswdFilePassdb:
     def __repr__(self) -> str:
         return f"<PasswdFilePassdb {self.path}>"
 
-    def _refresh(self) -> None:
-        """Re-read the file if it changed since the last look."""
+    def _refresh(self) -> Deferred[None] | None:
+        """
+        If the file changed since the last look (one C{stat} a second at
+        most, on the reactor: cheap), re-read it in a thread: a file of
+        100,000 users takes a second to parse, which no other login waits
+        for. L{None} if it did not change; else a Deferred that fires once
+        the new version (or, if it is broken, the old one) is in use.
+        """
         now = self._clock.seconds()
         if now - self._checked < self._recheck:
-            return
+            return None
         self._checked = now
         try:
-            st = os.stat(self.path)
-            if _signature(st) == self._signature:
-                return
-            loaded = _load(self.path)
-        except (OSError, PasswdFileError) as e:
+            if _signature(os.stat(self.path)) == self._signature:
+                return None
+        except OSError as e:
             self._keep(e, always=False)
-            return
-        self._use(loaded)
+            return None
+        reread = self._reloads.run(self._reloadOnce, False)
+        inUse: Deferred[None] = Deferred()  # cancelling a login must not cancel the re-read
+        reread.addErrback(lambda f: _log.failure("re-reading {path} failed", f, path=self.path))
+        reread.addBoth(lambda _: inUse.callback(None))
+        return inUse
 
     def reload(self) -> Deferred[None]:
         """
@@ -232,14 +240,14 @@ class PasswdFilePassdb:
         self._checked = self._clock.seconds()
         return self._reloads.run(self._reloadOnce)
 
-    def _reloadOnce(self) -> Deferred[None]:
+    def _reloadOnce(self, always: bool = True) -> Deferred[None]:
         d = deferToThread(_load, self.path)
-        d.addCallbacks(self._use, self._failedReload)
+        d.addCallbacks(self._use, self._failedReload, errbackArgs=(always,))
         return d
 
-    def _failedReload(self, failure: Failure) -> None:
+    def _failedReload(self, failure: Failure, always: bool) -> None:
         failure.trap(OSError, PasswdFileError)
-        self._keep(failure.value, always=True)
+        self._keep(failure.value, always=always)
 
     def _keep(self, error: BaseException, always: bool) -> None:
         """Log why the new file is not used: once per problem, or C{always} (on a signal)."""
@@ -257,8 +265,10 @@ class PasswdFilePassdb:
         _log.info("re-read {path}: {count} users", path=self.path, count=len(self._users))
 
     def lookup(self, username: str, context: LoginContext) -> Deferred[PassdbReply | None]:
-        self._refresh()
-        return succeed(self._users.get(username))
+        changed = self._refresh()
+        if changed is None:
+            return succeed(self._users.get(username))
+        return changed.addCallback(lambda _: self._users.get(username))
 
     def canProvidePlaintext(self) -> bool:
         return any(
