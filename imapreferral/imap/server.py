@@ -86,11 +86,11 @@ def _isTLS(transport: object) -> bool:
 
 
 @implementer(IHandshakeListener)
-
 def _loginName(credentials: object) -> str | None:
     """The name the client logged in with, as the login line writes it."""
     name = getattr(credentials, "username", None)
     return name.decode("utf-8", "surrogateescape") if isinstance(name, bytes) else None
+
 
 class ReferralIMAP4Server(IMAP4Server):
     """
