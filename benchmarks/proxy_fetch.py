@@ -54,6 +54,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
 
 import referral_login  # noqa: E402
 from dovecotbackend import DovecotBackend, dovecotExecutable  # noqa: E402
+from proxy_login import ourFront  # noqa: E402
 
 MiB = 1 << 20
 CHUNK = 4 * MiB
@@ -86,24 +87,6 @@ def _backend(megabytes: int) -> tuple[DovecotBackend, int]:
     if os.geteuid() == 0:
         shutil.chown(final, "dovecot", "dovecot")
     return backend.start(), size
-
-
-def _ourFront(backendPort: int, directory: Path) -> tuple[subprocess.Popen, int]:
-    passwd = directory / "users.passwd"
-    passwd.write_text(f"alice:{{PLAIN}}secret::::::proxy host=127.0.0.1 port={backendPort}\n")
-    port = referral_login.free_port()
-    cmd = [
-        str(Path(sys.executable).with_name("twistd")), "-n", "--pidfile=", "imapreferral",
-        "--listen", f"tcp:{port}:interface=127.0.0.1",
-        "--passdb", f"passwd-file:{passwd}", "--auth-failure-delay", "0",
-    ]  # fmt: skip
-    print("our front:", shlex.join(cmd))
-    log = open(directory / "front.log", "wb")  # lives as long as the process
-    proc = subprocess.Popen(
-        cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=directory
-    )
-    referral_login.wait_for_port(port, 30, proc)
-    return proc, port
 
 
 class Reader:
@@ -257,7 +240,7 @@ def main(argv: list[str]) -> int:
     results: dict[str, list[float]] = {"direct": [], "front": []}
     with tempfile.TemporaryDirectory(prefix="imapreferral-fetchbench-") as tmp:
         try:
-            ours, ourPort = _ourFront(backend.port, Path(tmp))
+            ours, ourPort = ourFront(backend.port, Path(tmp))
             print(f"backend Dovecot 127.0.0.1:{backend.port}; message {size} bytes")
             ports = {"direct": backend.port, "front": ourPort}
             dovecotPid = backend._process.pid

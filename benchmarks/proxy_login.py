@@ -75,7 +75,7 @@ def _dovecotProxy(backendPort: int) -> DovecotBackend:
     return front.start()
 
 
-def _ourFront(backendPort: int, directory: Path) -> tuple[subprocess.Popen, int]:
+def ourFront(backendPort: int, directory: Path) -> tuple[subprocess.Popen, int]:
     passwd = directory / "users.passwd"
     passwd.write_text(f"alice:{{PLAIN}}secret::::::proxy host=127.0.0.1 port={backendPort}\n")
     port = referral_login.free_port()
@@ -242,7 +242,7 @@ def main(argv: list[str]) -> int:
             print(f"backend Dovecot 127.0.0.1:{backend.port}")
             fronts = []
             if "imapreferral" in args.fronts:
-                ours, ourPort = _ourFront(backend.port, Path(tmp))
+                ours, ourPort = ourFront(backend.port, Path(tmp))
                 fronts.append(("imapreferral", ourPort, [ours.pid], {}))
             if "dovecot-proxy" in args.fronts:
                 dovecot = _dovecotProxy(backend.port)

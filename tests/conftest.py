@@ -99,9 +99,15 @@ def exampleUsers() -> dict[str, PassdbReply]:
 
 @pytest.fixture(scope="session")
 def postgres():
+    """A throwaway PostgreSQL cluster holding L{exampleUsers}, once per test session."""
+    yield from examplePostgres()
+
+
+def examplePostgres():
     """
-    A throwaway PostgreSQL cluster holding L{exampleUsers}, once per test
-    session (skipped where PostgreSQL is missing, unless CI requires it).
+    For a fixture: a throwaway PostgreSQL cluster holding L{exampleUsers},
+    destroyed after (skipped where PostgreSQL is missing, unless CI
+    requires it).
     """
     from sqlbackends import PostgresServer, findPostgres, rowsFor
 

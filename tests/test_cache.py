@@ -20,8 +20,8 @@ import attrs
 import bcrypt
 import pytest
 import pytest_twisted
-from conftest import exampleUsers
-from sqlbackends import PostgresServer, findPostgres, makeSQLite, rowsFor, writeConfig
+from conftest import examplePostgres, exampleUsers
+from sqlbackends import PostgresServer, makeSQLite, rowsFor, writeConfig
 from twisted.internet import reactor, task
 from twisted.internet.threads import deferToThread
 from twisted.logger import formatEvent
@@ -56,18 +56,8 @@ def referral(user: bytes, host: bytes) -> bytes:
 
 @pytest.fixture(scope="module")
 def postgres():
-    bindir = findPostgres()
-    if bindir is None:
-        if os.environ.get("IMAPREFERRAL_REQUIRE_POSTGRES"):
-            pytest.fail("PostgreSQL (initdb, pg_ctl) is required but not installed")
-        pytest.skip("PostgreSQL is not installed (.ci/run installs it)")
-    server = PostgresServer(bindir)
-    try:
-        server.start()
-        server.createDatabase(rowsFor(exampleUsers()))
-        yield server
-    finally:
-        server.destroy()
+    """Our own cluster, not the session's: a test here stops it for real."""
+    yield from examplePostgres()
 
 
 class Database:
