@@ -46,7 +46,12 @@ from imapreferral.login.chain import CheckerChain, canCheckChallenges, canCheckP
 from imapreferral.login.checker import PassdbChecker
 from imapreferral.login.client import DEFAULT_REFERRAL_CLIENT_NAMES, REFERRAL_MODES, UNKNOWN
 from imapreferral.login.destination import proxyDestination
-from imapreferral.login.fields import FieldError, PassdbReply, splitExtraFields
+from imapreferral.login.fields import (
+    FieldError,
+    PassdbReply,
+    redactSecretFields,
+    splitExtraFields,
+)
 from imapreferral.login.outcome import Unavailable
 from imapreferral.login.sasl import MECHANISMS
 from imapreferral.networks import NetworkList
@@ -432,7 +437,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         """C{--local-backend}: static passdb fields naming a backend."""
         if value is None:
             return None
-        shown = _shown("local-backend", value)
+        shown = _shown("local-backend", redactSecretFields(value))  # its pass= is a secret
         try:
             reply = PassdbReply.fromFields(splitExtraFields(value))
         except FieldError as e:
