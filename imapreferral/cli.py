@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import getpass
 import ipaddress
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -49,6 +50,8 @@ from imapreferral.passwords import MalformedPassword, SchemeVerifier, UnknownSch
 #: Exit status for a command line or configuration that cannot be used
 #: (sysexits.h EX_USAGE), apart from the answers 0, 1 and 2.
 USAGE = 64
+#: Exit status after Ctrl-C at a prompt (128 + SIGINT, as a shell reports it).
+INTERRUPTED = 130
 
 USAGE_TEXT = f"""\
 Usage: imapreferral COMMAND [options] [arguments]
@@ -182,13 +185,48 @@ async def _withServer(reactor: Any, config: Any, run: Callable[..., Any]) -> Non
     raise SystemExit(result.status)
 
 
+def _askPassword(command: str, prompt: str, instead: str) -> str:
+    """
+    Read a password: at C{prompt} on the terminal, without echo; with no
+    terminal (a script, cron), a line of standard input, without getpass's
+    "may be echoed" warning (a pipe echoes nothing). Nothing to read (end
+    of input) or Ctrl-C is one line on stderr and a non-zero exit, not a
+    traceback.
+    """
+    try:
+        if _hasTerminal():
+            return getpass.getpass(prompt)
+        line = sys.stdin.readline()
+        if not line:
+            raise EOFError
+        return line.removesuffix("\n")
+    except EOFError:
+        print(
+            f"{command}: no password to read (end of input); give it {instead}",
+            file=sys.stderr,
+        )
+        raise SystemExit(USAGE) from None
+    except KeyboardInterrupt:
+        print(f"\n{command}: interrupted", file=sys.stderr)
+        raise SystemExit(INTERRUPTED) from None
+
+
+def _hasTerminal() -> bool:
+    """Whether getpass has a terminal to ask on (it tries /dev/tty first, then stdin)."""
+    try:
+        os.close(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY))
+    except OSError:
+        return sys.stdin.isatty()
+    return True
+
+
 def authTest(args: Sequence[str]) -> NoReturn:
     config = AuthTestOptions()
     config.parseCommand(args)
     context = _parsed(config, config.context)
     password = config["password"]
     if password is None:
-        password = getpass.getpass("Password: ")
+        password = _askPassword("imapreferral auth test", "Password: ", "after USER")
     user = config["user"].encode("utf-8", "surrogateescape")
     secret = password.encode("utf-8", "surrogateescape")
 
@@ -241,8 +279,13 @@ def pw(args: Sequence[str]) -> NoReturn:
         raise SystemExit(0)
     password = config["password"]
     if password is None:
-        password = getpass.getpass("Enter new password: ")
-        if config["test"] is None and getpass.getpass("Retype new password: ") != password:
+        password = _askPassword("imapreferral pw", "Enter new password: ", "with -p")
+        # Typed blind, so asked twice; a script's line on stdin, once.
+        retype = config["test"] is None and _hasTerminal()
+        if (
+            retype
+            and _askPassword("imapreferral pw", "Retype new password: ", "with -p") != password
+        ):
             print("imapreferral pw: the passwords do not match", file=sys.stderr)
             raise SystemExit(FAILURE)
     secret = password.encode("utf-8", "surrogateescape")

@@ -242,6 +242,40 @@ def test_authTestAsksForThePasswordWithoutEcho(passwd):
     assert os.waitstatus_to_exitcode(status) == 0
 
 
+def test_ctrlCAtThePasswordPromptIsOneLine(passwd):
+    """Ctrl-C at the prompt: one line and exit status 130, not a traceback."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        try:
+            os.environ["PYTHONPATH"] = str(ROOT)
+            os.execv(
+                str(CLI), [str(CLI), "auth", "test", "--passdb", f"passwd-file:{passwd}", "bob"]
+            )
+        finally:
+            os._exit(127)
+    try:
+        assert _readUntil(fd, b"Password: ").endswith(b"Password: ")
+        os.write(fd, b"\x03")  # the terminal's interrupt character: SIGINT
+        rest = _readUntil(fd, None)
+    finally:
+        os.close(fd)
+        _, status = os.waitpid(pid, 0)
+    assert b"Traceback" not in rest
+    assert rest.strip().splitlines()[-1] == b"imapreferral auth test: interrupted"
+    assert os.waitstatus_to_exitcode(status) == 130
+
+
+def test_pwReadsAPasswordFromAScriptOnce():
+    """No terminal: the password is a line of stdin, asked once (nobody can mistype it)."""
+    done = subprocess.run(
+        [str(CLI), "pw", "-s", "SHA512-CRYPT"], input=SECRET + "\n", capture_output=True,
+        text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        start_new_session=True,
+    )  # fmt: skip
+    assert (done.returncode, done.stderr) == (0, ""), done.stderr
+    assert cli("pw", "-t", done.stdout.strip(), "-p", SECRET).returncode == 0
+
+
 # auth lookup
 
 
