@@ -79,6 +79,14 @@ Server options are those of 'twistd imapreferral' (see its --help);
 class _ServerCommand(tap.Options):
     """The server's options, for a command that runs without listening."""
 
+    def _adoptsListeners(self) -> bool:
+        """
+        Nothing is bound or adopted here, so a C{systemd:} listener (the
+        socket unit's) is taken as given: the unit's options can be checked
+        from a shell, where systemd passed no sockets.
+        """
+        return True
+
     def parseCommand(self, args: Sequence[str], status: int = USAGE) -> None:
         """
         Parse as the server does; a bad option or file is its one line on
@@ -95,13 +103,28 @@ class _ServerCommand(tap.Options):
 
 class _WhereFrom(_ServerCommand):
     optParameters = [
-        ["remote-ip", None, None, "The client address the login comes from (SQL %r)."],
+        ["remote-ip", None, None,
+         "The client address the login comes from (SQL %r; --trusted-networks for plaintext)."],
         ["local-ip", None, None, "The address it connected to (SQL %l, proxy_maybe)."],
         ["local-port", None, None, "The port it connected to (proxy_maybe).",
          tap._count("local-port")],
     ]  # fmt: skip
 
+    def __init__(self) -> None:
+        super().__init__()
+        self["client-tls"] = False
+
+    def opt_tls(self) -> None:
+        """
+        The client connected over TLS (--listen-tls, or after STARTTLS):
+        plaintext logins are allowed. Without --tls or --remote-ip the
+        plaintext rule (--plaintext-auth) is not applied.
+        """
+        self["client-tls"] = True
+
     def context(self) -> Any:
+        if self["client-tls"] and self["tls"] is None:
+            raise usage.UsageError("--tls: the server offers no TLS without --tls-cert")
         for option in ("remote-ip", "local-ip"):
             if self[option] is not None:
                 try:
@@ -110,7 +133,9 @@ class _WhereFrom(_ServerCommand):
                     raise usage.UsageError(
                         f"{tap._shown(option, self[option])}: not an IP address"
                     ) from None
-        return loginContext(self["remote-ip"], self["local-ip"], self["local-port"])
+        return loginContext(
+            self["remote-ip"], self["local-ip"], self["local-port"], self["client-tls"]
+        )
 
 
 class AuthTestOptions(_WhereFrom):

@@ -257,11 +257,19 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         except usage.UsageError as e:
             raise SystemExit(f"imapreferral: {e}") from None
 
+    def _adoptsListeners(self) -> bool:
+        """
+        Whether this process adopts sockets passed down rather than looking
+        up systemd's: a worker (C{--workers}) does. (The C{imapreferral}
+        command binds and adopts nothing, and says so.)
+        """
+        return workers.ADOPT_VARIABLE in os.environ
+
     def _listener(self, option: str, description: str) -> None:
         from twisted.internet import reactor
 
         try:
-            adopted = workers.ADOPT_VARIABLE in os.environ  # a worker: sockets inherited
+            adopted = self._adoptsListeners()
             self["listeners"].append(parseListener(option, description, reactor, adopted))
         except ListenerError as e:
             raise usage.UsageError(str(e)) from None
