@@ -288,8 +288,11 @@ def configCheck(args: Sequence[str]) -> NoReturn:
 
     config = ConfigCheckOptions()
     config.parseCommand(args, status=1)
-    _print(describe(config))
-    raise SystemExit(0)
+    report = describe(config)
+    _print(report.lines)
+    for problem in report.problems:
+        print(f"imapreferral: {problem}", file=sys.stderr)
+    raise SystemExit(1 if report.problems else 0)
 
 
 def pw(args: Sequence[str]) -> NoReturn:

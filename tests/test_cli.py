@@ -574,3 +574,58 @@ def test_authTestSeesAProxyToItselfAsTheServerDoes():
                "bob", "pw")  # fmt: skip
     assert done.returncode != 0, done.stdout
     assert _line(done.stdout, "reply: ").startswith("a NO [SERVERBUG]"), done.stdout
+
+
+# Fixes for issue 12's review: the cases the reviewer's tests leave open
+
+
+def test_authTestOverTLSMayLogInFromAnywhere(passwd, tmp_path):
+    """--tls: the client connected over TLS, so plaintext is allowed outside --trusted-networks."""
+    cert, key = makeCertificate(tmp_path)
+    done = cli("auth", "test", "--passdb", f"passwd-file:{passwd}", "--tls-cert", str(cert),
+               "--tls-key", str(key), "--remote-ip", "192.0.2.7", "--tls", "bob", SECRET)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _line(done.stdout, "reply: ").startswith("a OK [CAPABILITY ")
+
+
+def test_authTestRefusesTLSTheServerDoesNotOffer(passwd):
+    done = cli("auth", "test", "--passdb", f"passwd-file:{passwd}", "--tls", "bob", SECRET)
+    assert (done.returncode, done.stdout, done.stderr) == (
+        64,
+        "",
+        "imapreferral: --tls: the server offers no TLS without --tls-cert\n",
+    )
+
+
+def test_authTestNamesTheAuthCheckerThatDecided(passwd):
+    done = cli("auth", "test", "--passdb", f"passwd-file:{passwd}",
+               "--auth", "memory:zed:pw", "zed", "pw")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[:3] == [
+        f"passdb <PasswdFilePassdb {passwd}>: user unknown",
+        "checker <--auth memory: InMemoryUsernamePasswordDatabaseDontUse>: password accepted",
+        "decided by: <--auth memory: InMemoryUsernamePasswordDatabaseDontUse>",
+    ]
+
+
+def test_authTestSeesAProxyToItselfByName():
+    """A destination named, not numbered: its addresses are ours all the same."""
+    port = _freePort()
+    done = cli("auth", "test", "--listen", f"tcp:{port}:interface=127.0.0.1",
+               "--passdb", f"static:password=pw proxy host=localhost port={port}",
+               "bob", "pw")  # fmt: skip
+    assert done.returncode == 2, done.stdout
+    assert _line(done.stdout, "reply: ") == "a NO [SERVERBUG] Account is temporarily unavailable."
+
+
+def test_authTestTakesTheSocketActivatedUnitsOptionsAndBindsNothing(passwd):
+    """The unit's options (systemd: listeners, --metrics on a port the server holds)."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        done = cli("auth", "test", "--listen", "systemd:domain=INET:index=0",
+                   "--metrics", f"tcp:{port}:interface=127.0.0.1",
+                   "--passdb", f"passwd-file:{passwd}", "bob", SECRET)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert _line(done.stdout, "reply: ").startswith("a OK [CAPABILITY ")
