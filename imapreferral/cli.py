@@ -60,8 +60,9 @@ Commands:
   auth test [server options] USER [PASSWORD]
                        Run a LOGIN through the configured passdbs, as the
                        server would; print the fields found, the passdb that
-                       answered and the tagged reply. Exit 0: logged in,
-                       referred or proxied; 1: failed; 2: temporary failure.
+                       answered and the tagged reply (--remote-ip, --tls:
+                       where the client is). Exit 0: logged in, referred or
+                       proxied; 1: failed; 2: temporary failure.
   auth lookup [server options] USER
                        The passdbs' fields for USER, no password checked.
   pw [-s SCHEME] [-p PASSWORD]
@@ -69,7 +70,8 @@ Commands:
                        (default scheme {DEFAULT_SCHEME}); -t HASH checks one.
   config check [server options]
                        Read every option and file the server would; print what
-                       would be served, or the start-up error.
+                       would be served, or the start-up error (exit 1, also
+                       for an expired certificate).
 
 Server options are those of 'twistd imapreferral' (see its --help);
 'imapreferral COMMAND --help' lists them. Exit status {USAGE}: unusable options.
@@ -143,8 +145,11 @@ class AuthTestOptions(_WhereFrom):
     longdesc = (
         "Run LOGIN USER PASSWORD through the server's passdbs, checker and decision, "
         "as a login would (answered at once: no failure delay, no per-address "
-        "penalty), and print each passdb's fields (passwords redacted), the passdb "
-        "that decided and the tagged reply. Without PASSWORD it is asked for."
+        "penalty), and print each passdb's fields (passwords redacted), each --auth "
+        "checker's answer, the one that decided and the tagged reply. The plaintext rule "
+        "applies to a client described by --remote-ip and --tls. In --referral-mode auto "
+        "it also shows what a client following referrals gets. Without PASSWORD it is "
+        "asked for (no terminal: a line of stdin)."
     )
 
     def parseArgs(self, user: str, password: str | None = None) -> None:
@@ -154,7 +159,10 @@ class AuthTestOptions(_WhereFrom):
 
 class AuthLookupOptions(_WhereFrom):
     synopsis = "imapreferral auth lookup [server options] USER"
-    longdesc = "Print every passdb's fields for USER (passwords redacted), checking no password."
+    longdesc = (
+        "Print every passdb's fields for USER (passwords redacted), checking no password; "
+        "--auth checkers, which only check passwords, are listed as not asked."
+    )
 
     def parseArgs(self, user: str) -> None:
         self["user"] = user
@@ -164,8 +172,9 @@ class ConfigCheckOptions(_ServerCommand):
     synopsis = "imapreferral config check [server options]"
     longdesc = (
         "Read the options, passdb files, SQL configs (running each query once) and "
-        "TLS files as the server does at start-up and print what would be served. "
-        "Listening ports are not bound: the server may be running."
+        "TLS files as the server does at start-up and print what would be served; "
+        "exit 1 with start-up's error, or with an expired certificate. Listening ports "
+        "are not bound nor systemd's sockets looked up: the server may be running."
     )
 
 

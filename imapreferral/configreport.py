@@ -5,7 +5,8 @@ serve, in lines for a person.
 The values come from the objects the server would run with (the parsed
 options and the factory L{imapreferral.tap.makeService} builds, so the
 mechanisms offered are the server's own choice), not from the strings
-given.
+given. A problem start-up accepts but clients would not (an expired
+certificate) is reported apart (L{ConfigReport.problems}).
 """
 
 from __future__ import annotations
