@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import getpass
 import ipaddress
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -49,6 +50,8 @@ from imapreferral.passwords import MalformedPassword, SchemeVerifier, UnknownSch
 #: Exit status for a command line or configuration that cannot be used
 #: (sysexits.h EX_USAGE), apart from the answers 0, 1 and 2.
 USAGE = 64
+#: Exit status after Ctrl-C at a prompt (128 + SIGINT, as a shell reports it).
+INTERRUPTED = 130
 
 USAGE_TEXT = f"""\
 Usage: imapreferral COMMAND [options] [arguments]
@@ -57,8 +60,9 @@ Commands:
   auth test [server options] USER [PASSWORD]
                        Run a LOGIN through the configured passdbs, as the
                        server would; print the fields found, the passdb that
-                       answered and the tagged reply. Exit 0: logged in,
-                       referred or proxied; 1: failed; 2: temporary failure.
+                       answered and the tagged reply (--remote-ip, --tls:
+                       where the client is). Exit 0: logged in, referred or
+                       proxied; 1: failed; 2: temporary failure.
   auth lookup [server options] USER
                        The passdbs' fields for USER, no password checked.
   pw [-s SCHEME] [-p PASSWORD]
@@ -66,7 +70,8 @@ Commands:
                        (default scheme {DEFAULT_SCHEME}); -t HASH checks one.
   config check [server options]
                        Read every option and file the server would; print what
-                       would be served, or the start-up error.
+                       would be served, or the start-up error (exit 1, also
+                       for an expired certificate).
 
 Server options are those of 'twistd imapreferral' (see its --help);
 'imapreferral COMMAND --help' lists them. Exit status {USAGE}: unusable options.
@@ -75,6 +80,14 @@ Server options are those of 'twistd imapreferral' (see its --help);
 
 class _ServerCommand(tap.Options):
     """The server's options, for a command that runs without listening."""
+
+    def _adoptsListeners(self) -> bool:
+        """
+        Nothing is bound or adopted here, so a C{systemd:} listener (the
+        socket unit's) is taken as given: the unit's options can be checked
+        from a shell, where systemd passed no sockets.
+        """
+        return True
 
     def parseCommand(self, args: Sequence[str], status: int = USAGE) -> None:
         """
@@ -92,13 +105,28 @@ class _ServerCommand(tap.Options):
 
 class _WhereFrom(_ServerCommand):
     optParameters = [
-        ["remote-ip", None, None, "The client address the login comes from (SQL %r)."],
+        ["remote-ip", None, None,
+         "The client address the login comes from (SQL %r; --trusted-networks for plaintext)."],
         ["local-ip", None, None, "The address it connected to (SQL %l, proxy_maybe)."],
         ["local-port", None, None, "The port it connected to (proxy_maybe).",
          tap._count("local-port")],
     ]  # fmt: skip
 
+    def __init__(self) -> None:
+        super().__init__()
+        self["client-tls"] = False
+
+    def opt_tls(self) -> None:
+        """
+        The client connected over TLS (--listen-tls, or after STARTTLS):
+        plaintext logins are allowed. Without --tls or --remote-ip the
+        plaintext rule (--plaintext-auth) is not applied.
+        """
+        self["client-tls"] = True
+
     def context(self) -> Any:
+        if self["client-tls"] and self["tls"] is None:
+            raise usage.UsageError("--tls: the server offers no TLS without --tls-cert")
         for option in ("remote-ip", "local-ip"):
             if self[option] is not None:
                 try:
@@ -107,7 +135,9 @@ class _WhereFrom(_ServerCommand):
                     raise usage.UsageError(
                         f"{tap._shown(option, self[option])}: not an IP address"
                     ) from None
-        return loginContext(self["remote-ip"], self["local-ip"], self["local-port"])
+        return loginContext(
+            self["remote-ip"], self["local-ip"], self["local-port"], self["client-tls"]
+        )
 
 
 class AuthTestOptions(_WhereFrom):
@@ -115,8 +145,11 @@ class AuthTestOptions(_WhereFrom):
     longdesc = (
         "Run LOGIN USER PASSWORD through the server's passdbs, checker and decision, "
         "as a login would (answered at once: no failure delay, no per-address "
-        "penalty), and print each passdb's fields (passwords redacted), the passdb "
-        "that decided and the tagged reply. Without PASSWORD it is asked for."
+        "penalty), and print each passdb's fields (passwords redacted), each --auth "
+        "checker's answer, the one that decided and the tagged reply. The plaintext rule "
+        "applies to a client described by --remote-ip and --tls. In --referral-mode auto "
+        "it also shows what a client following referrals gets. Without PASSWORD it is "
+        "asked for (no terminal: a line of stdin)."
     )
 
     def parseArgs(self, user: str, password: str | None = None) -> None:
@@ -126,7 +159,10 @@ class AuthTestOptions(_WhereFrom):
 
 class AuthLookupOptions(_WhereFrom):
     synopsis = "imapreferral auth lookup [server options] USER"
-    longdesc = "Print every passdb's fields for USER (passwords redacted), checking no password."
+    longdesc = (
+        "Print every passdb's fields for USER (passwords redacted), checking no password; "
+        "--auth checkers, which only check passwords, are listed as not asked."
+    )
 
     def parseArgs(self, user: str) -> None:
         self["user"] = user
@@ -136,8 +172,9 @@ class ConfigCheckOptions(_ServerCommand):
     synopsis = "imapreferral config check [server options]"
     longdesc = (
         "Read the options, passdb files, SQL configs (running each query once) and "
-        "TLS files as the server does at start-up and print what would be served. "
-        "Listening ports are not bound: the server may be running."
+        "TLS files as the server does at start-up and print what would be served; "
+        "exit 1 with start-up's error, or with an expired certificate. Listening ports "
+        "are not bound nor systemd's sockets looked up: the server may be running."
     )
 
 
@@ -182,13 +219,48 @@ async def _withServer(reactor: Any, config: Any, run: Callable[..., Any]) -> Non
     raise SystemExit(result.status)
 
 
+def _askPassword(command: str, prompt: str, instead: str) -> str:
+    """
+    Read a password: at C{prompt} on the terminal, without echo; with no
+    terminal (a script, cron), a line of standard input, without getpass's
+    "may be echoed" warning (a pipe echoes nothing). Nothing to read (end
+    of input) or Ctrl-C is one line on stderr and a non-zero exit, not a
+    traceback.
+    """
+    try:
+        if _hasTerminal():
+            return getpass.getpass(prompt)
+        line = sys.stdin.readline()
+        if not line:
+            raise EOFError
+        return line.removesuffix("\n")
+    except EOFError:
+        print(
+            f"{command}: no password to read (end of input); give it {instead}",
+            file=sys.stderr,
+        )
+        raise SystemExit(USAGE) from None
+    except KeyboardInterrupt:
+        print(f"\n{command}: interrupted", file=sys.stderr)
+        raise SystemExit(INTERRUPTED) from None
+
+
+def _hasTerminal() -> bool:
+    """Whether getpass has a terminal to ask on (it tries /dev/tty first, then stdin)."""
+    try:
+        os.close(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY))
+    except OSError:
+        return sys.stdin.isatty()
+    return True
+
+
 def authTest(args: Sequence[str]) -> NoReturn:
     config = AuthTestOptions()
     config.parseCommand(args)
     context = _parsed(config, config.context)
     password = config["password"]
     if password is None:
-        password = getpass.getpass("Password: ")
+        password = _askPassword("imapreferral auth test", "Password: ", "after USER")
     user = config["user"].encode("utf-8", "surrogateescape")
     secret = password.encode("utf-8", "surrogateescape")
 
@@ -225,8 +297,11 @@ def configCheck(args: Sequence[str]) -> NoReturn:
 
     config = ConfigCheckOptions()
     config.parseCommand(args, status=1)
-    _print(describe(config))
-    raise SystemExit(0)
+    report = describe(config)
+    _print(report.lines)
+    for problem in report.problems:
+        print(f"imapreferral: {problem}", file=sys.stderr)
+    raise SystemExit(1 if report.problems else 0)
 
 
 def pw(args: Sequence[str]) -> NoReturn:
@@ -241,8 +316,13 @@ def pw(args: Sequence[str]) -> NoReturn:
         raise SystemExit(0)
     password = config["password"]
     if password is None:
-        password = getpass.getpass("Enter new password: ")
-        if config["test"] is None and getpass.getpass("Retype new password: ") != password:
+        password = _askPassword("imapreferral pw", "Enter new password: ", "with -p")
+        # Typed blind, so asked twice; a script's line on stdin, once.
+        retype = config["test"] is None and _hasTerminal()
+        if (
+            retype
+            and _askPassword("imapreferral pw", "Retype new password: ", "with -p") != password
+        ):
             print("imapreferral pw: the passwords do not match", file=sys.stderr)
             raise SystemExit(FAILURE)
     secret = password.encode("utf-8", "surrogateescape")

@@ -48,7 +48,12 @@ from imapreferral.login.chain import CheckerChain, canCheckChallenges, canCheckP
 from imapreferral.login.checker import PassdbChecker
 from imapreferral.login.client import DEFAULT_REFERRAL_CLIENT_NAMES, REFERRAL_MODES, UNKNOWN
 from imapreferral.login.destination import proxyDestination
-from imapreferral.login.fields import FieldError, PassdbReply, splitExtraFields
+from imapreferral.login.fields import (
+    FieldError,
+    PassdbReply,
+    redactSecretFields,
+    splitExtraFields,
+)
 from imapreferral.login.outcome import Unavailable
 from imapreferral.login.sasl import MECHANISMS
 from imapreferral.networks import NetworkList
@@ -270,11 +275,19 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         except usage.UsageError as e:
             raise SystemExit(f"imapreferral: {e}") from None
 
+    def _adoptsListeners(self) -> bool:
+        """
+        Whether this process adopts sockets passed down rather than looking
+        up systemd's: a worker (C{--workers}) does. (The C{imapreferral}
+        command binds and adopts nothing, and says so.)
+        """
+        return workers.ADOPT_VARIABLE in os.environ
+
     def _listener(self, option: str, description: str) -> None:
         from twisted.internet import reactor
 
         try:
-            adopted = workers.ADOPT_VARIABLE in os.environ  # a worker: sockets inherited
+            adopted = self._adoptsListeners()
             self["listeners"].append(parseListener(option, description, reactor, adopted))
         except ListenerError as e:
             raise usage.UsageError(str(e)) from None
@@ -450,7 +463,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         """C{--local-backend}: static passdb fields naming a backend."""
         if value is None:
             return None
-        shown = _shown("local-backend", value)
+        shown = _shown("local-backend", redactSecretFields(value))  # its pass= is a secret
         try:
             reply = PassdbReply.fromFields(splitExtraFields(value))
         except FieldError as e:

@@ -242,6 +242,40 @@ def test_authTestAsksForThePasswordWithoutEcho(passwd):
     assert os.waitstatus_to_exitcode(status) == 0
 
 
+def test_ctrlCAtThePasswordPromptIsOneLine(passwd):
+    """Ctrl-C at the prompt: one line and exit status 130, not a traceback."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        try:
+            os.environ["PYTHONPATH"] = str(ROOT)
+            os.execv(
+                str(CLI), [str(CLI), "auth", "test", "--passdb", f"passwd-file:{passwd}", "bob"]
+            )
+        finally:
+            os._exit(127)
+    try:
+        assert _readUntil(fd, b"Password: ").endswith(b"Password: ")
+        os.write(fd, b"\x03")  # the terminal's interrupt character: SIGINT
+        rest = _readUntil(fd, None)
+    finally:
+        os.close(fd)
+        _, status = os.waitpid(pid, 0)
+    assert b"Traceback" not in rest
+    assert rest.strip().splitlines()[-1] == b"imapreferral auth test: interrupted"
+    assert os.waitstatus_to_exitcode(status) == 130
+
+
+def test_pwReadsAPasswordFromAScriptOnce():
+    """No terminal: the password is a line of stdin, asked once (nobody can mistype it)."""
+    done = subprocess.run(
+        [str(CLI), "pw", "-s", "SHA512-CRYPT"], input=SECRET + "\n", capture_output=True,
+        text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        start_new_session=True,
+    )  # fmt: skip
+    assert (done.returncode, done.stderr) == (0, ""), done.stderr
+    assert cli("pw", "-t", done.stdout.strip(), "-p", SECRET).returncode == 0
+
+
 # auth lookup
 
 
@@ -540,3 +574,58 @@ def test_authTestSeesAProxyToItselfAsTheServerDoes():
                "bob", "pw")  # fmt: skip
     assert done.returncode != 0, done.stdout
     assert _line(done.stdout, "reply: ").startswith("a NO [SERVERBUG]"), done.stdout
+
+
+# Fixes for issue 12's review: the cases the reviewer's tests leave open
+
+
+def test_authTestOverTLSMayLogInFromAnywhere(passwd, tmp_path):
+    """--tls: the client connected over TLS, so plaintext is allowed outside --trusted-networks."""
+    cert, key = makeCertificate(tmp_path)
+    done = cli("auth", "test", "--passdb", f"passwd-file:{passwd}", "--tls-cert", str(cert),
+               "--tls-key", str(key), "--remote-ip", "192.0.2.7", "--tls", "bob", SECRET)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _line(done.stdout, "reply: ").startswith("a OK [CAPABILITY ")
+
+
+def test_authTestRefusesTLSTheServerDoesNotOffer(passwd):
+    done = cli("auth", "test", "--passdb", f"passwd-file:{passwd}", "--tls", "bob", SECRET)
+    assert (done.returncode, done.stdout, done.stderr) == (
+        64,
+        "",
+        "imapreferral: --tls: the server offers no TLS without --tls-cert\n",
+    )
+
+
+def test_authTestNamesTheAuthCheckerThatDecided(passwd):
+    done = cli("auth", "test", "--passdb", f"passwd-file:{passwd}",
+               "--auth", "memory:zed:pw", "zed", "pw")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[:3] == [
+        f"passdb <PasswdFilePassdb {passwd}>: user unknown",
+        "checker <--auth memory: InMemoryUsernamePasswordDatabaseDontUse>: password accepted",
+        "decided by: <--auth memory: InMemoryUsernamePasswordDatabaseDontUse>",
+    ]
+
+
+def test_authTestSeesAProxyToItselfByName():
+    """A destination named, not numbered: its addresses are ours all the same."""
+    port = _freePort()
+    done = cli("auth", "test", "--listen", f"tcp:{port}:interface=127.0.0.1",
+               "--passdb", f"static:password=pw proxy host=localhost port={port}",
+               "bob", "pw")  # fmt: skip
+    assert done.returncode == 2, done.stdout
+    assert _line(done.stdout, "reply: ") == "a NO [SERVERBUG] Account is temporarily unavailable."
+
+
+def test_authTestTakesTheSocketActivatedUnitsOptionsAndBindsNothing(passwd):
+    """The unit's options (systemd: listeners, --metrics on a port the server holds)."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        done = cli("auth", "test", "--listen", "systemd:domain=INET:index=0",
+                   "--metrics", f"tcp:{port}:interface=127.0.0.1",
+                   "--passdb", f"passwd-file:{passwd}", "bob", SECRET)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert _line(done.stdout, "reply: ").startswith("a OK [CAPABILITY ")

@@ -193,6 +193,13 @@ def test_staticPasswordIsNotShownInErrors(description):
     assert "password=***" in str(e.value).lower()
 
 
+def test_staticProxyPassIsNotShownInErrors():
+    """A static proxy's backend password (pass=) is a secret too."""
+    with pytest.raises(PassdbConfigError) as e:
+        passdbFromString("static:nopassword proxy host=h pass=s3cret port=x")
+    assert "s3cret" not in str(e.value) and "pass=***" in str(e.value)
+
+
 def test_staticWithBadFieldIsClear():
     with pytest.raises(PassdbConfigError, match="port='x'"):
         passdbFromString("static:host=h port=x")

@@ -164,6 +164,20 @@ def splitExtraFields(text: str) -> list[tuple[str, str | None]]:
     return fields
 
 
+#: A field whose value is a secret: a stored password (C{password=}) or a
+#: proxy backend's (C{pass=}).
+_SECRET_FIELD = re.compile(r"(?i)(\b(?:password|pass)=)\S*")
+
+
+def redactSecretFields(text: str) -> str:
+    """
+    C{text} (fields as an option gave them: C{--passdb static:...},
+    C{--local-backend ...}) with every C{password=} and C{pass=} value
+    replaced by C{***}, for messages that echo the option.
+    """
+    return _SECRET_FIELD.sub(r"\1***", text)
+
+
 def _redactedPassword(password: str | None) -> str:
     """A stored password in a repr: the scheme, never the value."""
     if password is None:

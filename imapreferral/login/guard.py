@@ -45,6 +45,26 @@ MAX_HELD = 64 * 1024
 PLAINTEXT_MECHANISMS = frozenset({"PLAIN", "LOGIN"})
 
 
+def plaintextAllowed(
+    plaintextAuth: str, trustedNetworks: NetworkList, peer: str | None, secured: bool
+) -> bool:
+    """
+    Dovecot's C{disable_plaintext_auth}: a password may be sent in the
+    clear over TLS, from a trusted network, or everywhere with C{always}.
+    The guard's rule, and C{imapreferral auth test}'s.
+
+    @param plaintextAuth: C{"secure"} or C{"always"}.
+    @param peer: The client's address (behind HAProxy, the PROXY header's).
+    @param secured: Whether the connection is TLS.
+    """
+    return plaintextAuth == "always" or secured or trustedNetworks.contains(peer)
+
+
+def refusesPlaintext(mechanism: str, allowed: bool) -> bool:
+    """Whether C{mechanism} sends the password in the clear where that is not C{allowed}."""
+    return mechanism in PLAINTEXT_MECHANISMS and not allowed
+
+
 class GuardedConnection(Protocol):
     """What the guard needs of the protocol it guards."""
 
@@ -298,14 +318,12 @@ class PreLoginGuard:
     # Plaintext policy
 
     def plaintextAllowed(self, secured: bool) -> bool:
-        """Dovecot's C{disable_plaintext_auth}: TLS, a trusted network, or C{always}."""
-        if self._plaintextAuth == "always" or secured:
-            return True
-        return self.fromTrustedNetwork()
+        """L{plaintextAllowed} for this connection's peer."""
+        return plaintextAllowed(self._plaintextAuth, self._trustedNetworks, self._peer(), secured)
 
     def refusesPlaintext(self, mechanism: str, secured: bool) -> bool:
         """Whether C{mechanism} sends the password in the clear where that is not allowed."""
-        return mechanism in PLAINTEXT_MECHANISMS and not self.plaintextAllowed(secured)
+        return refusesPlaintext(mechanism, self.plaintextAllowed(secured))
 
     def offeredMechanisms(self, mechanisms: tuple[str, ...], secured: bool) -> tuple[str, ...]:
         """The mechanisms to offer: without the plaintext ones where they are refused."""

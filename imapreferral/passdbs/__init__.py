@@ -5,21 +5,16 @@ C{twisted.cred.strcred}'s C{--auth file:/path}).
 
 from __future__ import annotations
 
-import re
 import shlex
 
 from imapreferral.interfaces import IPassdb
-from imapreferral.login.fields import FieldError
+from imapreferral.login.fields import FieldError, redactSecretFields
 from imapreferral.passdbs.passwdfile import PasswdFileError, PasswdFilePassdb
 from imapreferral.passdbs.sql import DEFAULT_TIMEOUT, SQLPassdb
 from imapreferral.passdbs.sqlconf import SQLConfigError
 from imapreferral.passdbs.static import StaticPassdb
 
 PASSDB_TYPES = ("passwd-file", "static", "sql")
-
-
-#: A static passdb's C{password=} value, to leave out of messages.
-_STATIC_PASSWORD = re.compile(r"(?i)(\bpassword=)\S*")
 
 
 class PassdbConfigError(ValueError):
@@ -64,8 +59,8 @@ def passdbFromString(
     except (PasswdFileError, SQLConfigError) as e:
         raise PassdbConfigError(str(e)) from None
     except FieldError as e:
-        # Only a static passdb gets here; its password= is a secret.
-        shown = f"--{option} " + shlex.quote(_STATIC_PASSWORD.sub(r"\1***", description))
+        # Only a static passdb gets here; its password= and pass= are secrets.
+        shown = f"--{option} " + shlex.quote(redactSecretFields(description))
         raise PassdbConfigError(f"{shown}: {e}") from None
 
 

@@ -304,6 +304,22 @@ class BackendConnector:
         self._retryDelay = retryDelay
         self._self = {(str(ipaddress.ip_address(ip)), port) for ip, port in selfAddresses}
 
+    def _isSelf(self, address: str, port: int) -> bool:
+        """Whether C{address}:C{port} is one of our own listeners: proxying there loops."""
+        return (address, port) in self._self
+
+    async def loopsToItself(self, destination: ProxyDestination) -> bool:
+        """
+        Whether C{destination} is (an address of) one of our own listeners,
+        which L{connect} refuses ("proxying loops to itself") before
+        connecting. Found without connecting (a host name is resolved),
+        for C{imapreferral auth test}.
+        """
+        addresses = await self._resolve(destination, self._clock.seconds() + destination.timeout)
+        if isinstance(addresses, BackendUnavailable):
+            return False
+        return any(self._isSelf(address, destination.port) for address in addresses)
+
     async def connect(
         self, destination: ProxyDestination, client: ForwardedClient
     ) -> BackendSession | BackendFailure:
@@ -378,7 +394,7 @@ class BackendConnector:
         outcome: BackendResult = timedOut
         for address in addresses:
             target = (address, destination.port)
-            if target in self._self:
+            if self._isSelf(*target):
                 return BackendMisconfigured(CONNECT, "proxying loops to itself")
             if target in visited:
                 return BackendMisconfigured(CONNECT, f"referral loops back to {address}")
