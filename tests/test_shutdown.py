@@ -360,3 +360,76 @@ def test_sigtermToEveryWorkerAtOnceKeepsTheGrace(twistd):
         for sock, _ in sessions:
             sock.close()
     assert server.wait(timeout=60) == 0
+
+
+def _sessionsOnEveryProcess(server: Twistd, count: int = 10) -> list:
+    """Logged-in sessions, some on each process (both accept)."""
+    sessions = []
+    for _ in range(count):
+        sock = server.connect()
+        f = sock.makefile("rb")
+        f.readline()
+        sock.sendall(b"a LOGIN alice secret\r\n")
+        assert f.readline().startswith(b"a OK ")
+        sessions.append((sock, f))
+    return sessions
+
+
+def test_secondSigtermToTheFirstProcessEndsEveryWorkersGrace(twistd):
+    """
+    The first process asks its workers to drain with a signal that is never
+    "hurry"; the operator's second SIGTERM is passed on as one.
+    """
+    server = twistd("alice:{PLAIN}secret::::::", "--workers", "2", "--shutdown-grace", "600")
+    server.waitForLog("imapreferral serving", count=2)
+    sessions = _sessionsOnEveryProcess(server)
+    try:
+        server.terminate()
+        log = server.waitForLog("sessions have 600 s to end", count=2)
+        assert " 0 connections open" not in log, "no session on one of the processes"
+        server.terminate()
+        for _, f in sessions:
+            assert f.readline() == BYE
+            assert f.readline() == b""
+    finally:
+        for sock, _ in sessions:
+            sock.close()
+    assert server.wait(timeout=30) == 0
+    assert server.log().count("shutdown: asked again, ending the grace now") == 2
+    assert "Traceback" not in server.log()
+
+
+def test_ctrlCInATerminalKeepsTheGraceOfEveryWorker(tmp_path):
+    """
+    A terminal's Ctrl-C signals its whole foreground process group: the
+    workers, in their own group, hear it from the first process alone, once.
+    """
+    import os
+    import signal
+
+    passwd = tmp_path / "users.passwd"
+    passwd.write_text("alice:{PLAIN}secret::::::\n")
+    server = Twistd(
+        tmp_path,
+        "--listen", "tcp:{imap}:interface=127.0.0.1", "--passdb", f"passwd-file:{passwd}",
+        "--workers", "2", "--shutdown-grace", "20",
+        newSession=True,
+    )  # fmt: skip
+    try:
+        server.waitForLog("imapreferral serving", count=2)
+        sessions = _sessionsOnEveryProcess(server)
+        try:
+            os.killpg(server.proc.pid, signal.SIGINT)
+            log = server.waitForLog("sessions have 20 s to end", count=2)
+            assert " 0 connections open" not in log, "no session on one of the processes"
+            time.sleep(1)
+            for sock, f in sessions:
+                sock.sendall(b"n NOOP\r\n")
+                assert f.readline() == b"n OK NOOP No operation performed\r\n", server.log()
+        finally:
+            for sock, _ in sessions:
+                sock.close()
+        assert server.wait(timeout=60) == 0
+        assert "asked again" not in server.log()
+    finally:
+        server.stop()
