@@ -99,7 +99,7 @@ def twistdLogFile(serverOptions: Any, role: Role = Role.ALONE) -> IO[str] | Appe
     opened = AppendingLogFile.fromFullPath(
         name, rotateLength=None if role is Role.WORKER else 1000000
     )
-    # A worker's SIGUSR1 is ignored until now (workers.WORKER_MAIN): ours.
+    # A worker ignores SIGUSR1 until now (workers.workerMain): ours.
     if role is Role.WORKER or not signal.getsignal(signal.SIGUSR1):
         onSignal = opened.reopen if role is Role.WORKER else opened.rotate
 
