@@ -10,23 +10,17 @@ values are escaped by the JSON encoder alone (C{ensure_ascii}: controls,
 line separators and bidi controls become C{\\uXXXX}), so no value can end
 its line or start another.
 
-twistd picks the log observer after the service is made: L{installIn}
-hands ours to twistd as the application's C{ILogObserver}, writing where
-twistd would have written text (C{--logfile}, C{-} or stdout with
-C{--nodaemon}; C{twistd.log} otherwise, rotated on C{SIGUSR1} as twistd
-does). twistd's own C{--logger} still wins over it.
+Where the lines go (the file twistd would write its text to, shared by
+C{--workers}) is L{imapreferral.logfiles}'s business.
 """
 
 from __future__ import annotations
 
 import json
-import signal
-import sys
 from datetime import datetime, timezone
 from typing import IO, Any
 
-from twisted.logger import FileLogObserver, ILogObserver, eventAsText
-from twisted.python import logfile
+from twisted.logger import FileLogObserver, eventAsText
 
 #: The keys of every line, in this order.
 KEYS = (
@@ -73,31 +67,3 @@ def jsonLine(event: dict[str, Any]) -> str:
 def jsonFileLogObserver(outFile: IO[str]) -> FileLogObserver:
     """An observer writing L{jsonLine}s to C{outFile}."""
     return FileLogObserver(outFile, jsonLine)
-
-
-def twistdLogFile(serverOptions: Any) -> IO[str]:
-    """
-    Where twistd would write its text log, from its own options (as
-    C{twisted.scripts._twistd_unix.UnixAppLogger} decides it).
-    """
-    if serverOptions is None:
-        return sys.stdout
-    name = serverOptions.get("logfile")
-    nodaemon = serverOptions.get("nodaemon")
-    if name == "-" or (nodaemon and not name):
-        return sys.stdout
-    opened = logfile.LogFile.fromFullPath(name or "twistd.log")
-    if not signal.getsignal(signal.SIGUSR1):
-
-        def rotate(signum: int, frame: object) -> None:
-            from twisted.internet import reactor
-
-            reactor.callFromThread(opened.rotate)  # type: ignore[attr-defined]
-
-        signal.signal(signal.SIGUSR1, rotate)
-    return opened
-
-
-def installIn(application: Any, serverOptions: Any) -> None:
-    """Make twistd log C{application}'s events as JSON lines."""
-    application.setComponent(ILogObserver, jsonFileLogObserver(twistdLogFile(serverOptions)))

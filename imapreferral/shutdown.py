@@ -8,7 +8,9 @@ waits for the application's C{stopService}. Ours (L{stopInStages}) then:
      drain the same way) stop first;
   2. drains (L{Drain}): a connection before login gets
      C{* BYE Server shutting down.} at once, or right after the answer to
-     the login it has in flight; proxied and logged-in sessions go on
+     the login it has in flight, and is closed (aborted if it is still
+     open a second or two later: a TLS client that never answers TLS's
+     close_notify would otherwise keep it); proxied and logged-in sessions go on
      working for up to the grace period (C{--shutdown-grace}), then are
      closed (a relay flushes both sides, see L{imapreferral.proxy.relay});
   3. stops the rest (passdb connection pools, hashing threads), which the
@@ -23,7 +25,7 @@ handler would only log a C{ReactorNotRunning} traceback.
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from types import FrameType
 from typing import Any
 
@@ -39,6 +41,9 @@ DEFAULT_GRACE = 10.0
 #: Seconds after the grace before connections still open (a client that
 #: reads nothing, a login still waiting for its passdb) are aborted.
 LAST_CALL = 30.0
+#: Seconds a connection told goodbye before login may take to be gone
+#: before it is aborted (checked this often, so up to twice that).
+CLOSE_WITHIN = 1.0
 
 #: What a connection before login is told (Dovecot's words).
 SHUTTING_DOWN = b"Server shutting down."
@@ -56,7 +61,12 @@ class Drain:
     """
 
     def __init__(
-        self, factory: Any, clock: IReactorTime, grace: float, lastCall: float = LAST_CALL
+        self,
+        factory: Any,
+        clock: IReactorTime,
+        grace: float,
+        lastCall: float = LAST_CALL,
+        closeWithin: float = CLOSE_WITHIN,
     ) -> None:
         """
         @param factory: Whose C{connections} to drain.
@@ -64,11 +74,16 @@ class Drain:
         @param grace: Seconds proxied and logged-in sessions go on.
         @param lastCall: Seconds after the grace before what is still open
             is aborted.
+        @param closeWithin: Seconds a connection told goodbye before login
+            has to be gone, checked this often (L{_sweep}).
         """
         self._factory = factory
         self._clock = clock
         self._grace = grace
         self._lastCall = lastCall
+        self._closeWithin = closeWithin
+        #: Pre-login connections seen closing at the last sweep.
+        self._lingering: set[Any] = set()
         self._calls: list[IDelayedCall] = []
         self._graceCall: IDelayedCall | None = None
         #: Whether the grace period has ended.
@@ -95,8 +110,32 @@ class Drain:
             self._calls.append(self._graceCall)
         else:
             self._graceOver()
+        self._sweep()
         self._check()
         return self.done
+
+    def _sweep(self) -> None:
+        """
+        Abort each connection before login that was already closing (told
+        goodbye, its BYE written) at the last sweep, and is still here:
+        only its client's close is missing (TLS waits for the client's
+        close_notify). Sessions are left to the grace and the last call:
+        a relay may still be flushing a slow client.
+        """
+        if self.done.called:
+            return
+        closing = {
+            connection
+            for connection in self._factory.connections
+            if getattr(connection, "state", None) == "unauth"
+            and getattr(connection.transport, "disconnecting", False)
+        }
+        late = closing & self._lingering
+        for connection in late:
+            connection.transport.abortConnection()
+        self._lingering = closing - late
+        self._calls = [call for call in self._calls if call.active()]
+        self._calls.append(self._clock.callLater(self._closeWithin, self._sweep))
 
     def hurry(self) -> None:
         """End the grace now (the operator asked twice)."""
@@ -169,15 +208,27 @@ def _stopAll(services: Iterable[IService]) -> Deferred[Any]:
     return DeferredList([maybeDeferred(s.stopService) for s in services])
 
 
-def hurryOnSignal(reactor: Any, drain: Drain) -> None:
+def hurryOnSignal(
+    reactor: Any,
+    drain: Drain,
+    also: Sequence[Callable[[], None]] = (),
+    until: Deferred[Any] | None = None,
+) -> None:
     """
-    Until C{drain} is done, C{SIGTERM} and C{SIGINT} end its grace at once
-    (in the signal handler, only scheduled); then the handlers before are
-    back.
+    Until C{until} fires (by default: C{drain} is done), C{SIGTERM} and
+    C{SIGINT} end C{drain}'s grace at once (in the signal handler, only
+    scheduled) and call each of C{also} (the C{--workers} processes, told
+    to hurry too: they may still be draining when this process's
+    connections are all gone); then the handlers before are back.
     """
 
+    def hurry() -> None:
+        drain.hurry()
+        for call in also:
+            call()
+
     def received(signum: int, frame: FrameType | None) -> None:
-        reactor.callFromThread(drain.hurry)
+        reactor.callFromThread(hurry)
 
     previous = {}
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -192,7 +243,7 @@ def hurryOnSignal(reactor: Any, drain: Drain) -> None:
                 signal.signal(signum, handler)
         return result
 
-    drain.done.addBoth(restore)
+    (drain.done if until is None else until).addBoth(restore)
 
 
 def exitCleanly(reactor: Any) -> None:

@@ -19,12 +19,12 @@ from twisted.cred import strcred
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.portal import Portal
 from twisted.internet import endpoints
-from twisted.internet.defer import DeferredList
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
-from imapreferral import __version__, descriptors, jsonlog, workers
+from imapreferral import __version__, descriptors, logfiles, workers
 from imapreferral.authplugins import (
     SUPPORTED_INTERFACES,
     AuthChecker,
@@ -539,13 +539,18 @@ class ReferralService(MultiService):
         limiter: ConnectionLimiter,
         factory: Any = None,
         authCache: AuthCache | None = None,
-        jsonLogTo: Any = None,
+        logTo: Any = None,
+        jsonLog: bool = False,
+        logRole: logfiles.Role = logfiles.Role.ALONE,
         grace: float = DEFAULT_GRACE,
     ) -> None:
         """
         @param authCache: The authentication cache, flushed on C{SIGHUP}.
-        @param jsonLogTo: twistd's options, when the log is to be JSON lines
-            (L{imapreferral.jsonlog.installIn}), else L{None}.
+        @param logTo: twistd's options, saying where it logs (L{None}:
+            twistd's log as it is, when we are not run by twistd).
+        @param jsonLog: Whether the log is to be JSON lines.
+        @param logRole: Which process of C{--workers} this is, for the log
+            file they share (L{imapreferral.logfiles.installIn}).
         @param grace: Seconds logged-in and proxied sessions may go on after
             C{SIGTERM} (L{imapreferral.shutdown}).
         """
@@ -556,7 +561,9 @@ class ReferralService(MultiService):
         self.limiter = limiter
         self.factory = factory
         self.authCache = authCache
-        self.jsonLogTo = jsonLogTo
+        self.logTo = logTo
+        self.jsonLog = jsonLog
+        self.logRole = logRole
         self.grace = grace
         self.reloader = Reloader(reactor)
         self.reloader.setServiceParent(self)
@@ -566,10 +573,18 @@ class ReferralService(MultiService):
     def setServiceParent(self, parent: Any) -> Any:
         """
         twistd makes the application, makes this its service, and only then
-        chooses its log observer: the moment to offer ours.
+        chooses its log observer: the moment to offer ours. The first
+        process of C{--workers} has them reopen the file it rotated.
         """
-        if self.jsonLogTo is not None and hasattr(parent, "setComponent"):
-            jsonlog.installIn(parent, self.jsonLogTo)
+        if self.logTo is not None and hasattr(parent, "setComponent"):
+            processes = [c for c in self if isinstance(c, workers.WorkerProcesses)]
+            logfiles.installIn(
+                parent,
+                self.logTo,
+                self.jsonLog,
+                self.logRole,
+                rotated=processes[0].reopenLogs if processes else None,
+            )
         return super().setServiceParent(parent)
 
     def privilegedStartService(self) -> None:
@@ -590,13 +605,16 @@ class ReferralService(MultiService):
         if self.factory is None:
             return super().stopService()
         drain = Drain(self.factory, reactor, self.grace)
-        hurryOnSignal(reactor, drain)
+        processes = [c for c in self if isinstance(c, workers.WorkerProcesses)]
+        stopped: Deferred[None] = Deferred()  # workers included
+        hurryOnSignal(reactor, drain, also=[p.hurry for p in processes], until=stopped)
         d = stopInStages(
             self,
             lambda child: isinstance(child, (ListenerService, _AdoptedListeners)),
             lambda child: isinstance(child, workers.WorkerProcesses),
             drain.start,
         )
+        d.addBoth(lambda result: (stopped.callback(None), result)[1])
         return d.addCallback(lambda _: exitCleanly(reactor))
 
 
@@ -698,9 +716,13 @@ def makeService(config: Any) -> IService:
         factory.limiter,
         factory,
         authCache,
-        jsonLogTo=(getattr(config, "parent", None) or {})
-        if config["log-format"] == "json"
-        else None,
+        logTo=getattr(config, "parent", None),
+        jsonLog=config["log-format"] == "json",
+        logRole=logfiles.Role.WORKER
+        if config["adopt-listeners"]
+        else logfiles.Role.FIRST
+        if config["workers"] > 1
+        else logfiles.Role.ALONE,
         grace=config["shutdown-grace"],
     )
     verifier.setServiceParent(service)
@@ -785,6 +807,7 @@ class _AdoptedListeners(Service):
         from twisted.internet import reactor
 
         super().startService()
+        workers.drainOnSignal(reactor)  # before accepting anything
         self.ports = workers.adoptListeners(reactor, self.factories)
 
     def stopService(self) -> Any:

@@ -8,6 +8,19 @@ the same queues (told how many by L{ADOPT_VARIABLE}). Each worker keeps its own 
 authentication penalty, so per-IP limits apply per worker. Workers stop
 with the first process, and die with it if it is killed (Linux
 C{PR_SET_PDEATHSIG}).
+
+The first process speaks for them all; its signals are passed on so that
+no worker takes one request for two:
+
+  - C{SIGTERM}/C{SIGINT} (stop, with the grace): each worker gets
+    L{DRAIN_SIGNAL}, which only ever means "stop, with the grace"; a worker
+    already stopping ignores it. A second C{SIGTERM}/C{SIGINT} ("hurry")
+    is passed on as C{SIGTERM}.
+  - C{SIGHUP} (reload) as it is; C{SIGUSR1} (the log file was rotated) as
+    it is, a worker reopening its file (L{imapreferral.logfiles}).
+
+Workers run in their own process group, so a terminal's Ctrl-C reaches
+the first process alone (systemd: C{KillMode=mixed}, see C{examples/}).
 """
 
 from __future__ import annotations
@@ -18,10 +31,12 @@ import signal
 import socket
 import sys
 from collections.abc import Mapping, Sequence
+from types import FrameType
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.error import ReactorNotRunning
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
@@ -91,13 +106,51 @@ def workerArguments(argv: Sequence[str]) -> list[str]:
     ]  # fmt: skip
 
 
-#: A worker's program: twistd, ignoring C{SIGHUP} (whose default ends the
-#: process) until its L{imapreferral.reload.Reloader} takes the signal over,
-#: so that a reload passed on while it is still starting does not kill it.
-WORKER_MAIN = (
-    "import signal; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
-    "from twisted.scripts.twistd import run; run()"
-)
+#: What the first process sends its workers to stop them with the grace.
+DRAIN_SIGNAL = signal.SIGUSR2
+
+#: A worker's program (L{workerMain}).
+WORKER_MAIN = "from imapreferral.workers import workerMain; workerMain()"
+
+
+def workerMain() -> None:
+    """
+    A worker: twistd, in its own process group (a terminal's Ctrl-C is for
+    the first process, which passes it on), ignoring C{SIGHUP} and
+    C{SIGUSR1} (whose default ends the process) until its
+    L{imapreferral.reload.Reloader} and its log file take them over, so
+    that a reload or a log rotation passed on while it is still starting
+    does not kill it. L{DRAIN_SIGNAL} may end it while it starts: it has
+    accepted nothing yet.
+    """
+    try:
+        os.setpgid(0, 0)
+    except OSError:  # a sandbox's system call filter: stay in the group
+        pass
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    from twisted.scripts.twistd import run
+
+    run()
+
+
+def drainOnSignal(reactor: Any) -> None:
+    """
+    In a worker: L{DRAIN_SIGNAL} stops the server as C{SIGTERM} does (the
+    grace kept), and is ignored once it is stopping: never "hurry" (see
+    L{imapreferral.shutdown.hurryOnSignal}).
+    """
+
+    def stop() -> None:
+        try:
+            reactor.stop()
+        except ReactorNotRunning:
+            pass  # stopping already (the operator signalled us too)
+
+    def received(signum: int, frame: FrameType | None) -> None:
+        reactor.callFromThread(stop)
+
+    signal.signal(DRAIN_SIGNAL, received)
 
 
 class _Worker(ProcessProtocol):
@@ -112,9 +165,10 @@ class _Worker(ProcessProtocol):
 class WorkerProcesses(Service):
     """
     Starts N-1 workers once the first process's ports are listening, passes
-    C{SIGHUP} on to them (L{reload}), and stops them (SIGTERM, then
-    SIGKILL if they take longer than C{stopWithin}) when the first process
-    stops.
+    C{SIGHUP} on to them (L{reload}), has them reopen the log file
+    (L{reopenLogs}), and stops them (L{DRAIN_SIGNAL}; C{SIGTERM} to
+    L{hurry}; C{SIGKILL} if they take longer than C{stopWithin}) when the
+    first process stops.
 
     @ivar listeners: The first process's listener services, in order; they
         are started before this service.
@@ -134,6 +188,7 @@ class WorkerProcesses(Service):
         self.argv = list(argv)
         self.stopWithin = stopWithin
         self._workers: list[tuple[Any, _Worker]] = []
+        self._stopping: list[tuple[Any, _Worker]] = []
 
     def startService(self) -> None:
         super().startService()
@@ -160,8 +215,8 @@ class WorkerProcesses(Service):
             self._workers.append((process, worker))
         _log.info("started {n} more worker processes", n=self.count - 1)
 
-    def signalWorkers(self, name: str) -> None:
-        """Send the running workers a signal."""
+    def signalWorkers(self, name: str | int) -> None:
+        """Send the running workers a signal (C{"HUP"}, C{"TERM"}, ... or a number)."""
         for process, worker in self._workers:
             if not worker.ended.called:
                 try:
@@ -175,14 +230,28 @@ class WorkerProcesses(Service):
         for process, worker in self._workers:
             if not worker.ended.called:
                 try:
-                    process.signalProcess("TERM")
+                    process.signalProcess(int(DRAIN_SIGNAL))
                 except Exception:
                     continue
                 killer = self.reactor.callLater(self.stopWithin, _kill, process)
                 worker.ended.addBoth(lambda _, k=killer: k.cancel() if k.active() else None)
                 waits.append(worker.ended)
+        self._stopping = [w for w in self._workers if not w[1].ended.called]
         self._workers = []
         return DeferredList(waits).addCallback(lambda _: None)
+
+    def hurry(self) -> None:
+        """The operator asked twice: the workers stopping end their grace too."""
+        for process, worker in self._stopping:
+            if not worker.ended.called:
+                try:
+                    process.signalProcess("TERM")
+                except Exception:
+                    continue
+
+    def reopenLogs(self) -> None:
+        """The first process rotated the log file: the workers write the new one."""
+        self.signalWorkers(int(signal.SIGUSR1))
 
     def reload(self) -> None:
         """Each worker re-reads its configuration too (the same C{SIGHUP})."""

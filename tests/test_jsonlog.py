@@ -313,3 +313,31 @@ def test_workersSharingTheLogFileLoseNoLine(tmp_path):
         proc.wait(timeout=30)
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     assert len(_logins(lines)) == 40
+
+
+def test_workersSharingATextLogFileLoseNoLine(tmp_path):
+    """
+    twistd's own text log file writes at its own offset too: with
+    --workers, the text lines are appended as the JSON ones are.
+    """
+    import time
+
+    port = _freePort()
+    proc = _twistd(tmp_path, port, "--workers", "2")
+    log = tmp_path / "imapreferral.log"
+    try:
+        deadline = time.monotonic() + 30
+        while not log.exists() or log.read_text().count("imapreferral serving") < 2:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        for _ in range(40):
+            client = LineClient(port)
+            assert client.command(b"z LOGIN alice secret").startswith(b"z OK ")
+            client.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    lines = log.read_text().splitlines()
+    logins = [line for line in lines if " login remote=" in line]
+    assert len(logins) == 40
+    assert all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", line) for line in logins)

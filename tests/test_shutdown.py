@@ -325,7 +325,7 @@ def _children(pid: int) -> list[int]:
 
 def test_sigtermToEveryWorkerAtOnceKeepsTheGrace(twistd):
     """
-    systemd (KillMode=control-group, the default and the shipped units')
+    systemd (KillMode=control-group, its default; the shipped units say mixed)
     and a terminal's Ctrl-C signal every process of the server at once; the
     first process then signals its workers again, which must not count as
     the operator asking twice: logged-in sessions keep their grace.
@@ -335,14 +335,7 @@ def test_sigtermToEveryWorkerAtOnceKeepsTheGrace(twistd):
 
     server = twistd("alice:{PLAIN}secret::::::", "--workers", "2", "--shutdown-grace", "20")
     server.waitForLog("imapreferral serving", count=2)  # the worker's too
-    sessions = []
-    for _ in range(10):  # both processes accept: some land on the worker
-        sock = server.connect()
-        f = sock.makefile("rb")
-        f.readline()
-        sock.sendall(b"a LOGIN alice secret\r\n")
-        assert f.readline().startswith(b"a OK ")
-        sessions.append((sock, f))
+    sessions = _sessionsOnEveryProcess(server)  # some on the worker
     try:
         workers = _children(server.proc.pid)
         assert workers
@@ -360,3 +353,95 @@ def test_sigtermToEveryWorkerAtOnceKeepsTheGrace(twistd):
         for sock, _ in sessions:
             sock.close()
     assert server.wait(timeout=60) == 0
+
+
+def _sockets(pid: int) -> int:
+    """How many sockets process C{pid} has open."""
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            count += fd.readlink().name.startswith("socket:")
+        except OSError:
+            continue  # closed meanwhile
+    return count
+
+
+def _sessionsOnEveryProcess(server: Twistd, count: int = 10, most: int = 100) -> list:
+    """
+    At least C{count} logged-in sessions, and at least one on each process:
+    which process accepts is the kernel's choice, so more are opened (up to
+    C{most}) until each has one.
+    """
+    pids = [server.proc.pid, *_children(server.proc.pid)]
+    assert len(pids) > 1, "no worker"
+    before = {pid: _sockets(pid) for pid in pids}
+    sessions = []
+    while len(sessions) < count or any(_sockets(pid) <= before[pid] for pid in pids):
+        assert len(sessions) < most, "the same process accepted every connection"
+        sock = server.connect()
+        f = sock.makefile("rb")
+        f.readline()
+        sock.sendall(b"a LOGIN alice secret\r\n")
+        assert f.readline().startswith(b"a OK ")
+        sessions.append((sock, f))
+    return sessions
+
+
+def test_secondSigtermToTheFirstProcessEndsEveryWorkersGrace(twistd):
+    """
+    The first process asks its workers to drain with a signal that is never
+    "hurry"; the operator's second SIGTERM is passed on as one.
+    """
+    server = twistd("alice:{PLAIN}secret::::::", "--workers", "2", "--shutdown-grace", "600")
+    server.waitForLog("imapreferral serving", count=2)
+    sessions = _sessionsOnEveryProcess(server)
+    try:
+        server.terminate()
+        log = server.waitForLog("sessions have 600 s to end", count=2)
+        assert " 0 connections open" not in log, "no session on one of the processes"
+        server.terminate()
+        for _, f in sessions:
+            assert f.readline() == BYE
+            assert f.readline() == b""
+    finally:
+        for sock, _ in sessions:
+            sock.close()
+    assert server.wait(timeout=30) == 0
+    assert server.log().count("shutdown: asked again, ending the grace now") == 2
+    assert "Traceback" not in server.log()
+
+
+def test_ctrlCInATerminalKeepsTheGraceOfEveryWorker(tmp_path):
+    """
+    A terminal's Ctrl-C signals its whole foreground process group: the
+    workers, in their own group, hear it from the first process alone, once.
+    """
+    import os
+    import signal
+
+    passwd = tmp_path / "users.passwd"
+    passwd.write_text("alice:{PLAIN}secret::::::\n")
+    server = Twistd(
+        tmp_path,
+        "--listen", "tcp:{imap}:interface=127.0.0.1", "--passdb", f"passwd-file:{passwd}",
+        "--workers", "2", "--shutdown-grace", "20",
+        newSession=True,
+    )  # fmt: skip
+    try:
+        server.waitForLog("imapreferral serving", count=2)
+        sessions = _sessionsOnEveryProcess(server)
+        try:
+            os.killpg(server.proc.pid, signal.SIGINT)
+            log = server.waitForLog("sessions have 20 s to end", count=2)
+            assert " 0 connections open" not in log, "no session on one of the processes"
+            time.sleep(1)
+            for sock, f in sessions:
+                sock.sendall(b"n NOOP\r\n")
+                assert f.readline() == b"n OK NOOP No operation performed\r\n", server.log()
+        finally:
+            for sock, _ in sessions:
+                sock.close()
+        assert server.wait(timeout=60) == 0
+        assert "asked again" not in server.log()
+    finally:
+        server.stop()

@@ -24,7 +24,18 @@ class Twistd:
         (C{{name}} in an argument becomes that port).
     """
 
-    def __init__(self, directory: Path, *args: str, ports: tuple[str, ...] = ("imap",)) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *args: str,
+        ports: tuple[str, ...] = ("imap",),
+        newSession: bool = False,
+    ) -> None:
+        """
+        @param newSession: Run it in a session (and process group) of its
+            own, as a terminal runs a command, so that it can be signalled
+            as a group.
+        """
         self.ports = {name: _freePort() for name in ports}
         self.logPath = directory / "twistd.log"
         env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent))
@@ -33,6 +44,7 @@ class Twistd:
                 [*TWISTD, "-n", "--pidfile=", "imapreferral",
                  *(arg.format(**self.ports) for arg in args)],
                 cwd=str(directory), env=env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=newSession,
             )  # fmt: skip
         self._waitFor(self._listening, "listening")
 
