@@ -345,10 +345,7 @@ def test_sigtermToEveryWorkerAtOnceKeepsTheGrace(twistd):
         server.terminate()  # ... then the first process, which signals them again
         log = server.waitForLog("shutting down:", count=2)
         assert " 0 connections open" not in log, "no session on one of the processes"
-        time.sleep(1)
-        for sock, f in sessions:
-            sock.sendall(b"n NOOP\r\n")
-            assert f.readline() == b"n OK NOOP No operation performed\r\n", server.log()
+        _stillServed(server, sessions)
     finally:
         for sock, _ in sessions:
             sock.close()
@@ -364,6 +361,14 @@ def _sockets(pid: int) -> int:
         except OSError:
             continue  # closed meanwhile
     return count
+
+
+def _stillServed(server: Twistd, sessions: list) -> None:
+    """A second into the grace, every logged-in session still answers."""
+    time.sleep(1)
+    for sock, f in sessions:
+        sock.sendall(b"n NOOP\r\n")
+        assert f.readline() == b"n OK NOOP No operation performed\r\n", server.log()
 
 
 def _sessionsOnEveryProcess(server: Twistd, count: int = 10, most: int = 100) -> list:
@@ -434,10 +439,7 @@ def test_ctrlCInATerminalKeepsTheGraceOfEveryWorker(tmp_path):
             os.killpg(server.proc.pid, signal.SIGINT)
             log = server.waitForLog("sessions have 20 s to end", count=2)
             assert " 0 connections open" not in log, "no session on one of the processes"
-            time.sleep(1)
-            for sock, f in sessions:
-                sock.sendall(b"n NOOP\r\n")
-                assert f.readline() == b"n OK NOOP No operation performed\r\n", server.log()
+            _stillServed(server, sessions)
         finally:
             for sock, _ in sessions:
                 sock.close()
