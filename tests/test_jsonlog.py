@@ -5,12 +5,15 @@ file while real clients log in (hostile user names included).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,11 +47,45 @@ def _twistd(directory: Path, port: int, *options: str) -> subprocess.Popen:
     )  # fmt: skip
 
 
+@contextlib.contextmanager
+def _running(
+    directory: Path, *options: str, port: int | None = None, processes: int = 1
+) -> Iterator[tuple[int, subprocess.Popen]]:
+    """
+    twistd on C{port} (one from the OS if L{None}), listening in every one
+    of its C{processes}, stopped after: the port and the process.
+    """
+    port = _freePort() if port is None else port
+    proc = _twistd(directory, port, *options)
+    log = directory / "imapreferral.log"
+    try:
+        deadline = time.monotonic() + 30
+        while processes > 1 and (
+            not log.exists() or log.read_text().count("imapreferral serving") < processes
+        ):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        yield port, proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _logLines(directory: Path) -> list[str]:
+    return (directory / "imapreferral.log").read_text(encoding="utf-8").splitlines()
+
+
+def _aliceLogsIn(port: int, times: int) -> None:
+    """C{times} sessions, each its own connection (so every worker gets some)."""
+    for _ in range(times):
+        client = LineClient(port, wait=20)
+        assert client.command(b"z LOGIN alice secret").startswith(b"z OK ")
+        client.close()
+
+
 def _run(directory: Path, *options: str) -> list[str]:
     """Start twistd, talk to it over two connections, stop it: its log lines."""
-    port = _freePort()
-    proc = _twistd(directory, port, *options)
-    try:
+    with _running(directory, *options) as (port, _):
         first = LineClient(port, wait=20)
         assert first.command(b'i ID ("name" "json-test")').startswith(b"* ID ")
         first.line()
@@ -59,10 +96,7 @@ def _run(directory: Path, *options: str) -> list[str]:
         second = LineClient(port)
         assert second.command(b"r LOGIN refnl pass").startswith(b"r NO [REFERRAL ")
         second.close()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-    return (directory / "imapreferral.log").read_text(encoding="utf-8").splitlines()
+    return _logLines(directory)
 
 
 @pytest.fixture(scope="module")
@@ -193,20 +227,16 @@ def loopAndProxyLog(tmp_path_factory) -> list[dict]:
         f"loopy:{{PLAIN}}pass::::::host=127.0.0.1 port={port} nologin\n"
         f"px:{{PLAIN}}pass::::::proxy host=127.0.0.1 port={closed} destuser=backenduser\n"
     )
-    proc = _twistd(directory, port, "--passdb", f"passwd-file:{extra}", "--log-format", "json",
-                   "--proxy-max-reconnects", "0")  # fmt: skip
-    try:
+    options = ("--passdb", f"passwd-file:{extra}", "--log-format", "json",
+               "--proxy-max-reconnects", "0")  # fmt: skip
+    with _running(directory, *options, port=port):
         client = LineClient(port, wait=20)
         assert client.command(b"l LOGIN loopy pass").startswith(b"l OK ")
         client.close()
         client = LineClient(port)
         assert client.command(b"p LOGIN px pass").startswith(b"p NO [UNAVAILABLE]")
         client.close()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-    lines = (directory / "imapreferral.log").read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines]
+    return [json.loads(line) for line in _logLines(directory)]
 
 
 def test_referralLoopWarningCarriesItsConnectionsSessionID(loopAndProxyLog):
@@ -232,9 +262,7 @@ def test_forwardedSessionIDIsOnEveryLineOfTheConnection(tmp_path):
     connection the front's session id: the ID line itself is one of the
     connection's lines and must carry the same id as its login line.
     """
-    port = _freePort()
-    proc = _twistd(tmp_path, port, "--log-format", "json")
-    try:
+    with _running(tmp_path, "--log-format", "json") as (port, _):
         client = LineClient(port, wait=20)
         reply = client.command(
             b'i ID ("name" "front" "x-originating-ip" "192.0.2.5" "x-session-id" "FrontSess123")'
@@ -243,10 +271,7 @@ def test_forwardedSessionIDIsOnEveryLineOfTheConnection(tmp_path):
         client.line()
         assert client.command(b"z LOGIN alice secret").startswith(b"z OK ")
         client.close()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-    log = [json.loads(line) for line in (tmp_path / "imapreferral.log").read_text().splitlines()]
+    log = [json.loads(line) for line in _logLines(tmp_path)]
     (login,) = _logins(log)
     (clientID,) = [line for line in log if line["event"] == "client ID"]
     assert login["session"] == "FrontSess123"
@@ -263,26 +288,15 @@ def test_sigusr1RotationMovesEveryWorkersLinesToTheNewFile(tmp_path):
     import signal
     import time
 
-    port = _freePort()
-    proc = _twistd(tmp_path, port, "--log-format", "json", "--workers", "2")
     log = tmp_path / "imapreferral.log"
     rotated = tmp_path / "imapreferral.log.1"
-    try:  # wait for the worker's start-up line too
-        deadline = time.monotonic() + 30
-        while not log.exists() or log.read_text().count("imapreferral serving") < 2:
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.05)
+    with _running(tmp_path, "--log-format", "json", "--workers", "2", processes=2) as (port, proc):
         proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 30
         while not rotated.exists():
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        for _ in range(10):  # both processes accept: some land on the worker
-            client = LineClient(port)
-            assert client.command(b"z LOGIN alice secret").startswith(b"z OK ")
-            client.close()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        _aliceLogsIn(port, 10)  # both processes accept: some land on the worker
     assert rotated.read_text().count('"event":"login"') == 0
     assert log.read_text().count('"event":"login"') == 10
 
@@ -294,24 +308,10 @@ def test_workersSharingTheLogFileLoseNoLine(tmp_path):
     the processes write over each other's lines (lines lost, lines torn in
     half that no JSON reader takes).
     """
-    import time
 
-    port = _freePort()
-    proc = _twistd(tmp_path, port, "--log-format", "json", "--workers", "2")
-    log = tmp_path / "imapreferral.log"
-    try:
-        deadline = time.monotonic() + 30
-        while not log.exists() or log.read_text().count("imapreferral serving") < 2:
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.05)
-        for _ in range(40):  # both processes accept and log
-            client = LineClient(port)
-            assert client.command(b"z LOGIN alice secret").startswith(b"z OK ")
-            client.close()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    with _running(tmp_path, "--log-format", "json", "--workers", "2", processes=2) as (port, _):
+        _aliceLogsIn(port, 40)  # both processes accept and log
+    lines = [json.loads(line) for line in _logLines(tmp_path)]
     assert len(_logins(lines)) == 40
 
 
@@ -320,24 +320,10 @@ def test_workersSharingATextLogFileLoseNoLine(tmp_path):
     twistd's own text log file writes at its own offset too: with
     --workers, the text lines are appended as the JSON ones are.
     """
-    import time
 
-    port = _freePort()
-    proc = _twistd(tmp_path, port, "--workers", "2")
-    log = tmp_path / "imapreferral.log"
-    try:
-        deadline = time.monotonic() + 30
-        while not log.exists() or log.read_text().count("imapreferral serving") < 2:
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.05)
-        for _ in range(40):
-            client = LineClient(port)
-            assert client.command(b"z LOGIN alice secret").startswith(b"z OK ")
-            client.close()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-    lines = log.read_text().splitlines()
+    with _running(tmp_path, "--workers", "2", processes=2) as (port, _):
+        _aliceLogsIn(port, 40)
+    lines = _logLines(tmp_path)
     logins = [line for line in lines if " login remote=" in line]
     assert len(logins) == 40
     assert all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", line) for line in logins)
