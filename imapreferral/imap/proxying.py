@@ -185,7 +185,7 @@ class ProxiedLogin:
             failed=True,
             **self._fields(session=client.sessionID, state=result.state, cause=result.cause),
         )
-        self._server.transport.write(renderBackendResult(self._tag, result))
+        self._server.writeRaw(renderBackendResult(self._tag, result))
         self._finish(authFailed=isinstance(result, BackendAuthFailed))
 
     def _relay(self, session: BackendSession, sessionID: str | None, started: float) -> None:
@@ -198,7 +198,7 @@ class ProxiedLogin:
         clock = server.attempts.clock
         if not self._outcome.verified and server.attempts.penalty is not None:
             server.attempts.penalty.succeeded(server._context("").remoteIP)
-        server.transport.write(
+        server.writeRaw(
             renderBackendResult(
                 self._tag,
                 session.result,
@@ -246,7 +246,7 @@ class ProxiedLogin:
         _log.failure("proxy login failed unexpectedly", failure)
         if not self._lost and not self.finished:
             unexpected = BackendUnavailable("login", "unexpected error")
-            self._server.transport.write(renderBackendResult(self._tag, unexpected))
+            self._server.writeRaw(renderBackendResult(self._tag, unexpected))
             self._finish()
 
     def dataReceived(self, data: bytes) -> None:

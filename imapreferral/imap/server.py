@@ -62,6 +62,7 @@ from imapreferral.login.sasl import MECHANISMS, Challenge, SASLExchange, SASLFai
 from imapreferral.logtext import sessionSystem
 from imapreferral.proxy.connect import BackendConnector
 from imapreferral.shutdown import SHUTTING_DOWN
+from imapreferral.sockwrite import writeNow
 
 _log = Logger()
 
@@ -149,6 +150,9 @@ class ReferralIMAP4Server(IMAP4Server):
         self.proxyTTL = DEFAULT_PROXY_TTL
         #: L{None}, or C{"draining"} / C{"over"} once the server is stopping.
         self._shutdown: str | None = None
+        #: Lines said while a pre-login read is handled, sent as one write
+        #: when it is done (L{dataReceived}); L{None} outside.
+        self._output: list[bytes] | None = None
 
     # Connection guards
 
@@ -198,6 +202,7 @@ class ReferralIMAP4Server(IMAP4Server):
         self.blocked = None
         self.clearLineBuffer()
         self.guard.close()
+        self.flushOutput()
         self.transport.loseConnection()
 
     def timeoutConnection(self) -> None:
@@ -269,6 +274,7 @@ class ReferralIMAP4Server(IMAP4Server):
             return
         self.clearLineBuffer()
         self.sendPositiveResponse(tag, b"Begin TLS negotiation now.")
+        self.flushOutput()  # in plaintext, before TLS starts
         self.transport.startTLS(self.ctx)
         self.startedTLS = True
 
@@ -439,6 +445,9 @@ class ReferralIMAP4Server(IMAP4Server):
             self.account = outcome.avatar
             self._onLogout = outcome.logout
             self.state = "auth"
+            # Twisted's authenticated commands write to the transport
+            # themselves: from here on each line goes out as it is said.
+            self.flushOutput(stop=True)
             self.setTimeout(self.POSTAUTH_TIMEOUT)
             self.guard.leave()
         client = getattr(getattr(credentials, "context", None), "client", "")
@@ -467,6 +476,7 @@ class ReferralIMAP4Server(IMAP4Server):
 
     def enterRelay(self) -> None:
         """The backend took the login: no pre-login timers, only relaying from now."""
+        self.flushOutput(stop=True)
         self.setTimeout(None)
         self.state = "proxied"
         self.guard.leave()
@@ -551,17 +561,53 @@ class ReferralIMAP4Server(IMAP4Server):
             self._proxy.close()
 
     def dataReceived(self, data: bytes) -> None:
+        """
+        Run what arrived. Before login, the lines said in answer go out as
+        one write when it has run (L{flushOutput}): a reply and what
+        pipelined commands add to it cost one C{send}, not one each.
+        """
         if self._proxy is not None and self._proxy.relay is not None:
             self._proxy.dataReceived(data)
             return
-        super().dataReceived(data)
-        self.guard.received(len(self._buffer))
+        if self._output is not None or self.state != "unauth":
+            super().dataReceived(data)  # nested (held lines resumed), or logged in
+            self.guard.received(len(self._buffer))
+            return
+        self._output = []
+        try:
+            super().dataReceived(data)
+            self.guard.received(len(self._buffer))
+        finally:
+            self.flushOutput(stop=True)
+
+    def flushOutput(self, stop: bool = False) -> None:
+        """
+        Send the lines gathered so far (L{dataReceived}), in one write.
+
+        @param stop: Also stop gathering: later lines go out as said (the
+            read is over, or the connection leaves the pre-login state,
+            where other code writes to the transport directly).
+        """
+        output = self._output
+        if output is None:
+            return
+        self._output = None if stop else []
+        if output:
+            writeNow(self.transport, b"".join(output))
+
+    def writeRaw(self, data: bytes) -> None:
+        """Write bytes that are not one line, after every line said so far."""
+        self.flushOutput()
+        writeNow(self.transport, data)
 
     # Errors
 
     def sendLine(self, line: bytes) -> None:
         """Every line we send ends in CRLF, whatever ends the client's lines."""
-        self.transport.writeSequence((line, b"\r\n"))
+        if self._output is not None:
+            self._output.append(line + b"\r\n")
+        else:
+            writeNow(self.transport, line + b"\r\n")
 
     def lineReceived(self, line: bytes) -> None:
         """
