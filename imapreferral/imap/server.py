@@ -47,6 +47,7 @@ from imapreferral.login.client import byeBeforeReferral, recogniseClient
 from imapreferral.login.context import LoginContext
 from imapreferral.login.credentials import PasswordCredentials
 from imapreferral.login.guard import PreLoginGuard
+from imapreferral.login.immediate import isWaiting
 from imapreferral.login.logline import logRefusal
 from imapreferral.login.outcome import (
     AuthorizationRefused,
@@ -221,6 +222,33 @@ class ReferralIMAP4Server(IMAP4Server):
 
     def sendNegativeResponse(self, tag: bytes | None = None, message: bytes = b"") -> None:
         super().sendNegativeResponse(tag, withoutInternals(message))
+
+    def dispatchCommand(
+        self, tag: bytes, cmd: bytes, rest: bytes | None, uid: bytes | None = None
+    ) -> None:
+        """
+        Before login, run a command whose arguments are all on its line
+        without Twisted's Deferred per argument: each parser answers at
+        once, and an C{IllegalClientResponse} it raises gets Twisted's
+        C{BAD Illegal syntax} from C{parse_command}. A line ending in a
+        literal (C{{n}}), and every command after login, go Twisted's way.
+        """
+        command = self.lookupCommand(cmd) if self.state == "unauth" else None
+        if command is None or (rest or b"").rstrip().endswith(b"}"):
+            super().dispatchCommand(tag, cmd, rest, uid)
+            return
+        handler, *parsers = command
+        args: list[object] = [self, tag]
+        line = rest
+        for parse in parsers:
+            if callable(parse):
+                value, line = parse(self, line)
+                args.append(value)
+            else:
+                args.append(parse)
+        if line:
+            raise IllegalClientResponse("Too many arguments for command: " + repr(line))
+        handler(*args)
 
     def lookupCommand(self, cmd: bytes) -> Any:
         """Command names are ASCII words; Twisted's lookup fails on others."""
@@ -410,11 +438,19 @@ class ReferralIMAP4Server(IMAP4Server):
         @param sasl: Whether it came by C{AUTHENTICATE} (else C{LOGIN}).
         """
         self.guard.holdInput()
-        d = self.attempts.attempt(credentials, credentials.username.decode("utf-8", "replace"))  # type: ignore[attr-defined]
-        self._pendingLogin = d
-        d.addCallback(self._loginDone, tag, mechanism, credentials, sasl)
-        d.addErrback(self._loginError, tag)
-        d.addBoth(self._loginFinished)
+        username = credentials.username.decode("utf-8", "replace")  # type: ignore[attr-defined]
+        result = self.attempts.attemptNow(credentials, username)
+        if not isWaiting(result):  # the usual case: no Deferred (imapreferral.login.immediate)
+            try:
+                self._loginDone(result, tag, mechanism, credentials, sasl)
+            except Exception:
+                self._loginError(Failure(), tag)
+            self._loginFinished(None)
+            return
+        self._pendingLogin = result
+        result.addCallback(self._loginDone, tag, mechanism, credentials, sasl)
+        result.addErrback(self._loginError, tag)
+        result.addBoth(self._loginFinished)
 
     def _auth(self, mechanism: str) -> str:
         """What a referral URL's C{;AUTH=} says: the mechanism, or C{*}."""

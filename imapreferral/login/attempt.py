@@ -24,7 +24,7 @@ from typing import Any
 
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.cred.portal import Portal
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -37,6 +37,7 @@ from imapreferral.login.errors import (
     LoginProxied,
     TemporaryFailure,
 )
+from imapreferral.login.immediate import isWaiting, loginNow
 from imapreferral.login.logline import logAuthentication, plainReferralText
 from imapreferral.login.outcome import (
     Disable,
@@ -63,14 +64,23 @@ def _referralOf(thing: object) -> Any:
 
 def outcomeOfFailure(failure: Failure, session: str | None = None) -> Outcome | Failure:
     """
-    Map a failed C{portal.login} to an outcome. Any C{UnauthorizedLogin}
-    providing L{IReferralCarrier} refers, whoever's checker raised it. A
+    Map a failed C{portal.login} to an outcome (L{outcomeOfError}). A
     cancelled login (the client went away) has no outcome: its
     C{CancelledError} passes through, so nothing is logged for it.
     """
     if failure.check(CancelledError):
         return failure
-    error = failure.value
+    return outcomeOfError(failure.value, session, failure)
+
+
+def outcomeOfError(
+    error: BaseException, session: str | None = None, failure: Failure | None = None
+) -> Outcome:
+    """
+    Map a login's refusal to an outcome. Any C{UnauthorizedLogin} providing
+    L{IReferralCarrier} refers, whoever's checker raised it. Anything else
+    unexpected is logged with its traceback (C{failure}, or C{error}'s own).
+    """
     if isinstance(error, UnauthorizedLogin):
         referral = _referralOf(error)
         if referral is not None:
@@ -88,7 +98,7 @@ def outcomeOfFailure(failure: Failure, session: str | None = None) -> Outcome | 
         return Unavailable(f"no checker handles these credentials: {error}")
     _log.failure(
         "unexpected error during login",
-        failure,
+        failure if failure is not None else Failure(error),
         session=session,
         log_system=sessionSystem(_log.namespace, "critical", session),
     )
@@ -134,6 +144,15 @@ class LoginAttempts:
         @param username: The login name, for the L{LoggedIn} outcome when the
             avatar id does not say.
         """
+        return maybeDeferred(self.attemptNow, credentials, username)
+
+    def attemptNow(self, credentials: object, username: str) -> Outcome | Deferred[Outcome]:
+        """
+        L{attempt}, but the outcome itself when it is known at once: no
+        penalty to wait, a passdb and a hash that answered without waiting,
+        and nothing to delay (a success, a referral, a C{nodelay} failure);
+        see L{imapreferral.login.immediate}.
+        """
         remote = getattr(getattr(credentials, "context", None), "remoteIP", None)
         wait = 0.0
         if self.penalty is not None:
@@ -142,16 +161,29 @@ class LoginAttempts:
             return deferLater(self.clock, wait, self._check, credentials, username, remote)
         return self._check(credentials, username, remote)
 
-    def _check(self, credentials: object, username: str, remote: str | None) -> Deferred[Outcome]:
+    def _check(
+        self, credentials: object, username: str, remote: str | None
+    ) -> Outcome | Deferred[Outcome]:
         started = self.clock.seconds()
-        d = self.portal.login(credentials, None, self.interface)
         session = getattr(getattr(credentials, "context", None), "session", None)
-        d.addCallbacks(
-            self._loggedIn, outcomeOfFailure, callbackArgs=(username,), errbackArgs=(session,)
-        )
-        d.addCallback(self._logged, credentials, started)
-        d.addCallback(self._delayFailure, remote, started)
-        return d
+        try:
+            result = loginNow(self.portal, credentials, self.interface)
+        except Exception as e:
+            outcome = outcomeOfError(e, session)
+        else:
+            if isWaiting(result):
+                d = result.addCallbacks(
+                    self._loggedIn,
+                    outcomeOfFailure,
+                    callbackArgs=(username,),
+                    errbackArgs=(session,),
+                )
+                d.addCallback(self._logged, credentials, started)
+                d.addCallback(self._delayFailure, remote, started)
+                return d
+            outcome = self._loggedIn(result, username)
+        self._logged(outcome, credentials, started)
+        return self._delayFailure(outcome, remote, started)
 
     def _logged(self, outcome: Outcome, credentials: object, started: float) -> Outcome:
         duration = self.clock.seconds() - started

@@ -36,6 +36,7 @@ from zope.interface import implementer
 from imapreferral.interfaces import IPassdb, IReferralCarrier
 from imapreferral.login.checker import PassdbChecker, normaliseUsername
 from imapreferral.login.errors import LoginDisabled, LoginProxied, TemporaryFailure
+from imapreferral.login.immediate import Soon, askChecker, isWaiting, runNow
 from imapreferral.login.outcome import AvatarId
 from imapreferral.logtext import sessionSystem
 
@@ -99,7 +100,15 @@ class CheckerChain:
         return any(canCheckChallenges(checker) for checker in self.checkers)
 
     def requestAvatarId(self, credentials: object) -> Deferred[object]:
-        return Deferred.fromCoroutine(self._check(credentials))
+        return maybeDeferred(self.requestAvatarIdNow, credentials)
+
+    def requestAvatarIdNow(self, credentials: object) -> Soon:
+        """
+        L{requestAvatarId}, but the avatar id itself (or the refusal, raised)
+        when no checker had to be waited for; see
+        L{imapreferral.login.immediate}.
+        """
+        return runNow(self._check(credentials))
 
     def _normalised(self, credentials: object) -> object:
         username = getattr(credentials, "username", None)
@@ -125,7 +134,9 @@ class CheckerChain:
                 refused = UnauthorizedLogin("empty password")
                 continue
             try:
-                avatarId = await maybeDeferred(checker.requestAvatarId, credentials)
+                avatarId = askChecker(checker, credentials)
+                if isWaiting(avatarId):
+                    avatarId = await avatarId
             except CancelledError:
                 raise  # the client went away: nobody else is asked
             except UnauthorizedLogin as e:

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 import attrs
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -34,6 +34,7 @@ from imapreferral.login.errors import (
     TemporaryFailure,
 )
 from imapreferral.login.fields import PassdbReply
+from imapreferral.login.immediate import Soon, runNow
 from imapreferral.login.logline import USER_LIMIT, remoteText
 from imapreferral.login.outcome import (
     Accept,
@@ -147,7 +148,15 @@ class PassdbChecker:
         return any(passdb.canProvidePlaintext() for passdb in self.passdbs)
 
     def requestAvatarId(self, credentials: object) -> Deferred[AvatarId]:
-        return Deferred.fromCoroutine(self._check(credentials))
+        return maybeDeferred(self.requestAvatarIdNow, credentials)
+
+    def requestAvatarIdNow(self, credentials: object) -> Soon:
+        """
+        L{requestAvatarId}, but the avatar id itself (or the refusal, raised)
+        when no passdb or hash had to be waited for; see
+        L{imapreferral.login.immediate}.
+        """
+        return runNow(self._check(credentials))
 
     async def _check(self, credentials: object) -> AvatarId:
         username = normaliseUsername(credentials.username, self.lowercaseUsernames)  # type: ignore[attr-defined]
