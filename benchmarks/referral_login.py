@@ -5,7 +5,7 @@ Login-referral throughput benchmark for imapreferral (stdlib only).
 Starts ``twistd imapreferral`` (from the same virtualenv as the Python running
 this script) on a free loopback port with a temporary passwd-file holding
 
-    refnl:{PLAIN}pass::::::host=imap2.example.com nologin
+    refnl:{PLAIN}pass::::::host=imap2.example.com nologin nodelay
 
 waits until the port accepts, then, for each --connections value, keeps that
 many client sessions going for --warmup + --duration seconds.  One session:
@@ -28,6 +28,9 @@ Examples:
 
     .venv/bin/python benchmarks/referral_login.py                     # 16 and 64
     .venv/bin/python benchmarks/referral_login.py --connections 64 --duration 30
+    # side by side with a private Dovecot (same passwd-file line, two
+    # imap-login processes), each case against both, in alternating order
+    .venv/bin/python benchmarks/referral_login.py --versus-dovecot --server-workers 2 --rounds 2
     # an already-running server (e.g. Dovecot), its CPU read from the process tree
     .venv/bin/python benchmarks/referral_login.py --no-spawn --port 10143 \\
         --user refnl --password pass --server-pid "$(pgrep -xo dovecot)"
