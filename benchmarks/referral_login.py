@@ -5,7 +5,7 @@ Login-referral throughput benchmark for imapreferral (stdlib only).
 Starts ``twistd imapreferral`` (from the same virtualenv as the Python running
 this script) on a free loopback port with a temporary passwd-file holding
 
-    refnl:{PLAIN}pass::::::host=imap2.example.com nologin
+    refnl:{PLAIN}pass::::::host=imap2.example.com nologin nodelay
 
 waits until the port accepts, then, for each --connections value, keeps that
 many client sessions going for --warmup + --duration seconds.  One session:
@@ -28,6 +28,9 @@ Examples:
 
     .venv/bin/python benchmarks/referral_login.py                     # 16 and 64
     .venv/bin/python benchmarks/referral_login.py --connections 64 --duration 30
+    # side by side with a private Dovecot (same passwd-file line, two
+    # imap-login processes), each case against both, in alternating order
+    .venv/bin/python benchmarks/referral_login.py --versus-dovecot --server-workers 2 --rounds 2
     # an already-running server (e.g. Dovecot), its CPU read from the process tree
     .venv/bin/python benchmarks/referral_login.py --no-spawn --port 10143 \\
         --user refnl --password pass --server-pid "$(pgrep -xo dovecot)"
@@ -793,8 +796,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--server-args",
         default="",
-        help="more arguments for the spawned twistd imapreferral, e.g. "
-        "'--auth-cache-size 10M' (split as a shell would)",
+        help="more arguments for the spawned twistd imapreferral, split as a shell would, "
+        "e.g. --server-args '--log-logins no'; one word starting with - needs the = form: "
+        "--server-args=--log-logins=no",
     )
     p.add_argument("--user", default="refnl")
     p.add_argument("--password", default="pass")
@@ -810,6 +814,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--session-timeout", type=float, default=10.0)
     p.add_argument("--startup-timeout", type=float, default=30.0)
     p.add_argument("--stop-timeout", type=float, default=10.0)
+    p.add_argument(
+        "--versus-dovecot",
+        action="store_true",
+        help="also start a private Dovecot (if installed) with the same user line and run "
+        "each case against both, back to back; print both sides and the ratio "
+        "(benchmarks/versus_dovecot.py)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="with --versus-dovecot: pairs of runs per --connections value, the order "
+        "alternating from round to round",
+    )
     p.add_argument("--json", default=None, help="also write the results to this file")
     p.add_argument(
         "--keep-log",
@@ -819,18 +837,122 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.no_spawn and not args.port:
         p.error("--no-spawn needs --port")
+    if args.versus_dovecot and (args.no_spawn or args.passdb_kind != "passwd-file"):
+        p.error("--versus-dovecot spawns our server with a passwd-file, as Dovecot gets")
+    if args.rounds < 1:
+        p.error("--rounds >= 1")
     if args.duration <= 0 or args.warmup < 0 or args.workers < 1 or min(args.connections) < 1:
         p.error("--duration > 0, --warmup >= 0, --workers >= 1, --connections >= 1")
     return args
 
 
+def passwdLine(args: argparse.Namespace) -> str:
+    """
+    The one passwd-file line of the benchmark user, in Dovecot's syntax, so
+    that our server and Dovecot (--versus-dovecot) read the same line.
+    """
+    return f"{args.user}:{{PLAIN}}{args.password}::::::host={args.referral_host} nologin nodelay\n"
+
+
+def spawnServer(
+    args: argparse.Namespace, directory: Path, cleanups: list
+) -> tuple[subprocess.Popen, int, Path]:
+    """
+    Start our server as configured by C{args} (the venv's twistd
+    imapreferral, or --server-cmd) with logging on, in C{directory}, and wait
+    until it greets. Sets C{args.single_threaded_server}.
+
+    @return: the process, its port and its log file.
+    """
+    port = args.port or free_port()
+    passwd = directory / "users.passwd"
+    passwd.write_text(passwdLine(args))
+    if args.server_cmd:
+        cmd = shlex.split(args.server_cmd.format(port=port, passwd=passwd))
+        args.single_threaded_server = False
+    else:
+        twistd = Path(sys.executable).with_name("twistd")
+        cmd = [
+            str(twistd),
+            "-n",
+            "--pidfile=",
+            "imapreferral",
+            "--listen",
+            f"tcp:{port}:interface={HOST}:backlog=512",
+            "--passdb",
+            passdbFor(args.passdb_kind, directory, args, cleanups),
+            "--auth-failure-delay",
+            "0",
+            "--workers",
+            str(args.server_workers),
+            *shlex.split(args.server_args),
+        ]
+        args.single_threaded_server = args.server_workers == 1
+    log_path = directory / "server.log"
+    print("server:", shlex.join(cmd))
+    print(f"server log (logging on): {log_path}")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=directory,
+            preexec_fn=_die_with_parent,
+        )
+    try:
+        wait_for_port(port, args.startup_timeout, proc)
+    except BaseException:
+        stop_server(proc, args.stop_timeout)
+        print("server log tail:\n" + "\n".join(_logTail(log_path)))
+        raise
+    return proc, port, log_path
+
+
+def _logTail(path: Path, lines: int = 15) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return []
+
+
+def stopAndReport(
+    proc: subprocess.Popen, log_path: Path, args: argparse.Namespace, measured: bool
+) -> None:
+    """
+    Stop our server, then print how it stopped and what it logged (the
+    log's tail too when it failed or nothing was measured); with --keep-log,
+    copy the log out of the temporary directory.
+    """
+    print(f"server {stop_server(proc, args.stop_timeout)}")
+    try:
+        text = log_path.read_text(errors="replace")
+        lines = text.count("\n")
+        referred = text.count(": referred ")
+        print(f"server log: {lines} lines, {referred} 'referred' login lines")
+        if proc.returncode not in (0, -signal.SIGTERM) or not measured:
+            print("server log tail:\n" + "\n".join(text.splitlines()[-15:]))
+    except OSError:
+        pass
+    if args.keep_log:
+        keep = Path(tempfile.gettempdir()) / f"imapreferral-bench-server-{os.getpid()}.log"
+        try:
+            keep.write_bytes(log_path.read_bytes())
+            print(f"server log kept at {keep}")
+        except OSError:
+            pass
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     print("benchmark:", shlex.join([sys.executable, *sys.argv]))
+    if args.versus_dovecot:
+        import versus_dovecot
+
+        return versus_dovecot.main(args)
     tmp = tempfile.TemporaryDirectory(prefix="imapreferral-bench-")
     proc: subprocess.Popen | None = None
     log_path = Path(tmp.name) / "server.log"
-    stopped = "not spawned"
     all_results = []
     cleanups: list = []
 
@@ -852,45 +974,8 @@ def main(argv: list[str]) -> int:
                 )
             )
         else:
-            port = args.port or free_port()
-            passwd = Path(tmp.name) / "users.passwd"
-            passwd.write_text(
-                f"{args.user}:{{PLAIN}}{args.password}::::::host={args.referral_host} nologin\n"
-            )
-            if args.server_cmd:
-                cmd = shlex.split(args.server_cmd.format(port=port, passwd=passwd))
-                args.single_threaded_server = False
-            else:
-                twistd = Path(sys.executable).with_name("twistd")
-                cmd = [
-                    str(twistd),
-                    "-n",
-                    "--pidfile=",
-                    "imapreferral",
-                    "--listen",
-                    f"tcp:{port}:interface={HOST}:backlog=512",
-                    "--passdb",
-                    passdbFor(args.passdb_kind, Path(tmp.name), args, cleanups),
-                    "--auth-failure-delay",
-                    "0",
-                    "--workers",
-                    str(args.server_workers),
-                    *shlex.split(args.server_args),
-                ]
-                args.single_threaded_server = args.server_workers == 1
-            print("server:", shlex.join(cmd))
-            print(f"server log (logging on): {log_path}")
-            with open(log_path, "wb") as log:
-                proc = subprocess.Popen(
-                    cmd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    cwd=tmp.name,
-                    preexec_fn=_die_with_parent,
-                )
+            proc, port, log_path = spawnServer(args, Path(tmp.name), cleanups)
             server_roots = [proc.pid]
-            wait_for_port(port, args.startup_timeout, proc)
         print(
             f"client: {args.workers} worker processes (selectors, raw sockets), "
             f"warm-up {args.warmup:g}s, {os.cpu_count()} CPUs"
@@ -911,24 +996,7 @@ def main(argv: list[str]) -> int:
     finally:
         signal.signal(signal.SIGTERM, old_term)
         if proc is not None:
-            stopped = stop_server(proc, args.stop_timeout)
-            print(f"server {stopped}")
-            try:
-                text = log_path.read_text(errors="replace")
-                lines = text.count("\n")
-                referred = text.count(": referred ")
-                print(f"server log: {lines} lines, {referred} 'referred' login lines")
-                if proc.returncode not in (0, -signal.SIGTERM) or not all_results:
-                    print("server log tail:\n" + "\n".join(text.splitlines()[-15:]))
-            except OSError:
-                pass
-        if args.keep_log and proc is not None:
-            keep = Path(tempfile.gettempdir()) / f"imapreferral-bench-server-{os.getpid()}.log"
-            try:
-                keep.write_bytes(log_path.read_bytes())
-                print(f"server log kept at {keep}")
-            except OSError:
-                pass
+            stopAndReport(proc, log_path, args, bool(all_results))
         for cleanup in cleanups:
             cleanup()
         tmp.cleanup()

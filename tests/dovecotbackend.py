@@ -151,6 +151,11 @@ class DovecotBackend:
         )
         (self.directory / name).write_text(lines, encoding="utf-8")
 
+    @property
+    def pid(self) -> int | None:
+        """The master process's id while it runs (its tree is the whole Dovecot)."""
+        return None if self._process is None else self._process.pid
+
     def log(self) -> str:
         return self.logPath.read_text(errors="replace") if self.logPath.exists() else ""
 
