@@ -154,6 +154,8 @@ class ReferralIMAP4Server(IMAP4Server):
         #: Lines said while a pre-login read is handled, sent as one write
         #: when it is done (L{dataReceived}); L{None} outside.
         self._output: list[bytes] | None = None
+        #: Whether the transport is TLS from the start (L{_isTLS}, read once).
+        self._implicitTLS = False
 
     # Connection guards
 
@@ -171,7 +173,8 @@ class ReferralIMAP4Server(IMAP4Server):
             self.transport.loseConnection()
             return
         # Implicit TLS: back-pressure once the handshake is done (handshakeCompleted).
-        self.guard.start(handshakePending=_isTLS(self.transport))
+        self._implicitTLS = _isTLS(self.transport)
+        self.guard.start(handshakePending=self._implicitTLS)
         super().connectionMade()
 
     @property
@@ -280,7 +283,7 @@ class ReferralIMAP4Server(IMAP4Server):
         return caps
 
     def _secured(self) -> bool:
-        return bool(self.startedTLS) or _isTLS(self.transport)
+        return bool(self.startedTLS) or self._implicitTLS
 
     def _canStartTLS(self) -> bool:
         return bool(self.ctx and self.canStartTLS and not self._secured())

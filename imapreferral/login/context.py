@@ -4,7 +4,7 @@ Where a login comes from, for passdbs that look at it (SQL's C{%r}, C{%l}).
 
 from __future__ import annotations
 
-import base64
+import binascii
 import os
 import re
 
@@ -36,7 +36,7 @@ _SESSION_ID = re.compile(r"[A-Za-z0-9+/=._-]{1,64}")
 
 def newSessionID() -> str:
     """A session id: 12 base64 characters, as Dovecot's (72 random bits)."""
-    return base64.b64encode(os.urandom(9), b"+/").decode("ascii")
+    return binascii.b2a_base64(os.urandom(9), newline=False).decode("ascii")
 
 
 def acceptableSessionID(value: str | None) -> str | None:

@@ -318,8 +318,8 @@ class PreLoginGuard:
     # Plaintext policy
 
     def plaintextAllowed(self, secured: bool) -> bool:
-        """L{plaintextAllowed} for this connection's peer."""
-        return plaintextAllowed(self._plaintextAuth, self._trustedNetworks, self._peer(), secured)
+        """L{plaintextAllowed} for this connection's peer (looked up once: L{fromTrustedNetwork})."""
+        return self._plaintextAuth == "always" or secured or self.fromTrustedNetwork()
 
     def refusesPlaintext(self, mechanism: str, secured: bool) -> bool:
         """Whether C{mechanism} sends the password in the clear where that is not allowed."""
