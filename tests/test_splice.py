@@ -310,3 +310,35 @@ async def test_noDescriptorForAPipeFallsBackToTheTwistedPath():
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         await pair.tearDown()
+
+
+@pytest_twisted.ensureDeferred
+async def test_whatTheTransportsStillHeldGoesFirstInOrder():
+    """
+    The login's last words are still in Twisted's buffers when the relay
+    starts (the tagged OK): they go out before the leftovers and before
+    any spliced byte, even when that is more than the socket takes at once.
+    """
+    frontListener, backendListener = Listener(Owner), Listener(Peer)
+    frontPort = await frontListener.listen()
+    backendPort = await backendListener.listen()
+    client = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", frontPort), Peer())
+    frontClient = await frontListener.accepted.get()
+    frontBackend = await connectProtocol(
+        TCP4ClientEndpoint(reactor, "127.0.0.1", backendPort), Owner()
+    )
+    backend = await backendListener.accepted.get()
+    said = os.urandom(8 * MB)
+    frontClient.transport.write(said)  # buffered: no reactor turn yet
+    assert len(frontClient.transport._tempDataBuffer) == 1
+    relay = splice(frontClient.transport, frontBackend.transport, reactor, toClient=b"leftover")
+    frontClient.end, frontBackend.end = relay.client, relay.backend
+    assert relay.splicer is not None
+    backend.transport.write(b"spliced")
+    await within(10, client.waitFor(len(said) + len(b"leftoverspliced")))
+    assert bytes(client.data) == said + b"leftoverspliced"
+    client.transport.loseConnection()
+    await within(1, relay.done)
+    await within(1, backend.lost)
+    await frontListener.stop()
+    await backendListener.stop()

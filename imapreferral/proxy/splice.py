@@ -263,10 +263,9 @@ class Splicer:
             sock.pending = _takeBuffered(sock.transport) + first
         for sock in (self._client, self._backend):
             self._read(sock, True)
-            if sock.pending:
-                self._flush(sock.into)
-                if self.stopped:
-                    return
+        for sock in (self._client, self._backend):
+            if sock.pending and not self.stopped:
+                self._flush(sock.into)  # what it does not take stops the other's reading
 
     def held(self) -> int:
         """Bytes held for either side: in the pipes and not yet sent from user space."""
