@@ -68,7 +68,10 @@ _FLAGS = (os.SPLICE_F_NONBLOCK | os.SPLICE_F_MOVE) if AVAILABLE else 0
 
 #: Bytes a direction's pipe holds: the most one splice moves, and the most a
 #: direction holds beyond the sockets' buffers. 256 KiB (64 pages) needs no
-#: privilege (C{/proc/sys/fs/pipe-max-size} is 1 MiB by default).
+#: privilege (C{/proc/sys/fs/pipe-max-size} is 1 MiB by default). Past the
+#: user's C{/proc/sys/fs/pipe-user-pages-soft} (16384 pages: some 250 such
+#: pipes at once) new pipes get the kernel's smallest size: slower, still
+#: correct. 1 MiB measured no better (fewer wakeups, the same CPU).
 PIPE_SIZE = 256 * 1024
 
 #: Splices from one readable socket per reactor wakeup, at most.
