@@ -27,6 +27,9 @@ front and the backend spent per round (utime+stime from /proc).
     # where the front's time goes: py-spy (pip install py-spy) on the front
     # during the measured rounds, raw collapsed stacks to FILE
     .venv/bin/python benchmarks/proxy_fetch.py --py-spy /tmp/front.txt
+    # a before/after in the same rounds: another checkout's front ("other")
+    # alongside this one, each round direct, front and other in turn
+    .venv/bin/python benchmarks/proxy_fetch.py --other-twistd ../main/.venv/bin/twistd
 
 Not a test: nothing is asserted. Needs Dovecot (``dovecot-imapd``) and Linux.
 """
@@ -231,18 +234,29 @@ def main(argv: list[str]) -> int:
     p.add_argument("--megabytes", type=int, default=200)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--py-spy", metavar="FILE", help="profile the front into FILE (raw stacks)")
+    p.add_argument(
+        "--other-twistd",
+        metavar="TWISTD",
+        help="also measure a front run by this twistd (another checkout), in the same rounds",
+    )
     args = p.parse_args(argv)
     print("benchmark:", shlex.join([sys.executable, *sys.argv]))
     ceilings = ", ".join(f"{clientCeiling(args.megabytes * MiB):.0f}" for _ in range(3))
     print(f"client ceiling (raw reader, sender from memory), 3 runs: {ceilings} MB/s")
     backend, size = _backend(args.megabytes)
-    ours = spy = None
+    ours = other = spy = None
     results: dict[str, list[float]] = {"direct": [], "front": []}
+    cpu: dict[str, list[float]] = {"front": [], "other": []}
     with tempfile.TemporaryDirectory(prefix="imapreferral-fetchbench-") as tmp:
         try:
             ours, ourPort = ourFront(backend.port, Path(tmp))
             print(f"backend Dovecot 127.0.0.1:{backend.port}; message {size} bytes")
             ports = {"direct": backend.port, "front": ourPort}
+            fronts = {"direct": ours, "front": ours}
+            if args.other_twistd:
+                other, ports["other"] = ourFront(backend.port, Path(tmp), Path(args.other_twistd))
+                fronts["other"] = other
+                results["other"] = []
             dovecotPid = backend._process.pid
             for name in ports:  # warm-up: Dovecot's index, the page cache
                 reader = session(ports[name])
@@ -252,15 +266,16 @@ def main(argv: list[str]) -> int:
                 spy = _pySpy(ours.pid, args.py_spy)
             for round in range(args.rounds):
                 for name, port in ports.items():
+                    pid = fronts[name].pid
                     reader = session(port)
-                    before = cpuSeconds(ours.pid), cpuSeconds(dovecotPid), ownCPU()
-                    split, waited = userSystem(ours.pid), runqueueWait(ours.pid)
+                    before = cpuSeconds(pid), cpuSeconds(dovecotPid), ownCPU()
+                    split, waited = userSystem(pid), runqueueWait(pid)
                     got, seconds = reader.fetch(2)
-                    after = cpuSeconds(ours.pid), cpuSeconds(dovecotPid), ownCPU()
-                    user, system = (
-                        b - a for a, b in zip(split, userSystem(ours.pid), strict=True)
-                    )
-                    waited = runqueueWait(ours.pid) - waited
+                    after = cpuSeconds(pid), cpuSeconds(dovecotPid), ownCPU()
+                    user, system = (b - a for a, b in zip(split, userSystem(pid), strict=True))
+                    waited = runqueueWait(pid) - waited
+                    if name in cpu:
+                        cpu[name].append(after[0] - before[0])
                     reader.close()
                     if got < size:
                         raise RuntimeError(f"{name}: {got} bytes read, the message has {size}")
@@ -278,15 +293,24 @@ def main(argv: list[str]) -> int:
                 spy.send_signal(signal.SIGINT)
                 spy.wait(60)
                 print(f"py-spy stacks of the front: {args.py_spy}")
-            if ours is not None:
-                ours.terminate()
-                ours.wait(20)
+            for proc in (ours, other):
+                if proc is not None:
+                    proc.terminate()
+                    proc.wait(20)
             backend.stop()
     direct, front = (statistics.median(results[k]) for k in ("direct", "front"))
     print(
         f"\nmedian of {args.rounds}: direct {direct:.1f} MB/s, through the front "
         f"{front:.1f} MB/s = {front / direct:.0%} of direct (target >= 50%)"
     )
+    if args.other_twistd:
+        for name in ("front", "other"):
+            ratios = [f / d for f, d in zip(results[name], results["direct"], strict=True)]
+            print(
+                f"{name:<5}: median {statistics.median(results[name]):.1f} MB/s, "
+                f"median of the rounds' ratios to direct {statistics.median(ratios):.0%}, "
+                f"front CPU s per FETCH median {statistics.median(cpu[name]):.2f}"
+            )
     return 0
 
 

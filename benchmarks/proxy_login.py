@@ -75,17 +75,20 @@ def _dovecotProxy(backendPort: int) -> DovecotBackend:
     return front.start()
 
 
-def ourFront(backendPort: int, directory: Path) -> tuple[subprocess.Popen, int]:
+def ourFront(
+    backendPort: int, directory: Path, twistd: Path | None = None
+) -> tuple[subprocess.Popen, int]:
+    """Our twistd (C{twistd}, default: this Python's) proxying alice to C{backendPort}."""
     passwd = directory / "users.passwd"
     passwd.write_text(f"alice:{{PLAIN}}secret::::::proxy host=127.0.0.1 port={backendPort}\n")
     port = referral_login.free_port()
     cmd = [
-        str(Path(sys.executable).with_name("twistd")), "-n", "--pidfile=", "imapreferral",
+        str(twistd or Path(sys.executable).with_name("twistd")), "-n", "--pidfile=", "imapreferral",
         "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=512",
         "--passdb", f"passwd-file:{passwd}", "--auth-failure-delay", "0",
     ]  # fmt: skip
     print("our front:", shlex.join(cmd))
-    log = open(directory / "front.log", "wb")  # lives as long as the process
+    log = open(directory / f"front-{port}.log", "wb")  # lives as long as the process
     proc = subprocess.Popen(
         cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=directory
     )

@@ -255,6 +255,10 @@ class _ProxyProtocolWrapper(ProtocolWrapper):
 
     factory: _ProxyProtocolFactory
 
+    #: Past the header, bytes pass unchanged both ways: a relay may splice
+    #: the socket underneath (L{imapreferral.proxy.splice}).
+    relayTransparent = True
+
     def __init__(self, factory: _ProxyProtocolFactory) -> None:
         super().__init__(factory, None)  # type: ignore[arg-type]
         self._parser = HeaderParser()

@@ -108,6 +108,8 @@ async def answerAfterDelay(
 
 
 class _Tracked(ProtocolWrapper):
+    relayTransparent = True  # bytes pass unchanged (imapreferral.proxy.splice)
+
     def connectionLost(self, reason: object) -> None:
         super().connectionLost(reason)
         done = self.factory.closed.pop(self, None)

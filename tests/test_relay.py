@@ -29,7 +29,10 @@ MB = 1024 * 1024
 class Spliced:
     """A client peer and a backend peer joined through a relay."""
 
-    async def setUp(self, clock, certificate=None, toBackend=b"", toClient=b"", drain=5.0):
+    async def setUp(
+        self, clock, certificate=None, toBackend=b"", toClient=b"", drain=5.0, kernel=True
+    ):
+        """@param kernel: Whether the relay may splice in the kernel (plain TCP only)."""
         self.descriptors = openDescriptors()
         self.front, self.backendListener = Listener(Owner), Listener(Peer)
         tls = certificate is not None
@@ -54,7 +57,9 @@ class Spliced:
             toBackend=toBackend,
             toClient=toClient,
             drainTimeout=drain,
+            kernelSplice=kernel,
         )
+        assert (self.relay.splicer is not None) == (kernel and not tls)
         self.frontClient.end, self.frontBackend.end = self.relay.client, self.relay.backend
         return self
 
@@ -79,10 +84,14 @@ def certificate(tmp_path_factory):
     return makeCertificate(tmp_path_factory.mktemp("relaytls"))
 
 
-@pytest_twisted.async_yield_fixture(params=["tcp", "tls"])
+@pytest_twisted.async_yield_fixture(params=["splice", "tcp", "tls"])
 async def spliced(request, certificate):
     pair = await Spliced().setUp(
-        reactor, certificate if request.param == "tls" else None, b"pipelined ", b"leftover "
+        reactor,
+        certificate if request.param == "tls" else None,
+        b"pipelined ",
+        b"leftover ",
+        kernel=request.param == "splice",
     )
     yield pair
     await pair.tearDown()
@@ -103,9 +112,10 @@ async def test_bytesInOrderBothWaysLeftoversFirst(spliced):
     assert bytes(spliced.client.data) == expectedDown
 
 
+@pytest.mark.parametrize("kernel", [True, False], ids=["splice", "tcp"])
 @pytest_twisted.ensureDeferred
-async def test_20MBEachWaySameSHA256():
-    pair = await Spliced().setUp(reactor)
+async def test_20MBEachWaySameSHA256(kernel):
+    pair = await Spliced().setUp(reactor, kernel=kernel)
     try:
         pair.client.keep = pair.backend.keep = False
         up, down = os.urandom(20 * MB), os.urandom(20 * MB)
@@ -134,11 +144,12 @@ async def _stalled(pair, source, transport) -> None:
     raise AssertionError("the relay kept reading")
 
 
+@pytest.mark.parametrize("kernel", [True, False], ids=["splice", "tcp"])
 @pytest.mark.parametrize("stuck", ["backend", "client"])
 @pytest_twisted.ensureDeferred
-async def test_sideThatNeverReadsStopsReadingTheOther(stuck):
+async def test_sideThatNeverReadsStopsReadingTheOther(stuck, kernel):
     """Back-pressure: what the relay holds stays bounded; nothing is lost."""
-    pair = await Spliced().setUp(reactor)
+    pair = await Spliced().setUp(reactor, kernel=kernel)
     try:
         reader = pair.backend if stuck == "backend" else pair.client
         writer = pair.client if stuck == "backend" else pair.backend
@@ -162,10 +173,11 @@ async def test_sideThatNeverReadsStopsReadingTheOther(stuck):
 
 
 @pytest.mark.parametrize("closer", ["client", "backend"])
-@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+@pytest.mark.parametrize("mode", ["splice", "tcp", "tls"])
 @pytest_twisted.ensureDeferred
-async def test_closeFromEitherSideClosesTheOther(closer, tls, certificate):
-    pair = await Spliced().setUp(reactor, certificate if tls else None)
+async def test_closeFromEitherSideClosesTheOther(closer, mode, certificate):
+    tls = mode == "tls"
+    pair = await Spliced().setUp(reactor, certificate if tls else None, kernel=mode == "splice")
     first, other = (
         (pair.client, pair.backend) if closer == "client" else (pair.backend, pair.client)
     )
@@ -183,15 +195,18 @@ async def test_closeFromEitherSideClosesTheOther(closer, tls, certificate):
     assert openDescriptors() == pair.descriptors
 
 
+@pytest.mark.parametrize("kernel", [True, False], ids=["splice", "tcp"])
 @pytest_twisted.ensureDeferred
-async def test_pausedSurvivorClosesOnceDrained():
+async def test_pausedSurvivorClosesOnceDrained(kernel):
     """
     Twisted's stall: the backend sends more than the client reads, then
     closes. The relay's client transport holds a paused producer; without
-    unregistering it first, loseConnection would never finish.
+    unregistering it first, loseConnection would never finish. Spliced,
+    the backlog waits in the pipe and the backend's end is seen only once
+    the client has taken it.
     """
     clock = task.Clock()
-    pair = await Spliced().setUp(clock)
+    pair = await Spliced().setUp(clock, kernel=kernel)
     pair.client.keep = False
     pair.client.transport.pauseProducing()
     payload = os.urandom(4 * MB)
@@ -216,7 +231,7 @@ async def test_closeWhileProducerPausedFinishesOnceDrained():
     unless the producer is unregistered first.
     """
     clock = task.Clock()
-    pair = await Spliced().setUp(clock)
+    pair = await Spliced().setUp(clock, kernel=False)
     pair.client.keep = False
     pair.client.transport.pauseProducing()
     pair.backend.transport.write(os.urandom(4 * MB))
@@ -231,11 +246,12 @@ async def test_closeWhileProducerPausedFinishesOnceDrained():
     await pair.backendListener.stop()
 
 
+@pytest.mark.parametrize("kernel", [True, False], ids=["splice", "tcp"])
 @pytest_twisted.ensureDeferred
-async def test_closeFlushesThenAbortsASideThatNeverDrains():
+async def test_closeFlushesThenAbortsASideThatNeverDrains(kernel):
     """L{Relay.close} (shutdown, kick): a client that reads nothing is cut."""
     clock = task.Clock()
-    pair = await Spliced().setUp(clock, drain=5.0)
+    pair = await Spliced().setUp(clock, drain=5.0, kernel=kernel)
     pair.client.keep = False
     pair.client.transport.pauseProducing()
     pair.backend.transport.write(os.urandom(4 * MB))
@@ -251,9 +267,10 @@ async def test_closeFlushesThenAbortsASideThatNeverDrains():
     await pair.backendListener.stop()
 
 
+@pytest.mark.parametrize("kernel", [True, False], ids=["splice", "tcp"])
 @pytest_twisted.ensureDeferred
-async def test_statsCountBothWays():
-    pair = await Spliced().setUp(reactor, toBackend=b"xx", toClient=b"y")
+async def test_statsCountBothWays(kernel):
+    pair = await Spliced().setUp(reactor, toBackend=b"xx", toClient=b"y", kernel=kernel)
     pair.client.transport.write(b"12345")
     pair.backend.transport.write(b"abc")
     await within(5, pair.backend.waitFor(7))

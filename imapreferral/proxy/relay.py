@@ -22,6 +22,12 @@ that logged the client in, the backend dialogue's protocol) forwards its
 C{dataReceived} and C{connectionLost} to L{Relay.client} / L{Relay.backend}.
 That avoids swapping C{transport.protocol}, which TLS and PROXY-protocol
 wrappers would hide.
+
+When both connections are plain TCP (no TLS), the bytes do not go through
+Python at all: L{imapreferral.proxy.splice} moves them with C{splice(2)}
+until either side ends, then hands the transports back for the same close
+as here. Its back-pressure is the kernel's: a direction holds at most one
+pipe beyond the socket buffers.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from imapreferral.proxy import splice as _splice
 
 #: Seconds a closing side may take to flush what it still holds.
 DRAIN_TIMEOUT = 5.0
@@ -116,10 +124,13 @@ class Relay:
     @ivar backend: The backend's end, likewise.
     @ivar closing: Whether the session is ending (no more bytes copied).
     @ivar done: Fires with L{RelayStats} once both connections are closed.
+    @ivar splicer: While the kernel moves the bytes (both sides plain TCP),
+        the L{imapreferral.proxy.splice.Splicer} doing it; else L{None}.
     """
 
     __slots__ = (
-        "_clock", "_drainCall", "_drainTimeout", "_endedBy", "backend", "client", "closing", "done",
+        "_clock", "_drainCall", "_drainTimeout", "_endedBy", "_kernelSplice", "backend", "client",
+        "closing", "done", "splicer",
     )  # fmt: skip
 
     def __init__(
@@ -128,7 +139,12 @@ class Relay:
         backend: ITransport,
         clock: IReactorTime,
         drainTimeout: float = DRAIN_TIMEOUT,
+        kernelSplice: bool = True,
     ) -> None:
+        """
+        @param kernelSplice: Whether to splice in the kernel when both sides
+            allow it (L{False}: always copy through Twisted, as TLS does).
+        """
         self.client = RelayEnd(self, "client", client)
         self.backend = RelayEnd(self, "backend", backend)
         self.client.peer, self.backend.peer = self.backend, self.client
@@ -138,6 +154,8 @@ class Relay:
         self._drainTimeout = drainTimeout
         self._endedBy: str | None = None
         self._drainCall: IDelayedCall | None = None
+        self._kernelSplice = kernelSplice
+        self.splicer: _splice.Splicer | None = None
 
     def start(self, toBackend: bytes = b"", toClient: bytes = b"") -> None:
         """
@@ -150,6 +168,10 @@ class Relay:
         its producer while a handshake is pending, which here would stop
         reading the other side, whose own handshake may need exactly that.
         """
+        if self._kernelSplice and not self.closing:
+            self.splicer = _splice.attempt(self, toBackend, toClient)
+            if self.splicer is not None:
+                return
         for end in (self.client, self.backend):
             if not self.closing:  # a gone transport stops its producer at once
                 end.transport.registerProducer(_PeerProducer(end.peer), True)
@@ -164,6 +186,16 @@ class Relay:
             self.client.transport.resumeProducing()
             self.backend.transport.resumeProducing()
 
+    def _startTwisted(self) -> None:
+        """
+        The splice gave the transports back while the session goes on (no
+        pipe could be had): copy through Twisted from now on.
+        """
+        self.splicer = None
+        for end in (self.client, self.backend):
+            end.transport.registerProducer(_PeerProducer(end.peer), True)
+            end.transport.resumeProducing()
+
     def close(self) -> None:
         """
         End the session from here (shutdown, an operator's kick): both
@@ -176,6 +208,8 @@ class Relay:
             return
         self.closing = True
         self._endedBy = "front" if gone is None else gone.name
+        if self.splicer is not None:
+            self.splicer.stop()
         for side in (self.client, self.backend):
             side.transport.unregisterProducer()
         for side in (self.client, self.backend):
@@ -214,6 +248,7 @@ def splice(
     toBackend: bytes = b"",
     toClient: bytes = b"",
     drainTimeout: float = DRAIN_TIMEOUT,
+    kernelSplice: bool = True,
 ) -> Relay:
     """
     Relay bytes between two already-connected transports, after first
@@ -221,6 +256,6 @@ def splice(
     connections must forward their C{dataReceived} and C{connectionLost} to
     the returned relay's L{Relay.client} and L{Relay.backend}.
     """
-    relay = Relay(client, backend, clock, drainTimeout)
+    relay = Relay(client, backend, clock, drainTimeout, kernelSplice)
     relay.start(toBackend, toClient)
     return relay
