@@ -281,3 +281,33 @@ async def test_plaintextPipelinedBehindLoginAndStartTLSIsDropped(startTLSServer)
         b"b OK Begin TLS negotiation now.\r\n",
         b"d OK NOOP No operation performed\r\n",  # c CAPABILITY never ran
     ]
+
+
+def _greetingFrom(factory, peer: str) -> bytes:
+    """The greeting a connection from C{peer} gets from C{factory}'s server."""
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    proto = factory.buildProtocol(IPv4Address("TCP", peer, 40000))
+    transport = StringTransport(
+        hostAddress=IPv4Address("TCP", "127.0.0.1", 143),
+        peerAddress=IPv4Address("TCP", peer, 40000),
+    )
+    proto.makeConnection(transport)
+    greeting = transport.value()
+    proto.connectionLost(None)
+    return greeting
+
+
+@pytest.mark.parametrize("first", ["10.0.0.7", "192.0.2.7"])
+@pytest_twisted.ensureDeferred
+async def test_eachKindOfConnectionGetsItsOwnGreetingWhicheverCameFirst(tlsServer, first):
+    """The greeting is made once per kind of connection: trusted and untrusted differ."""
+    factory = tlsServer.factory
+    peers = [first, "192.0.2.7" if first == "10.0.0.7" else "10.0.0.7"]
+    greetings = {peer: _greetingFrom(factory, peer) for peer in peers}
+    assert b"LOGINDISABLED" in greetings["192.0.2.7"]
+    assert b"AUTH=CRAM-MD5]" in greetings["192.0.2.7"]
+    assert b"LOGINDISABLED" not in greetings["10.0.0.7"]
+    assert b"AUTH=PLAIN AUTH=LOGIN AUTH=CRAM-MD5]" in greetings["10.0.0.7"]
+    assert _greetingFrom(factory, "192.0.2.7") == greetings["192.0.2.7"]

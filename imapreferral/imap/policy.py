@@ -111,3 +111,8 @@ class ServerPolicy:
         default=DEFAULT_REFERRAL_CLIENT_NAMES,
         converter=lambda names: tuple(name.strip().lower() for name in names if name.strip()),
     )
+    #: Greeting lines already made, by what they depend on besides the
+    #: policy (see C{ReferralIMAP4Server.sendServerGreeting}): not a setting.
+    greetings: dict[tuple[bool, bool, bool], bytes] = attrs.field(
+        factory=dict, eq=False, repr=False, init=False
+    )

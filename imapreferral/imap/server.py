@@ -177,6 +177,23 @@ class ReferralIMAP4Server(IMAP4Server):
         self.guard.start(handshakePending=self._implicitTLS)
         super().connectionMade()
 
+    def sendServerGreeting(self) -> None:
+        """
+        Twisted's greeting (C{* OK [CAPABILITY ...] text}), made once per
+        kind of connection and kept in the policy: it depends only on the
+        policy, on whether STARTTLS can start and plaintext is allowed, and
+        on TLS. A subclass that changes L{capabilities} gets Twisted's own.
+        """
+        if type(self).capabilities is not ReferralIMAP4Server.capabilities:
+            super().sendServerGreeting()
+            return
+        key = (self._canStartTLS(), self._plaintextAllowed(), self._secured())
+        greeting = self.policy.greetings.get(key)
+        if greeting is None:
+            greeting = b"* OK [CAPABILITY " + self._capabilityList() + b"] " + self.IDENT
+            self.policy.greetings[key] = greeting
+        self.sendLine(greeting)
+
     @property
     def _lost(self) -> bool:
         return self.guard.lost
